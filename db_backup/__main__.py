@@ -1,0 +1,5 @@
+"""`python -m db_backup` runs the CLI."""
+
+from db_backup.cli import main
+
+main()

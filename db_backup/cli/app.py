@@ -1,0 +1,400 @@
+"""`db-backup` commands. Thin: options → one plain function → exit code.
+
+This is the only place that calls asyncio.run(), installs signal handlers, and turns
+BackupErrors into messages and exit codes; no traceback reaches a user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from db_backup import __version__
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+_SIGNAL_EXIT = {"SIGINT": EXIT_SIGINT, "SIGTERM": EXIT_SIGTERM}
+
+EXIT_CODES_HELP = """\
+Exit codes: 0 all backups succeeded; 1 one or more backups (or checks) failed;
+2 usage or config error; 130 interrupted by SIGINT (Ctrl-C); 143 stopped by SIGTERM.
+"""
+
+app = typer.Typer(
+    name="db-backup",
+    help="Back up many PostgreSQL databases in parallel: streamed, compressed, atomic.",
+    epilog=EXIT_CODES_HELP,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+log = logging.getLogger("db_backup")
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option(
+        "-c",
+        "--config",
+        envvar="DB_BACKUP_CONFIG",
+        help="Config file (YAML). Also from DB_BACKUP_CONFIG.",
+        show_default=False,
+    ),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"db-backup {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(
+    log_level: Annotated[
+        str,
+        typer.Option(
+            "--log-level",
+            envvar="DB_BACKUP_LOG",
+            help="Log detail on stderr: error, warning, info, debug; or per logger, "
+            "e.g. 'info,db_backup.process=debug'. Also from DB_BACKUP_LOG.",
+        ),
+    ] = "warning",
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Back up many PostgreSQL databases in parallel: streamed, compressed, atomic."""
+    try:
+        configure_logging(log_level)
+    except ValueError as exc:
+        _fail_usage(str(exc))
+
+
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is now, so rich's live display can redirect logs."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def configure_logging(spec: str) -> None:
+    """Apply `warning`, `debug` or `info,db_backup.process=debug`-style log settings."""
+    levels: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        logger, _, level = part.rpartition("=")
+        number = logging.getLevelNamesMapping().get(level.upper())
+        if number is None:
+            raise ValueError(
+                f"invalid log level {level!r} in {spec!r}; use error, warning, info or debug"
+            )
+        levels[logger] = number
+    handler = _CurrentStderr()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(levels.pop("", logging.WARNING))
+    for logger, level in levels.items():
+        logging.getLogger(logger).setLevel(level)
+
+
+def _fail_usage(message: str) -> NoReturn:
+    typer.echo(f"db-backup: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+@contextmanager
+def _errors_to_exit_codes() -> Iterator[None]:
+    """BackupErrors → a message on stderr and exit 2 (config/usage) or 1; never a traceback."""
+    from db_backup.errors import BackupError, ConfigError, SelectionError
+
+    try:
+        yield
+    except ConfigError as exc:
+        noun = "problem" if len(exc.issues) == 1 else "problems"
+        typer.echo(f"db-backup: config {noun}:", err=True)
+        for issue in exc.issues:
+            typer.echo(f"  {issue}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except SelectionError as exc:
+        _fail_usage(str(exc))
+    except BackupError as exc:
+        typer.echo(f"db-backup: error: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+# -- generate ------------------------------------------------------------------------------------
+
+
+@app.command()
+def generate(
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Write here instead of stdout.", show_default=False),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Print a commented sample config (it passes `validate` as written)."""
+    from db_backup.config.sample import SAMPLE_CONFIG
+
+    if output is None:
+        sys.stdout.write(SAMPLE_CONFIG)
+        return
+    try:
+        with output.open("w" if force else "x", encoding="utf-8") as handle:
+            handle.write(SAMPLE_CONFIG)
+    except FileExistsError:
+        _fail_usage(f"{output} exists; use --force to overwrite it")
+    except OSError as exc:
+        typer.echo(f"db-backup: cannot write {output}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    typer.echo(f"wrote {output}", err=True)
+
+
+# -- validate ------------------------------------------------------------------------------------
+
+
+@app.command()
+def validate(
+    config: ConfigOption,
+    connect: Annotated[
+        bool,
+        typer.Option(
+            "--connect", help="Also connect to every database and report per job.", show_default=False
+        ),
+    ] = False,
+) -> None:
+    """Check a config file; with --connect, also reach every database it names."""
+    from db_backup.config import load_config
+
+    with _errors_to_exit_codes():
+        loaded = load_config(config)
+        wildcards = sum(1 for b in loaded.backups if b.is_wildcard)
+        summary = f"{config}: OK, {len(loaded.backups)} backups"
+        summary += f' ({wildcards} with database "*")' if wildcards else ""
+        typer.echo(summary)
+        if not connect:
+            return
+        failures, outcomes = asyncio.run(_check_connections(loaded))
+        for failure in failures:
+            typer.echo(f"  {failure.job.name}: {failure.error}")
+        for outcome in outcomes:
+            job = outcome.job
+            where = f"{job.database!r} on {job.server}"
+            if outcome.error is not None:
+                kind = getattr(outcome.error, "kind", "error")
+                detail = getattr(outcome.error, "detail", str(outcome.error))
+                typer.echo(f"  {job.name}: {kind} ({where}): {detail}")
+            else:
+                assert outcome.server is not None
+                version = outcome.server.version.split(" ")[0]
+                typer.echo(f"  {job.name}: reachable ({where}, PostgreSQL {version})")
+        if failures or any(outcome.error is not None for outcome in outcomes):
+            raise typer.Exit(EXIT_FAILED)
+
+
+async def _check_connections(loaded: Any) -> tuple[list[Any], list[Any]]:
+    from db_backup.preflight import check_jobs
+
+    plan, failures = await _plan_with_discovery(loaded, loaded.backups, None)
+    return failures, await check_jobs(plan.jobs, plan.concurrency)
+
+
+async def _plan_with_discovery(
+    loaded: Any, selected: Sequence[Any], jobs: int | None, names: Sequence[str] = ()
+) -> tuple[Any, list[Any]]:
+    """Discover `database: "*"` databases, then build the plan; failed discoveries as results."""
+    from db_backup.model import JobResult, JobStatus
+    from db_backup.plan import build_plan, wildcard_job
+    from db_backup.preflight import discover
+
+    now = datetime.now(UTC)
+    found = await discover(selected)
+    plan = build_plan(loaded, now, names=names, discovered=found.databases, concurrency=jobs)
+    failures = [
+        JobResult(
+            wildcard_job(backup, now),
+            JobStatus.FAILED,
+            error=f"cannot list databases: {found.errors[backup.name]}",
+        )
+        for backup in selected
+        if backup.name in found.errors
+    ]
+    return plan, failures
+
+
+# -- backup --------------------------------------------------------------------------------------
+
+
+@app.command()
+def backup(
+    config: ConfigOption,
+    name: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-n", "--name", help="Back up only this backup (repeatable).", show_default=False
+        ),
+    ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "-j", "--jobs", min=1, help="At most N dumps at once (overrides concurrency).",
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; dump nothing.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Report failures only.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print a machine-readable run report on stdout.")
+    ] = False,
+) -> None:
+    """Run every backup in the config (or the named ones), several at once."""
+    from db_backup.config import load_config
+    from db_backup.plan import select_backups
+
+    with _errors_to_exit_codes():
+        loaded = load_config(config)
+        names = tuple(name or ())
+        selected = select_backups(loaded, names)
+        code, _ = asyncio.run(
+            _backup_main(loaded, selected, names, jobs, dry_run, quiet, json_output)
+        )
+    raise typer.Exit(code)
+
+
+async def _backup_main(
+    loaded: Any,
+    selected: Sequence[Any],
+    names: Sequence[str],
+    jobs: int | None,
+    dry_run: bool,
+    quiet: bool,
+    json_output: bool,
+) -> tuple[int, Any]:
+    """Plan, run and report one backup run; returns the exit code and the RunReport."""
+    from rich.console import Console
+
+    from db_backup.cli.render import (
+        LiveRenderer,
+        PlainRenderer,
+        json_report,
+        plan_table,
+        summary_table,
+    )
+    from db_backup.orchestrator import Orchestrator
+    from db_backup.process import kill_all_now
+    from db_backup.sinks.local import remove_open_partials_now
+
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    orchestrator: Orchestrator | None = None
+    received: list[str] = []
+    renderer: LiveRenderer | PlainRenderer | None = None
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        if len(received) > 1:
+            # Second signal: stop now. Kill children, drop partial files, leave.
+            kill_all_now()
+            remove_open_partials_now()
+            sys.stderr.write(f"\ndb-backup: {sig.name} again: stopped immediately\n")
+            os._exit(_SIGNAL_EXIT[received[0]])
+        if renderer is not None:
+            renderer.note(
+                f"{sig.name} received: cancelling running and queued jobs "
+                f"(send it again to stop immediately)"
+            )
+        if orchestrator is not None:
+            orchestrator.cancel(sig.name)
+        else:
+            main_task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        try:
+            plan, failures = await _plan_with_discovery(loaded, selected, jobs, names)
+        except asyncio.CancelledError:
+            sys.stderr.write(f"db-backup: interrupted by {received[0]} before any dump started\n")
+            return _SIGNAL_EXIT[received[0]], None
+        stdout = Console(file=sys.stdout)
+        if not stdout.is_terminal:
+            stdout.width = max(stdout.width, 160)  # cron mail and files: keep paths whole
+        if dry_run:
+            stdout.print(plan_table(plan, failures))
+            return EXIT_OK, None
+        stderr = Console(file=sys.stderr)
+        if stderr.is_terminal and not json_output:
+            renderer = LiveRenderer(stderr, quiet=quiet)
+        else:
+            renderer = PlainRenderer(sys.stderr, quiet=quiet)
+        orchestrator = Orchestrator(plan, [renderer])
+        try:
+            report = await orchestrator.run(failures)
+        finally:
+            renderer.close()
+        if report.interrupted_by:
+            code = _SIGNAL_EXIT[report.interrupted_by]
+        else:
+            code = EXIT_FAILED if report.failed else EXIT_OK
+        if json_output:
+            sys.stdout.buffer.write(json_report(report, code))
+            sys.stdout.flush()
+        elif not quiet or code != EXIT_OK:
+            stdout.print(summary_table(report))
+        return code, report
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+# -- demo ----------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the demo's config and backups afterwards.")
+    ] = False,
+) -> None:
+    """Back up a throwaway local PostgreSQL: live progress, restore, row check, clean-up."""
+    from db_backup.config import load_config
+    from db_backup.demo import DemoSite
+
+    with _errors_to_exit_codes(), DemoSite(keep=keep) as site:
+        loaded = load_config(site.config_path)
+        code, report = asyncio.run(
+            _backup_main(loaded, loaded.backups, (), None, False, False, False)
+        )
+        if code == EXIT_OK:
+            site.restore_and_check(report)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

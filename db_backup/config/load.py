@@ -1,0 +1,465 @@
+"""YAML file → `Config`, with every problem located at file:line:column and key path.
+
+Steps: ruamel.yaml parses (keeping positions) → plain data + a position index → `${VAR}`
+expansion → top-level check → `defaults:` deep-merged under each backup → unknown-key check
+(with a "did you mean") → msgspec conversion → cross-field rules. Issues are collected rather
+than raised one at a time, so a user fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from db_backup.config.schema import (
+    ALL_DATABASES,
+    MAX_NAME_LENGTH,
+    NAME_PATTERN,
+    NAME_RULE,
+    BackupConfig,
+    Config,
+    Duration,
+    RawConfig,
+)
+from db_backup.errors import ConfigError, ConfigIssue
+from db_backup.units import parse_duration
+
+KeyPath = tuple[str | int, ...]
+Position = tuple[int, int]  # 0-based line, column as ruamel reports them
+
+_ENV_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_MSGSPEC_PATH = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
+_PATH_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_SECRET_KEYS = frozenset({"password"})
+# Keys whose relative paths are taken relative to the config file, not the working directory
+# (cron runs in /, and a config should mean the same thing wherever it is run from).
+_PATH_KEYS = ("password_file", "pg_dump_path")
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; raises ConfigError listing every problem found."""
+    source = Path(path)
+    display = str(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([ConfigIssue(display, None, None, "", "file not found")]) from None
+    except IsADirectoryError:
+        raise ConfigError([ConfigIssue(display, None, None, "", "is a directory")]) from None
+    except PermissionError:
+        raise ConfigError([ConfigIssue(display, None, None, "", "permission denied")]) from None
+    except UnicodeDecodeError as exc:
+        issue = ConfigIssue(display, None, None, "", f"not UTF-8 text ({exc.reason})")
+        raise ConfigError([issue]) from None
+    return parse_config(text, display, base_dir=source.resolve().parent, environ=environ)
+
+
+def parse_config(
+    text: str,
+    display: str = "<config>",
+    *,
+    base_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Validate config text; `display` names the file in messages."""
+    document = _Document.parse(text, display)
+    loader = _Loader(document, os.environ if environ is None else environ, base_dir or Path.cwd())
+    return loader.load()
+
+
+@dataclass
+class _Document:
+    """Plain data from the YAML plus where each key and value sits in the file."""
+
+    file: str
+    data: Any
+    value_positions: dict[KeyPath, Position] = field(default_factory=dict)
+    key_positions: dict[KeyPath, Position] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str, file: str) -> _Document:
+        yaml = YAML(typ="rt", pure=True)
+        try:
+            tree = yaml.load(text)
+        except MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            problem = exc.problem or exc.context or "invalid YAML"
+            if mark is None:
+                raise ConfigError([ConfigIssue(file, None, None, "", problem)]) from None
+            issue = ConfigIssue(file, mark.line + 1, mark.column + 1, "", f"YAML: {problem}")
+            raise ConfigError([issue]) from None
+        except YAMLError as exc:
+            raise ConfigError([ConfigIssue(file, None, None, "", f"YAML: {exc}")]) from None
+        document = cls(file, None)
+        document.data = document._index(tree, ())
+        return document
+
+    def _index(self, node: Any, path: KeyPath) -> Any:
+        if isinstance(node, CommentedMap):
+            plain: dict[Any, Any] = {}
+            for key, value in node.items():
+                child = (*path, str(key))
+                self.key_positions[child] = node.lc.key(key)
+                self.value_positions[child] = node.lc.value(key)
+                plain[str(key)] = self._index(value, child)
+            return plain
+        if isinstance(node, CommentedSeq):
+            items = []
+            for index, value in enumerate(node):
+                child = (*path, index)
+                self.value_positions[child] = node.lc.item(index)
+                self.key_positions[child] = node.lc.item(index)
+                items.append(self._index(value, child))
+            return items
+        if isinstance(node, str):
+            return str(node)  # ruamel's scalar string subclasses → plain str
+        return node
+
+    def issue(self, path: KeyPath, message: str, *, at_key: bool = False) -> ConfigIssue:
+        """An issue located at `path` (the key itself with at_key, else its value)."""
+        positions = self.key_positions if at_key else self.value_positions
+        probe = path
+        while probe and probe not in positions:  # missing keys point at their parent
+            probe = probe[:-1]
+        line, column = positions.get(probe, (None, None)) if probe else (None, None)
+        return ConfigIssue(
+            self.file,
+            None if line is None else line + 1,
+            None if column is None else column + 1,
+            format_path(path),
+            message,
+        )
+
+
+def format_path(path: KeyPath) -> str:
+    """("backups", 1, "port") → "backups[1].port"."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def expand_env(value: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
+    """Expand `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`. Returns (text, missing vars)."""
+    missing: list[str] = []
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        missing.append(name)
+        return ""
+
+    return _ENV_REFERENCE.sub(substitute, value), missing
+
+
+@dataclass
+class _Origin:
+    """Where each key of one merged backup came from: the backup entry or `defaults:`."""
+
+    entry: Mapping[str, Any]
+    defaults: Mapping[str, Any]
+    entry_path: KeyPath
+    defaults_path: KeyPath
+
+    def locate(self, path: KeyPath) -> KeyPath:
+        """The document path a merged path came from."""
+        entry, defaults = self.entry, self.defaults
+        entry_path, defaults_path = self.entry_path, self.defaults_path
+        for depth, part in enumerate(path):
+            in_entry = isinstance(entry, Mapping) and part in entry
+            in_defaults = isinstance(defaults, Mapping) and part in defaults
+            if in_entry and in_defaults and isinstance(entry[part], dict):
+                if isinstance(defaults[part], dict):
+                    entry, defaults = entry[part], defaults[part]
+                    entry_path, defaults_path = (*entry_path, part), (*defaults_path, part)
+                    continue
+            if in_entry:
+                return (*entry_path, *path[depth:])
+            if in_defaults:
+                return (*defaults_path, *path[depth:])
+            return (*entry_path, *path[depth:])
+        return entry_path
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`; nested mappings merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class _Loader:
+    def __init__(self, document: _Document, environ: Mapping[str, str], base_dir: Path) -> None:
+        self.document = document
+        self.environ = environ
+        self.base_dir = base_dir
+        self.issues: list[ConfigIssue] = []
+
+    def load(self) -> Config:
+        doc = self.document
+        if doc.data is None:
+            self._fail(doc.issue((), "the file is empty; `db-backup generate` writes a sample"))
+        if not isinstance(doc.data, dict):
+            self._fail(doc.issue((), "expected a mapping with `backups:` at the top level"))
+        data = self._expand(doc.data, ())
+        self._check_keys(data, RawConfig, ())
+        known = _struct_fields(RawConfig)
+        raw = self._convert(
+            {key: value for key, value in data.items() if key in known}, RawConfig, lambda p: p
+        )
+        if raw is None:
+            self._raise_if_any()
+            raise AssertionError("conversion failed without an issue")
+        if not raw.backups:
+            self._add(doc.issue(("backups",), "no backups listed; add at least one"))
+        backups = [self._backup(raw, index) for index in range(len(raw.backups))]
+        self._check_names()
+        self._raise_if_any()
+        return Config(
+            source=doc.file,
+            concurrency=raw.concurrency,
+            backups=tuple(b for b in backups if b is not None),
+        )
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _expand(self, node: Any, path: KeyPath) -> Any:
+        if isinstance(node, dict):
+            return {key: self._expand(value, (*path, key)) for key, value in node.items()}
+        if isinstance(node, list):
+            return [self._expand(value, (*path, index)) for index, value in enumerate(node)]
+        if isinstance(node, str):
+            text, missing = expand_env(node, self.environ)
+            for name in missing:
+                self._add(
+                    self.document.issue(
+                        path, f"environment variable {name} is not set (use ${{{name}:-default}})"
+                    )
+                )
+            return text
+        return node
+
+    def _check_keys(self, mapping: Any, struct: type[Any], path: KeyPath, origin: Any = None) -> None:
+        """Report every unknown key under `path`, with the nearest valid one as a hint."""
+        if not isinstance(mapping, dict):
+            return
+        known = _struct_fields(struct)
+        for key, value in mapping.items():
+            where = origin.locate((*path, key)) if origin else (*path, key)
+            if key not in known:
+                hint = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+                message = f"unknown key {key!r}"
+                message += f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {', '.join(sorted(known))}"
+                self._add(self.document.issue(where, message, at_key=True))
+                continue
+            nested = _nested_struct(known[key])
+            if nested is not None:
+                self._check_keys(value, nested, (*path, key), origin)
+
+    def _backup(self, raw: RawConfig, index: int) -> BackupConfig | None:
+        entry = raw.backups[index]
+        entry_path: KeyPath = ("backups", index)
+        if not isinstance(entry, dict):
+            self._add(self.document.issue(entry_path, "expected a mapping of backup settings"))
+            return None
+        if "name" in raw.defaults:
+            self._add(
+                self.document.issue(
+                    ("defaults", "name"), "`name` cannot be a default; each backup names itself"
+                )
+            )
+            return None
+        defaults = dict(raw.defaults)
+        # A backup's own secret replaces the inherited one of the other kind.
+        for own, inherited in (("password", "password_file"), ("password_file", "password")):
+            if own in entry:
+                defaults.pop(inherited, None)
+        merged = deep_merge({"type": "postgres", **defaults}, entry)
+        origin = _Origin(entry, raw.defaults, entry_path, ("defaults",))
+        before = len(self.issues)
+        self._check_keys(merged, BackupConfig, (), origin)
+        if len(self.issues) > before:
+            return None
+        if merged.get("password") == "":
+            merged.pop("password")  # `${PW:-}` unset → libpq's own .pgpass / PGPASSWORD apply
+        backup = self._convert(merged, BackupConfig, origin.locate, name=entry.get("name"))
+        if backup is None:
+            return None
+        return self._check_backup(backup, origin)
+
+    def _check_backup(self, backup: BackupConfig, origin: _Origin) -> BackupConfig | None:
+        before = len(self.issues)
+
+        def problem(key: KeyPath, message: str) -> None:
+            self._add(self.document.issue(origin.locate(key), f"{message} (backup {backup.name!r})"))
+
+        if not NAME_PATTERN.fullmatch(backup.name) or len(backup.name) > MAX_NAME_LENGTH:
+            problem(("name",), f"invalid name {backup.name!r}: use {NAME_RULE}, at most {MAX_NAME_LENGTH}")
+        prefix = backup.storage.prefix
+        if prefix and (not NAME_PATTERN.fullmatch(prefix) or len(prefix) > MAX_NAME_LENGTH):
+            problem(("storage", "prefix"), f"invalid prefix {prefix!r}: use {NAME_RULE}")
+        if not backup.storage.path.strip():
+            problem(("storage", "path"), "storage path is empty")
+        if backup.password is not None and backup.password_file is not None:
+            problem(("password_file",), "give either password or password_file, not both")
+        if backup.exclude and not backup.is_wildcard:
+            problem(("exclude",), f'exclude only applies with database: "{ALL_DATABASES}"')
+        if not backup.database:
+            problem(("database",), "database name is empty")
+        if len(self.issues) > before:
+            return None
+        return msgspec.structs.replace(
+            backup,
+            storage=msgspec.structs.replace(backup.storage, path=self._absolute(backup.storage.path)),
+            **{
+                key: self._absolute(value)
+                for key in _PATH_KEYS
+                if (value := getattr(backup, key)) is not None
+            },
+        )
+
+    def _check_names(self) -> None:
+        seen: dict[str, int] = {}
+        for index, backup in enumerate(self._backup_entries()):
+            name = backup.get("name") if isinstance(backup, dict) else None
+            if not isinstance(name, str):
+                continue
+            if name in seen:
+                first_line = self.document.value_positions.get(("backups", seen[name], "name"))
+                where = f" (first at line {first_line[0] + 1})" if first_line else ""
+                message = f"duplicate backup name {name!r}{where}"
+                self._add(self.document.issue(("backups", index, "name"), message))
+            else:
+                seen[name] = index
+
+    def _backup_entries(self) -> Iterator[Any]:
+        data = self.document.data
+        entries = data.get("backups") if isinstance(data, dict) else None
+        yield from entries if isinstance(entries, list) else ()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _convert(self, data: Any, target: type[Any], locate: Any, name: Any = None) -> Any:
+        try:
+            return msgspec.convert(data, target, strict=False, dec_hook=_decode_custom)
+        except msgspec.ValidationError as exc:
+            match = _MSGSPEC_PATH.match(str(exc))
+            message, dotted = (match["message"], match["path"]) if match else (str(exc), "")
+            path: KeyPath = tuple(
+                int(index) if index else key for key, index in _PATH_TOKEN.findall(dotted)
+            )
+            value = _lookup(data, path)
+            text = _humanize(message, path, value, target)
+            if isinstance(name, str):
+                text += f" (backup {name!r})"
+            self._add(self.document.issue(locate(path), text))
+            return None
+
+    def _absolute(self, value: str) -> str:
+        expanded = os.path.expanduser(value)
+        return expanded if os.path.isabs(expanded) else str(self.base_dir / expanded)
+
+    def _add(self, issue: ConfigIssue) -> None:
+        self.issues.append(issue)
+
+    def _fail(self, issue: ConfigIssue) -> typing.NoReturn:
+        raise ConfigError([*self.issues, issue])
+
+    def _raise_if_any(self) -> None:
+        if self.issues:
+            ordered = sorted(self.issues, key=lambda i: (i.line or 0, i.column or 0))
+            raise ConfigError(ordered)
+
+
+def _decode_custom(target: type[Any], value: Any) -> Any:
+    if target is Duration:
+        return Duration(parse_duration(value))
+    raise NotImplementedError(target)
+
+
+def _struct_fields(struct: type[Any]) -> dict[str, Any]:
+    info = msgspec.inspect.type_info(struct)
+    fields: dict[str, Any] = {}
+    if isinstance(info, msgspec.inspect.StructType):
+        if info.tag_field:
+            fields[info.tag_field] = msgspec.inspect.LiteralType((info.tag,))
+        for field_info in info.fields:
+            fields[field_info.encode_name] = field_info.type
+    return fields
+
+
+def _nested_struct(type_info: Any) -> type[Any] | None:
+    if isinstance(type_info, msgspec.inspect.StructType):
+        cls: type[Any] = type_info.cls
+        return cls
+    if isinstance(type_info, msgspec.inspect.UnionType):
+        for member in type_info.types:
+            if isinstance(member, msgspec.inspect.StructType):
+                member_cls: type[Any] = member.cls
+                return member_cls
+    return None
+
+
+def _lookup(data: Any, path: KeyPath) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _choices(struct: type[Any], path: KeyPath) -> tuple[Any, ...]:
+    """The allowed values of a Literal-typed field, for 'expected one of' hints."""
+    type_info: Any = msgspec.inspect.type_info(struct)
+    for part in path:
+        if isinstance(part, int) or not isinstance(type_info, msgspec.inspect.StructType):
+            return ()
+        type_info = _struct_fields(type_info.cls).get(part)
+    if isinstance(type_info, msgspec.inspect.LiteralType):
+        return tuple(type_info.values)
+    return ()
+
+
+def _humanize(message: str, path: KeyPath, value: Any, target: type[Any]) -> str:
+    """msgspec's "Expected `int`, got `str`" → 'expected int, got "abc"'."""
+    secret = bool(path) and path[-1] in _SECRET_KEYS
+    shown = "***" if secret else (f'"{value}"' if isinstance(value, str) else repr(value))
+    missing = re.match(r"Object missing required field `(.+)`", message)
+    if missing:
+        return f"missing required key {missing.group(1)!r}"
+    text = message.replace("`", "")
+    text = text[:1].lower() + text[1:]
+    if text.startswith("invalid enum value") or text.startswith("invalid value"):
+        choices = _choices(target, path)
+        text = f"invalid value {shown}"
+        if choices:
+            text += f"; expected one of: {', '.join(str(c) for c in choices)}"
+        return text
+    got = re.match(r"(expected [^,]+), got \w+$", text)
+    if got:
+        return f"{got.group(1)}, got {shown}"
+    if text.startswith("expected") and value is not None:
+        return f"{text}, got {shown}"
+    return text
+

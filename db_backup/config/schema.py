@@ -1,0 +1,95 @@
+"""The config's typed shape: frozen msgspec Structs that reject unknown keys.
+
+A backup entry is a tagged union on `type` (only `postgres` today; `mysql` slots in beside it).
+Cross-field rules that msgspec cannot express (unique names, password vs password_file, ...)
+live in `load.py`, which reports them with file positions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
+MAX_NAME_LENGTH = 100
+
+# Databases matched by `database: "*"` never include templates; `exclude` globs remove more.
+ALL_DATABASES = "*"
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Duration(float):
+    """Seconds, written in config as 30, "30s", "5m", "2h" or "1h30m" (see units.parse_duration)."""
+
+
+class StorageConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where dumps go: a local folder (S3 and other kinds arrive as a tagged union)."""
+
+    path: str
+    # Put in front of every file name: <prefix>_<job>_<timestamp>.sql.gz.
+    prefix: str = ""
+
+
+class CompressionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How dump output is compressed before it is stored."""
+
+    algorithm: Literal["gzip", "none"] = "gzip"
+    level: Annotated[int, msgspec.Meta(ge=0, le=9)] = 6
+
+
+class PostgresBackup(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag="postgres",
+    tag_field="type",
+):
+    """One `backups:` entry after `defaults:` were merged under it."""
+
+    name: str
+    database: str
+    host: str | None = None  # None: libpq's default (PGHOST or the local socket)
+    port: Port = 5432
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    exclude: tuple[str, ...] = ()
+    format: Literal["plain", "custom"] = "plain"
+    storage: StorageConfig
+    compression: CompressionConfig = CompressionConfig()
+    max_per_host: Positive | None = None
+    globals: bool = False
+    pg_dump_path: str | None = None
+    connect_timeout: Duration = Duration(10.0)
+    timeout: Duration | None = None
+
+    @property
+    def is_wildcard(self) -> bool:
+        """True when `database: "*"` asks for every database on the server."""
+        return self.database == ALL_DATABASES
+
+
+# The union every loader converts to; add MysqlBackup here when it arrives.
+BackupConfig = PostgresBackup
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    """A whole, validated config file."""
+
+    source: str  # the file it came from, for messages
+    concurrency: int | None
+    backups: tuple[BackupConfig, ...]
+
+
+class RawConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The top level of the file, before `defaults:` are merged into each backup."""
+
+    concurrency: Positive | None = None
+    defaults: dict[str, Any] = {}
+    backups: list[Any]

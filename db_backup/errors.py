@@ -1,0 +1,116 @@
+"""The one exception tree of db-backup.
+
+Every error a user can meet is a `BackupError`; third-party errors are translated into one of
+these once, at the boundary where they arise, carrying the facts a person needs (file, line,
+job, database, masked command, exit code, stderr tail). The CLI turns them into messages and
+exit codes; no traceback reaches a user.
+
+    BackupError
+    ├── ConfigError            config file unreadable or invalid (exit 2); holds every issue found
+    ├── SelectionError         `-n NAME` names no backup (exit 2)
+    ├── ToolNotFoundError      pg_dump / initdb / psql missing
+    ├── ClientVersionError     no pg_dump new enough for the server
+    ├── CredentialsError       a password_file cannot be read
+    ├── ConnectionCheckError   the pre-dump connection check failed; `.kind` says how
+    ├── DumpError              pg_dump (or pg_dumpall) failed or its output is incomplete
+    ├── StorageError           the storage folder or a file in it could not be written
+    ├── JobTimeoutError        a job ran past its `timeout`
+    └── DemoError              the demo could not complete one of its steps
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class BackupError(Exception):
+    """Root of every error db-backup reports to a user."""
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a config file, located as precisely as the YAML allows."""
+
+    file: str
+    line: int | None  # 1-based
+    column: int | None  # 1-based
+    path: str  # key path such as "backups[1].port"; "" for the document itself
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(BackupError):
+    """The config could not be loaded; `issues` lists every problem found, in file order."""
+
+    def __init__(self, issues: Sequence[ConfigIssue]) -> None:
+        self.issues = tuple(issues)
+        super().__init__("\n".join(str(issue) for issue in self.issues))
+
+
+class SelectionError(BackupError):
+    """A `-n NAME` selection names no backup in the config."""
+
+
+class ToolNotFoundError(BackupError):
+    """An external program we need is not installed or not executable."""
+
+
+class ClientVersionError(BackupError):
+    """No installed pg_dump is new enough for the server it must dump."""
+
+
+class CheckFailure(StrEnum):
+    """Why a connection check failed, in the words `validate --connect` reports."""
+
+    AUTH_FAILED = "auth failed"
+    DATABASE_MISSING = "database missing"
+    TIMED_OUT = "timed out"
+    UNREACHABLE = "unreachable"
+    ERROR = "error"
+
+
+class CredentialsError(BackupError):
+    """A configured secret (password_file) could not be read."""
+
+
+class ConnectionCheckError(BackupError):
+    """The quick connection check before a dump failed."""
+
+    def __init__(self, kind: CheckFailure, detail: str) -> None:
+        self.kind = kind
+        self.detail = detail
+        super().__init__(f"connection check: {kind}: {detail}")
+
+
+class DumpError(BackupError):
+    """The dump program failed, or exited 0 with output that is not a complete dump."""
+
+    def __init__(self, reason: str, *, exit_code: int | None = None, stderr_tail: str = "") -> None:
+        self.reason = reason
+        self.exit_code = exit_code
+        self.stderr_tail = stderr_tail
+        message = reason
+        if stderr_tail:
+            message += f": {stderr_tail}"
+        super().__init__(message)
+
+
+class StorageError(BackupError):
+    """Writing to the storage folder failed; the message names the path and the reason."""
+
+
+class JobTimeoutError(BackupError):
+    """A job exceeded its configured `timeout`."""
+
+
+class DemoError(BackupError):
+    """A step of `db-backup demo` failed."""

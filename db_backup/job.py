@@ -1,0 +1,152 @@
+"""One job, start to finish: check → pg_dump → compress → `.partial` → commit → manifest.
+
+A backup is committed only when the dump program exited 0 and, for plain SQL, its output ends
+with the completion marker; in every other case (error, timeout, cancellation) the child is
+stopped and the partial file removed, and the error propagates for the orchestrator to record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from db_backup import __version__, manifest
+from db_backup.errors import DumpError, JobTimeoutError
+from db_backup.manifest import CompressionInfo, Manifest
+from db_backup.model import JobEvent, JobKind, JobProgress, JobSpec, JobStarted
+from db_backup.process import spawn
+from db_backup.sinks.local import LocalSink
+from db_backup.sources import pg_server, postgres
+from db_backup.stages import Pipeline, compressor_for
+from db_backup.units import format_duration
+
+# Large reads keep per-chunk overhead (thread hand-off, event, write call) negligible.
+CHUNK_SIZE = 1024 * 1024
+
+Emit = Callable[[JobEvent], None]
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What a successful job produced."""
+
+    manifest: Manifest
+    file_path: Path
+    manifest_path: Path
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+async def run_job(job: JobSpec, emit: Emit) -> Committed:
+    """Run one job; raises a BackupError (or CancelledError) when it does not commit."""
+    timeout = job.backup.timeout
+    try:
+        async with asyncio.timeout(timeout):
+            return await _run(job, emit)
+    except TimeoutError:
+        assert timeout is not None
+        raise JobTimeoutError(
+            f"timed out after {format_duration(timeout)} (timeout: {timeout:g}s); "
+            "the dump was stopped and nothing was kept"
+        ) from None
+
+
+async def _run(job: JobSpec, emit: Emit) -> Committed:
+    backup = job.backup
+    password = pg_server.resolve_password(backup)
+    server = await pg_server.check_connection(backup, job.database, password)
+    client = await pg_server.client_for(backup, server.version_num)
+    emit(JobStarted(job, await asyncio.to_thread(_estimate, job, server.database_size)))
+
+    if job.kind is JobKind.GLOBALS:
+        argv = postgres.globals_argv(client, backup, job.database)
+        tool = "pg_dumpall"
+    else:
+        argv = postgres.dump_argv(client, backup, job.database)
+        tool = "pg_dump"
+    plain = job.kind is JobKind.GLOBALS or backup.format == "plain"
+    pipeline = Pipeline(compressor_for(backup.compression, dump_compresses_itself=not plain))
+    env = postgres.child_env(os.environ, backup, password)
+
+    sink = LocalSink(job.target)
+    await sink.open()  # before spawning: an unwritable folder fails without touching the server
+    committed = False
+    try:
+        dump_started = utcnow()
+        async with spawn(argv, env) as child:
+            while chunk := await child.stdout.read(CHUNK_SIZE):
+                await sink.write(await asyncio.to_thread(pipeline.feed, chunk))
+                emit(JobProgress(job, pipeline.raw_bytes, pipeline.stored_bytes))
+            exit_code = await child.wait()
+            stderr_tail = _redact(child.stderr_tail(), password)
+        if exit_code != 0:
+            reason = f"{tool} exited with code {exit_code}" if exit_code > 0 else (
+                f"{tool} was killed by signal {-exit_code}"
+            )
+            raise DumpError(reason, exit_code=exit_code, stderr_tail=stderr_tail)
+        if plain and not postgres.plain_dump_is_complete(
+            pipeline.raw_tail, globals_only=job.kind is JobKind.GLOBALS
+        ):
+            raise DumpError(
+                f"{tool} exited 0 but its output ends without the completion marker "
+                f"(truncated after {pipeline.raw_bytes} bytes)",
+                exit_code=exit_code,
+                stderr_tail=stderr_tail,
+            )
+        await sink.write(await asyncio.to_thread(pipeline.finish))
+        final = await sink.commit()
+        committed = True
+    finally:
+        if not committed:
+            await asyncio.shield(sink.abort())
+    dump_finished = utcnow()
+
+    record = Manifest(
+        tool_version=__version__,
+        job=job.name,
+        backup=backup.name,
+        kind=job.kind.value,
+        database=job.database,
+        server=str(job.server),
+        server_version=server.version,
+        client=f"{tool} {client.version}",
+        format="plain" if plain else "custom",
+        compression=_compression_info(job, plain),
+        file=final.name,
+        raw_bytes=pipeline.raw_bytes,
+        stored_bytes=pipeline.stored_bytes,
+        sha256=pipeline.sha256,
+        started_at=dump_started,
+        finished_at=dump_finished,
+        duration_seconds=round((dump_finished - dump_started).total_seconds(), 3),
+    )
+    await sink.write_sidecar(job.target.manifest_path, manifest.encode(record))
+    return Committed(record, final, job.target.manifest_path)
+
+
+def _compression_info(job: JobSpec, plain: bool) -> CompressionInfo:
+    compression = job.backup.compression
+    if not plain:
+        level = compression.level if compression.algorithm == "gzip" else 0
+        return CompressionInfo(algorithm="pg_dump", level=level)
+    if compression.algorithm == "none":
+        return CompressionInfo(algorithm="none", level=None)
+    return CompressionInfo(algorithm=compression.algorithm, level=compression.level)
+
+
+def _estimate(job: JobSpec, database_size: int | None) -> int | None:
+    """Expected raw bytes: the previous backup's, else the database's size on disk."""
+    previous = manifest.latest(job.target.directory, job.file_prefix)
+    if previous is not None:
+        return previous.raw_bytes
+    return database_size if job.kind is JobKind.DATABASE else None
+
+
+def _redact(text: str, password: str | None) -> str:
+    return text.replace(password, "***") if password else text

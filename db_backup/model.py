@@ -1,0 +1,143 @@
+"""Value types shared by the planner, the orchestrator and the renderers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+
+from db_backup.config.schema import BackupConfig
+
+
+@dataclass(frozen=True, order=True)
+class Server:
+    """A database server as a concurrency limit sees it: host and port."""
+
+    host: str | None
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host or 'local socket'}:{self.port}"
+
+
+class JobKind(StrEnum):
+    DATABASE = "database"  # pg_dump of one database
+    GLOBALS = "globals"  # pg_dumpall --globals-only: roles and tablespaces of one server
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one job's output lands: `<directory>/<filename>` (+ `.partial` while written)."""
+
+    directory: Path
+    filename: str
+
+    @property
+    def final_path(self) -> Path:
+        return self.directory / self.filename
+
+    @property
+    def partial_path(self) -> Path:
+        return self.directory / f"{self.filename}.partial"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / f"{self.filename}.json"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One unit of work: dump one database (or one server's globals) to one target."""
+
+    name: str  # unique in the run; the config name, or `<config name>.<database>` for "*"
+    kind: JobKind
+    backup: BackupConfig  # the merged config entry it came from
+    database: str
+    server: Server
+    target: Target
+    file_prefix: str  # `<prefix>_<name>_` — how earlier backups of this job are recognised
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run will do; `backup --dry-run` prints it and stops."""
+
+    started_at: datetime
+    jobs: tuple[JobSpec, ...]
+    concurrency: int
+    host_limits: dict[Server, int]
+
+
+class JobStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """How one job ended. Errors are values here; the CLI decides what they mean for the exit."""
+
+    job: JobSpec
+    status: JobStatus
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+    error: str | None = None
+    file: Path | None = None
+    manifest: Path | None = None
+    sha256: str | None = None
+    # When the dump program itself ran (from the manifest): shows how jobs overlapped.
+    dump_started_at: datetime | None = None
+    dump_finished_at: datetime | None = None
+
+    @property
+    def duration(self) -> float:
+        if self.started_at is None or self.finished_at is None:
+            return 0.0
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """Everything a run did, for the summary table, `--json` and the exit code."""
+
+    started_at: datetime
+    finished_at: datetime
+    results: tuple[JobResult, ...]
+    interrupted_by: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run
+
+    @property
+    def failed(self) -> tuple[JobResult, ...]:
+        return tuple(r for r in self.results if r.status is JobStatus.FAILED)
+
+
+# -- events: the orchestrator emits these; renderers, and later notifiers/metrics, consume them --
+
+
+@dataclass(frozen=True)
+class JobQueued:
+    job: JobSpec
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    job: JobSpec
+    estimated_bytes: int | None  # raw dump size expected, for an ETA; None when unknown
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    job: JobSpec
+    raw_bytes: int
+    stored_bytes: int
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    result: JobResult
+
+
+JobEvent = JobQueued | JobStarted | JobProgress | JobFinished

@@ -1,0 +1,126 @@
+"""Runs a plan: every job under the global semaphore and its server's limit, concurrently.
+
+Errors become values here: each job ends as a JobResult (succeeded / failed / cancelled), and
+one job's failure never touches its siblings. `cancel()` stops the run: queued jobs never start,
+running ones stop their child and remove their partial file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from db_backup.errors import BackupError
+from db_backup.job import run_job
+from db_backup.model import (
+    JobEvent,
+    JobFinished,
+    JobQueued,
+    JobResult,
+    JobSpec,
+    JobStatus,
+    Plan,
+    RunReport,
+)
+
+log = logging.getLogger(__name__)
+
+Subscriber = Callable[[JobEvent], None]
+
+
+class Orchestrator:
+    """One run of one plan. Subscribers see every JobEvent, in order, on the event loop."""
+
+    def __init__(self, plan: Plan, subscribers: Sequence[Subscriber] = ()) -> None:
+        self.plan = plan
+        self._subscribers = list(subscribers)
+        self._slots = asyncio.Semaphore(plan.concurrency)
+        self._server_slots = {
+            server: asyncio.Semaphore(limit) for server, limit in plan.host_limits.items()
+        }
+        self._tasks: list[asyncio.Task[JobResult]] = []
+        self.interrupted_by: str | None = None
+
+    def emit(self, event: JobEvent) -> None:
+        for subscriber in self._subscribers:
+            subscriber(event)
+
+    def cancel(self, reason: str) -> None:
+        """Stop the run (a signal arrived): every job not yet finished ends as cancelled."""
+        self.interrupted_by = reason
+        for task in self._tasks:
+            task.cancel()
+
+    async def run(self, failures: Sequence[JobResult] = ()) -> RunReport:
+        """Run every job; `failures` are jobs that failed before they could be planned."""
+        started = datetime.now(UTC)
+        for result in failures:
+            self.emit(JobFinished(result))
+        for job in self.plan.jobs:
+            self.emit(JobQueued(job))
+        self._tasks = [asyncio.create_task(self._run_one(job)) for job in self.plan.jobs]
+        outcomes = await asyncio.gather(*self._tasks, return_exceptions=True)
+        results = list(failures)
+        for job, outcome in zip(self.plan.jobs, outcomes, strict=True):
+            if isinstance(outcome, JobResult):
+                results.append(outcome)
+            else:  # cancelled before its task began running
+                results.append(JobResult(job, JobStatus.CANCELLED, error="cancelled"))
+        return RunReport(started, datetime.now(UTC), tuple(results), self.interrupted_by)
+
+    async def _run_one(self, job: JobSpec) -> JobResult:
+        server_slot = self._server_slots.get(job.server) or contextlib.nullcontext()
+        started: datetime | None = None
+        try:
+            # The server's limit first: a job waiting for its busy server must not hold one of
+            # the global slots that jobs for other servers could use.
+            async with server_slot, self._slots:
+                started = datetime.now(UTC)
+                committed = await run_job(job, self.emit)
+        except asyncio.CancelledError:
+            result = JobResult(
+                job,
+                JobStatus.CANCELLED,
+                started_at=started,
+                finished_at=datetime.now(UTC) if started else None,
+                error=f"cancelled ({self.interrupted_by})" if self.interrupted_by else "cancelled",
+            )
+            self.emit(JobFinished(result))
+            if self.interrupted_by is None:
+                raise  # cancelled from outside the orchestrator: let it propagate
+            return result
+        except BackupError as exc:
+            result = self._failed(job, started, str(exc))
+        except Exception as exc:  # a bug in one job must not take the others down
+            log.exception("internal error in job %s", job.name)
+            result = self._failed(job, started, f"internal error: {type(exc).__name__}: {exc}")
+        else:
+            record = committed.manifest
+            result = JobResult(
+                job,
+                JobStatus.SUCCEEDED,
+                started_at=started,
+                finished_at=datetime.now(UTC),
+                raw_bytes=record.raw_bytes,
+                stored_bytes=record.stored_bytes,
+                file=committed.file_path,
+                manifest=committed.manifest_path,
+                sha256=record.sha256,
+                dump_started_at=record.started_at,
+                dump_finished_at=record.finished_at,
+            )
+        self.emit(JobFinished(result))
+        return result
+
+    @staticmethod
+    def _failed(job: JobSpec, started: datetime | None, error: str) -> JobResult:
+        return JobResult(
+            job,
+            JobStatus.FAILED,
+            started_at=started,
+            finished_at=datetime.now(UTC),
+            error=error,
+        )

@@ -1,0 +1,64 @@
+"""Talking to servers before any dump: `database: "*"` discovery and connection checks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from db_backup.config.schema import BackupConfig
+from db_backup.errors import BackupError
+from db_backup.model import JobSpec
+from db_backup.sources import pg_server
+from db_backup.sources.pg_server import ServerInfo
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """Databases found per `database: "*"` backup, and the backups whose listing failed."""
+
+    databases: dict[str, list[str]]
+    errors: dict[str, BackupError]
+
+
+async def discover(backups: Sequence[BackupConfig]) -> Discovery:
+    """List the databases on the server of every wildcard backup, concurrently."""
+    wildcards = [backup for backup in backups if backup.is_wildcard]
+
+    async def listing(backup: BackupConfig) -> list[str]:
+        return await pg_server.list_databases(backup, pg_server.resolve_password(backup))
+
+    outcomes = await asyncio.gather(*(listing(b) for b in wildcards), return_exceptions=True)
+    found: dict[str, list[str]] = {}
+    errors: dict[str, BackupError] = {}
+    for backup, outcome in zip(wildcards, outcomes, strict=True):
+        if isinstance(outcome, BackupError):
+            errors[backup.name] = outcome
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            found[backup.name] = outcome
+    return Discovery(found, errors)
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    job: JobSpec
+    server: ServerInfo | None
+    error: BackupError | None
+
+
+async def check_jobs(jobs: Sequence[JobSpec], concurrency: int) -> list[CheckOutcome]:
+    """Connect to every job's database as its dump would, at most `concurrency` at once."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def check(job: JobSpec) -> CheckOutcome:
+        async with slots:
+            try:
+                password = pg_server.resolve_password(job.backup)
+                info = await pg_server.check_connection(job.backup, job.database, password)
+            except BackupError as exc:
+                return CheckOutcome(job, None, exc)
+            return CheckOutcome(job, info, None)
+
+    return list(await asyncio.gather(*(check(job) for job in jobs)))

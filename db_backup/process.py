@@ -1,0 +1,154 @@
+"""The only place db-backup spawns programs: argv only, secrets in env, every child owned.
+
+A child runs in its own session, so a Ctrl-C on the terminal reaches the runner alone and the
+runner decides how children end: on error or cancellation they get SIGTERM, then SIGKILL after
+a grace period, and are always reaped. stderr is drained concurrently into a bounded tail, so a
+chatty child can neither block on a full pipe nor grow our memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from db_backup.errors import ToolNotFoundError
+
+log = logging.getLogger(__name__)
+
+TERMINATE_GRACE_SECONDS = 5.0
+STDERR_TAIL_LINES = 20
+STDERR_TAIL_LINE_BYTES = 1000
+# StreamReader buffers up to twice this before pausing the pipe, so the child runs ahead of a
+# busy compressor by a few MiB at most: overlap without unbounded memory.
+STDOUT_BUFFER_LIMIT = 4 * 1024 * 1024
+
+_live: set[Child] = set()
+_SECRET_IN_CONNINFO = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def mask_command(argv: Sequence[str]) -> str:
+    """A loggable rendering of argv with any conninfo password masked."""
+    return " ".join(_SECRET_IN_CONNINFO.sub(r"\1***", arg) for arg in argv)
+
+
+@dataclass(eq=False)
+class Child:
+    """A running child process we own; see `spawn`."""
+
+    process: asyncio.subprocess.Process
+    command: str
+    _stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))
+    _drain: asyncio.Task[None] | None = None
+
+    @property
+    def stdout(self) -> asyncio.StreamReader:
+        assert self.process.stdout is not None
+        return self.process.stdout
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stderr_tail(self) -> str:
+        """The last lines the child wrote to stderr, joined for an error message."""
+        return " | ".join(line for line in self._stderr if line)
+
+    async def wait(self) -> int:
+        """Wait for exit (and for stderr to be fully read); returns the exit code."""
+        code = await self.process.wait()
+        if self._drain is not None:
+            await self._drain
+        return code
+
+    async def terminate(self, grace: float = TERMINATE_GRACE_SECONDS) -> None:
+        """SIGTERM the child's process group, SIGKILL after `grace` seconds, then reap."""
+        if self.process.returncode is not None:
+            return
+        self._signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(grace):
+                await self.process.wait()
+        except TimeoutError:
+            log.warning("%s ignored SIGTERM for %.0fs; killing it", self.command, grace)
+            self._signal(signal.SIGKILL)
+            await self.process.wait()
+        except asyncio.CancelledError:
+            self._signal(signal.SIGKILL)  # cancelled again while stopping: no more grace
+            raise
+
+    def kill_now(self) -> None:
+        """SIGKILL without waiting; for an immediate exit of the whole runner."""
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)
+
+    async def _read_stderr(self) -> None:
+        stream = self.process.stderr
+        assert stream is not None
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line longer than the buffer: keep its start
+                line = await stream.read(STDERR_TAIL_LINE_BYTES)
+            if not line:
+                return
+            text = line.decode("utf-8", "replace").rstrip()
+            self._stderr.append(text[:STDERR_TAIL_LINE_BYTES])
+            log.debug("%s: %s", self.command.split(" ", 1)[0], text)
+
+
+@contextlib.asynccontextmanager
+async def spawn(argv: Sequence[str], env: Mapping[str, str]) -> AsyncIterator[Child]:
+    """Start `argv` with stdout piped to us; on leaving the block the child is gone.
+
+    If the block raises (or is cancelled) while the child still runs, the child is terminated
+    and reaped before the exception continues.
+    """
+    command = mask_command(argv)
+    log.debug("spawning %s", command)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=dict(env),
+            start_new_session=True,
+            limit=STDOUT_BUFFER_LIMIT,
+        )
+    except OSError as exc:
+        raise ToolNotFoundError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+    child = Child(process, command)
+    child._drain = asyncio.create_task(child._read_stderr())
+    _live.add(child)
+    try:
+        yield child
+    finally:
+        try:
+            await child.terminate()
+        finally:
+            _live.discard(child)
+            if child._drain is not None and not child._drain.done():
+                child._drain.cancel()
+
+
+def kill_all_now() -> int:
+    """SIGKILL every child still running; returns how many were signalled."""
+    children = list(_live)
+    for child in children:
+        child.kill_now()
+    return len(children)
+
+
+def running_children() -> int:
+    """How many children are alive right now."""
+    return sum(1 for child in _live if child.process.returncode is None)

@@ -1,0 +1,146 @@
+"""A local folder as a backup target: write `<final>.partial`, then fsync + rename.
+
+Nothing appears under a final name unless `commit()` ran; `abort()` removes the partial file.
+Files are created 0600 and missing folders 0700, whatever the umask allows beyond that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+
+from db_backup.errors import StorageError
+from db_backup.model import Target
+
+FILE_MODE = 0o600
+DIRECTORY_MODE = 0o700
+
+# Partial files being written right now, so a forced exit can still remove them.
+open_partials: set[Path] = set()
+
+
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags, FILE_MODE)
+
+
+def _describe(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def ensure_directory(directory: Path) -> None:
+    """Create `directory` and any missing parents with mode 0700."""
+    missing = []
+    probe = directory
+    while not probe.exists():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=DIRECTORY_MODE)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot create storage folder {folder}: {_describe(exc)}") from None
+    if not directory.is_dir():
+        raise StorageError(f"storage path {directory} is not a folder")
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write a small file so that readers see all of it or none of it."""
+    temporary = path.with_name(path.name + ".partial")
+    try:
+        with open(temporary, "wb", opener=_private) as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        _fsync_directory(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise StorageError(f"cannot write {path}: {_describe(exc)}") from None
+
+
+class LocalSink:
+    """One backup file being written into a local folder."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self._file: Any = None
+
+    async def open(self) -> None:
+        """Create the folder if needed and start `<final>.partial` (0600, must not exist)."""
+        await asyncio.to_thread(ensure_directory, self.target.directory)
+        final, partial = self.target.final_path, self.target.partial_path
+        if await aiofiles.os.path.exists(final):
+            raise StorageError(f"{final} already exists; refusing to overwrite a backup")
+        try:
+            self._file = await aiofiles.open(partial, "xb", opener=_private)
+        except FileExistsError:
+            raise StorageError(
+                f"{partial} exists: another run is writing this backup right now"
+            ) from None
+        except OSError as exc:
+            raise StorageError(f"cannot create {partial}: {_describe(exc)}") from None
+        open_partials.add(partial)
+
+    async def write(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            await self._file.write(data)
+        except OSError as exc:
+            raise StorageError(f"writing {self.target.partial_path}: {_describe(exc)}") from None
+
+    async def commit(self) -> Path:
+        """Flush to disk and move into place under the final name."""
+        partial, final = self.target.partial_path, self.target.final_path
+        try:
+            await self._file.flush()
+            await asyncio.to_thread(os.fsync, self._file.fileno())
+            await self._file.close()
+            self._file = None
+            await aiofiles.os.replace(partial, final)
+            await asyncio.to_thread(_fsync_directory, self.target.directory)
+        except OSError as exc:
+            raise StorageError(f"committing {final}: {_describe(exc)}") from None
+        open_partials.discard(partial)
+        return final
+
+    async def abort(self) -> None:
+        """Close and remove the partial file; safe to call in any state."""
+        partial = self.target.partial_path
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                await self._file.close()
+            self._file = None
+        with contextlib.suppress(FileNotFoundError):
+            await aiofiles.os.remove(partial)
+        open_partials.discard(partial)
+
+    async def write_sidecar(self, path: Path, data: bytes) -> None:
+        await asyncio.to_thread(write_atomically, path, data)
+
+
+def remove_open_partials_now() -> None:
+    """Synchronously delete every partial file still being written (forced exit)."""
+    for partial in list(open_partials):
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        open_partials.discard(partial)

@@ -1,0 +1,209 @@
+"""PostgreSQL as a dump source, the I/O part: connection checks, discovery, installed clients.
+
+psycopg's errors are translated here, once, into ConnectionCheckError with a `kind` a person
+can act on (auth failed / database missing / timed out / unreachable). libpq reports connection
+failures without a SQLSTATE, so the kind is read from its message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import shutil
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from db_backup.config.schema import BackupConfig
+from db_backup.errors import (
+    CheckFailure,
+    ConnectionCheckError,
+    CredentialsError,
+    ToolNotFoundError,
+)
+from db_backup.sources.postgres import ClientBinary, choose_client, parse_client_version
+
+if TYPE_CHECKING:
+    import psycopg
+
+CLIENT_GLOB = "/usr/lib/postgresql/*/bin/pg_dump"
+
+_AUTH_MARKERS = (
+    "password authentication failed",
+    "authentication failed",
+    "no password supplied",
+    "no pg_hba.conf entry",
+    "role \"",  # role "x" does not exist
+    "permission denied for database",
+)
+_UNREACHABLE_MARKERS = (
+    "connection refused",
+    "could not translate host name",
+    "no route to host",
+    "network is unreachable",
+    "no such file or directory",  # the local socket does not exist
+)
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What the connection check learned about one database's server."""
+
+    version_num: int  # server_version_num, e.g. 150018
+    version: str  # server_version, e.g. "15.18 (Debian 15.18-0+deb12u1)"
+    database_size: int | None  # pg_database_size, a rough estimate of the dump's size
+
+
+def resolve_password(backup: BackupConfig) -> str | None:
+    """The configured password, read from `password_file` if that is how it is given."""
+    if backup.password_file is None:
+        return backup.password
+    try:
+        text = Path(backup.password_file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CredentialsError(
+            f"password_file {backup.password_file}: {exc.strerror or exc}"
+        ) from None
+    return text.rstrip("\r\n")
+
+
+def _connect_kwargs(backup: BackupConfig, database: str, password: str | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "dbname": database,
+        "port": backup.port,
+        "connect_timeout": max(1, round(backup.connect_timeout)),
+        "application_name": "db-backup",
+    }
+    if backup.host:
+        kwargs["host"] = backup.host
+    if backup.username:
+        kwargs["user"] = backup.username
+    if password is not None:
+        kwargs["password"] = password
+    return kwargs
+
+
+def _classify(message: str) -> CheckFailure:
+    lowered = message.lower()
+    if "does not exist" in lowered and "database" in lowered:
+        return CheckFailure.DATABASE_MISSING
+    if any(marker in lowered for marker in _AUTH_MARKERS):
+        return CheckFailure.AUTH_FAILED
+    if "timeout" in lowered or "timed out" in lowered:
+        return CheckFailure.TIMED_OUT
+    if any(marker in lowered for marker in _UNREACHABLE_MARKERS):
+        return CheckFailure.UNREACHABLE
+    return CheckFailure.ERROR
+
+
+def _tidy(message: str, password: str | None) -> str:
+    """libpq's multi-line message on one line, without any password it might echo."""
+    text = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    text = text.removeprefix("connection failed: ")
+    if password:
+        text = text.replace(password, "***")
+    return text
+
+
+async def _connect(backup: BackupConfig, database: str, password: str | None) -> psycopg.AsyncConnection[Any]:
+    import psycopg  # deferred: only runs that talk to a server pay its import time
+
+    kwargs = _connect_kwargs(backup, database, password)
+    try:
+        # libpq's connect_timeout bounds each attempt; this bounds DNS and retries too.
+        async with asyncio.timeout(backup.connect_timeout):
+            return await psycopg.AsyncConnection.connect(**kwargs, autocommit=True)
+    except (TimeoutError, psycopg.errors.ConnectionTimeout):
+        raise ConnectionCheckError(
+            CheckFailure.TIMED_OUT, f"no answer within {backup.connect_timeout:g}s"
+        ) from None
+    except psycopg.Error as exc:
+        detail = _tidy(str(exc), password)
+        raise ConnectionCheckError(_classify(detail), detail) from None
+
+
+async def check_connection(
+    backup: BackupConfig, database: str, password: str | None
+) -> ServerInfo:
+    """Connect to `database` as the dump will, and read the server version and database size."""
+    import psycopg
+
+    conn = await _connect(backup, database, password)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(
+                "SELECT current_setting('server_version_num')::int,"
+                " current_setting('server_version'),"
+                " pg_database_size(current_database())"
+            )
+            row = await cur.fetchone()
+    except psycopg.Error as exc:
+        raise ConnectionCheckError(CheckFailure.ERROR, _tidy(str(exc), password)) from None
+    finally:
+        await conn.close()
+    assert row is not None
+    return ServerInfo(version_num=row[0], version=row[1], database_size=row[2])
+
+
+async def list_databases(backup: BackupConfig, password: str | None) -> list[str]:
+    """Every database on the backup's server that accepts connections and is not a template."""
+    import psycopg
+
+    conn = await _connect(backup, "postgres", password)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(
+                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
+            )
+            return [row[0] for row in await cur.fetchall()]
+    except psycopg.Error as exc:
+        raise ConnectionCheckError(CheckFailure.ERROR, _tidy(str(exc), password)) from None
+    finally:
+        await conn.close()
+
+
+@cache
+def _client_version(pg_dump: Path) -> str:
+    import subprocess
+
+    try:
+        result = subprocess.run(
+            [str(pg_dump), "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except OSError as exc:
+        raise ToolNotFoundError(f"{pg_dump}: cannot run: {exc.strerror or exc}") from None
+    except subprocess.TimeoutExpired:
+        raise ToolNotFoundError(f"{pg_dump} --version did not answer within 30s") from None
+    try:
+        return parse_client_version(result.stdout)
+    except ValueError as exc:
+        raise ToolNotFoundError(f"{pg_dump}: {exc}") from None
+
+
+@cache
+def installed_clients() -> tuple[ClientBinary, ...]:
+    """Every pg_dump in /usr/lib/postgresql/*/bin, else the one on PATH."""
+    paths = [Path(p) for p in sorted(glob.glob(CLIENT_GLOB)) if os.access(p, os.X_OK)]
+    if not paths:
+        on_path = shutil.which("pg_dump")
+        paths = [Path(on_path)] if on_path else []
+    return tuple(ClientBinary(path, _client_version(path)) for path in paths)
+
+
+async def client_for(backup: BackupConfig, server_version_num: int) -> ClientBinary:
+    """The pg_dump to use against this server: `pg_dump_path`, else the best installed one."""
+    if backup.pg_dump_path:
+        path = Path(backup.pg_dump_path)
+        if not os.access(path, os.X_OK):
+            raise ToolNotFoundError(f"pg_dump_path {path} is not an executable file")
+        client = ClientBinary(path, await asyncio.to_thread(_client_version, path))
+        return choose_client([client], server_version_num)
+    clients = await asyncio.to_thread(installed_clients)
+    if not clients:
+        raise ToolNotFoundError(
+            "pg_dump not found (looked in /usr/lib/postgresql/*/bin and PATH); install "
+            "postgresql-client or set pg_dump_path"
+        )
+    return choose_client(clients, server_version_num)
