@@ -15,7 +15,7 @@ import tempfile
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import Any, Self
 
 from rich.console import Console
 
@@ -24,7 +24,7 @@ from db_backup.model import JobStatus, RunReport
 from db_backup.pgcluster import ThrowawayCluster
 from db_backup.units import format_bytes
 
-PASSWORD_VARIABLE = "DB_BACKUP_DEMO_PASSWORD"
+PASSWORD_VARIABLE = "DB_BACKUP_DEMO_PASSWORD"  # noqa: S105 - a variable name, not a secret
 RESTORE_SOURCE = "shop"
 
 # name → SQL that fills it. Sizes differ so the live bars finish at different times.
@@ -115,14 +115,16 @@ def restore_plain_dump(cluster: ThrowawayCluster, dump: Path, database: str) -> 
     psql = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
     )
-    assert psql.stdin is not None and psql.stderr is not None
+    stdin, stderr = psql.stdin, psql.stderr
+    assert stdin is not None
+    assert stderr is not None
     errors: list[bytes] = []
-    drain = threading.Thread(target=lambda: errors.append(_read_all(psql.stderr)))
+    drain = threading.Thread(target=lambda: errors.append(stderr.read()))
     drain.start()
     try:
         with gzip.open(dump, "rb") as source:
-            shutil.copyfileobj(source, psql.stdin, 1024 * 1024)
-        psql.stdin.close()
+            shutil.copyfileobj(source, stdin, 1024 * 1024)
+        stdin.close()
     except BrokenPipeError:
         pass
     code = psql.wait()
@@ -130,10 +132,6 @@ def restore_plain_dump(cluster: ThrowawayCluster, dump: Path, database: str) -> 
     if code != 0:
         message = b"".join(errors).decode("utf-8", "replace").strip()
         raise DemoError(f"psql restore of {dump} failed (exit {code}): {message[-500:]}")
-
-
-def _read_all(stream: IO[bytes]) -> bytes:
-    return stream.read()
 
 
 class DemoSite:
@@ -168,9 +166,14 @@ class DemoSite:
             self.cluster.start()
         except subprocess.CalledProcessError as exc:
             raise DemoError(f"could not start PostgreSQL: {(exc.stderr or '').strip()}") from None
-        say(f"   listening on {self.cluster.host}:{self.cluster.port}"
-            + (" (server runs as an unprivileged user, since we are root)"
-               if os.geteuid() == 0 else ""))
+        say(
+            f"   listening on {self.cluster.host}:{self.cluster.port}"
+            + (
+                " (server runs as an unprivileged user, since we are root)"
+                if os.geteuid() == 0
+                else ""
+            )
+        )
         say(f"[bold]2.[/bold] Creating {len(SAMPLE_DATABASES)} sample databases ...")
         self._seed()
         self._write_config()
@@ -222,9 +225,7 @@ class DemoSite:
     def restore_and_check(self, report: RunReport) -> None:
         """Restore the shop dump into a new database and compare every table with the source."""
         say = self.console.print
-        result = next(
-            (r for r in report.results if r.job.name == RESTORE_SOURCE and r.file), None
-        )
+        result = next((r for r in report.results if r.job.name == RESTORE_SOURCE and r.file), None)
         if result is None or result.status is not JobStatus.SUCCEEDED or result.file is None:
             raise DemoError(f"the {RESTORE_SOURCE!r} backup did not succeed; nothing to restore")
         restored = f"{RESTORE_SOURCE}_restored"

@@ -86,8 +86,10 @@ async def _run(job: JobSpec, emit: Emit) -> Committed:
             exit_code = await child.wait()
             stderr_tail = _redact(child.stderr_tail(), password)
         if exit_code != 0:
-            reason = f"{tool} exited with code {exit_code}" if exit_code > 0 else (
-                f"{tool} was killed by signal {-exit_code}"
+            reason = (
+                f"{tool} exited with code {exit_code}"
+                if exit_code > 0
+                else (f"{tool} was killed by signal {-exit_code}")
             )
             raise DumpError(reason, exit_code=exit_code, stderr_tail=stderr_tail)
         if plain and not postgres.plain_dump_is_complete(

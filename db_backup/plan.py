@@ -83,8 +83,10 @@ def select_backups(config: Config, names: Sequence[str]) -> tuple[BackupConfig, 
             selected.append(backup)
     if unknown:
         valid = ", ".join(sorted(by_name))
-        raise SelectionError(f"no backup named {', '.join(map(repr, unknown))} in {config.source}; "
-                             f"backups are: {valid}")
+        raise SelectionError(
+            f"no backup named {', '.join(map(repr, unknown))} in {config.source}; "
+            f"backups are: {valid}"
+        )
     return tuple(selected)
 
 
@@ -128,7 +130,9 @@ def build_plan(
             host = safe_component(backup.host or "local")
             globals_name = f"globals-{host}-{backup.port}"
             jobs.append(_job(backup, JobKind.GLOBALS, globals_name, _maintenance_db(backup), stamp))
-    explicit = {name for name in names if "." in name and name not in {b.name for b in config.backups}}
+    explicit = {
+        name for name in names if "." in name and name not in {b.name for b in config.backups}
+    }
     if explicit:
         jobs = [job for job in jobs if job.name in explicit or job.backup.name in names]
     _refuse_collisions(config, jobs)
@@ -170,9 +174,13 @@ def _refuse_collisions(config: Config, jobs: Sequence[JobSpec]) -> None:
         if other is not job:
             issues.append(
                 ConfigIssue(
-                    config.source, None, None, "backups",
-                    f"job name {job.name!r} (backup {job.backup.name!r}, database {job.database!r}) "
-                    f"collides with backup {other.backup.name!r}, database {other.database!r}",
+                    config.source,
+                    None,
+                    None,
+                    "backups",
+                    f"job name {job.name!r} (backup {job.backup.name!r}, "
+                    f"database {job.database!r}) collides with backup "
+                    f"{other.backup.name!r}, database {other.database!r}",
                 )
             )
     if issues:

@@ -45,7 +45,7 @@ def format_duration(seconds: float) -> str:
     """`0.4s`, `12.3s`, `4m05s`, `2h03m`."""
     if seconds < 60:
         return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)

@@ -1,4 +1,4 @@
-"""The command-line edge: typer commands that parse options, call one function, pick an exit code."""
+"""The command-line edge: typer commands that parse options, call one function, pick an exit."""
 
 from db_backup.cli.app import app, main
 

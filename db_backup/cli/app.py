@@ -90,7 +90,7 @@ def _root(
 class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever sys.stderr is now, so rich's live display can redirect logs."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
@@ -115,8 +115,8 @@ def configure_logging(spec: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(levels.pop("", logging.WARNING))
-    for logger, level in levels.items():
-        logging.getLogger(logger).setLevel(level)
+    for logger, number in levels.items():
+        logging.getLogger(logger).setLevel(number)
 
 
 def _fail_usage(message: str) -> NoReturn:
@@ -181,7 +181,9 @@ def validate(
     connect: Annotated[
         bool,
         typer.Option(
-            "--connect", help="Also connect to every database and report per job.", show_default=False
+            "--connect",
+            help="Also connect to every database and report per job.",
+            show_default=False,
         ),
     ] = False,
 ) -> None:
@@ -259,7 +261,10 @@ def backup(
     jobs: Annotated[
         int | None,
         typer.Option(
-            "-j", "--jobs", min=1, help="At most N dumps at once (overrides concurrency).",
+            "-j",
+            "--jobs",
+            min=1,
+            help="At most N dumps at once (overrides concurrency).",
             show_default=False,
         ),
     ] = None,

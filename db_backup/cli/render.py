@@ -83,9 +83,10 @@ class PlainRenderer:
     def __call__(self, event: JobEvent) -> None:
         if isinstance(event, JobStarted) and not self._quiet:
             self._line(f"start    {event.job.name} ({describe_job(event.job)})")
-        elif isinstance(event, JobFinished):
-            if not self._quiet or event.result.status is JobStatus.FAILED:
-                self._line(finish_line(event.result))
+        elif isinstance(event, JobFinished) and (
+            not self._quiet or event.result.status is JobStatus.FAILED
+        ):
+            self._line(finish_line(event.result))
 
     def note(self, text: str) -> None:
         self._line(text)
@@ -259,13 +260,15 @@ def plan_table(plan: Plan, failures: Sequence[JobResult] = ()) -> Table:
         table.add_row(job.name, job.database, str(job.server), fmt, str(job.target.final_path))
     for result in failures:
         table.add_row(
-            result.job.name, result.job.database, str(result.job.server), "-",
+            result.job.name,
+            result.job.database,
+            str(result.job.server),
+            "-",
             Text(f"cannot list databases: {result.error}", style="red"),
         )
     limits = ", ".join(f"{server}: {limit}" for server, limit in plan.host_limits.items())
-    table.caption = (
-        f"{len(plan.jobs)} jobs, at most {plan.concurrency} at once"
-        + (f"; per server: {limits}" if limits else "")
+    table.caption = f"{len(plan.jobs)} jobs, at most {plan.concurrency} at once" + (
+        f"; per server: {limits}" if limits else ""
     )
     table.caption_justify = "left"
     return table

@@ -151,7 +151,10 @@ def format_path(path: KeyPath) -> str:
 
 
 def expand_env(value: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
-    """Expand `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`. Returns (text, missing vars)."""
+    """Expand `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`.
+
+    Returns the text and the names of referenced variables that are not set.
+    """
     missing: list[str] = []
 
     def substitute(match: re.Match[str]) -> str:
@@ -172,8 +175,8 @@ def expand_env(value: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
 class _Origin:
     """Where each key of one merged backup came from: the backup entry or `defaults:`."""
 
-    entry: Mapping[str, Any]
-    defaults: Mapping[str, Any]
+    entry: Mapping[Any, Any]
+    defaults: Mapping[Any, Any]
     entry_path: KeyPath
     defaults_path: KeyPath
 
@@ -184,11 +187,16 @@ class _Origin:
         for depth, part in enumerate(path):
             in_entry = isinstance(entry, Mapping) and part in entry
             in_defaults = isinstance(defaults, Mapping) and part in defaults
-            if in_entry and in_defaults and isinstance(entry[part], dict):
-                if isinstance(defaults[part], dict):
-                    entry, defaults = entry[part], defaults[part]
-                    entry_path, defaults_path = (*entry_path, part), (*defaults_path, part)
-                    continue
+            both_mappings = (
+                in_entry
+                and in_defaults
+                and isinstance(entry[part], dict)
+                and isinstance(defaults[part], dict)
+            )
+            if both_mappings:
+                entry, defaults = entry[part], defaults[part]
+                entry_path, defaults_path = (*entry_path, part), (*defaults_path, part)
+                continue
             if in_entry:
                 return (*entry_path, *path[depth:])
             if in_defaults:
@@ -259,7 +267,9 @@ class _Loader:
             return text
         return node
 
-    def _check_keys(self, mapping: Any, struct: type[Any], path: KeyPath, origin: Any = None) -> None:
+    def _check_keys(
+        self, mapping: Any, struct: type[Any], path: KeyPath, origin: Any = None
+    ) -> None:
         """Report every unknown key under `path`, with the nearest valid one as a hint."""
         if not isinstance(mapping, dict):
             return
@@ -269,7 +279,11 @@ class _Loader:
             if key not in known:
                 hint = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
                 message = f"unknown key {key!r}"
-                message += f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {', '.join(sorted(known))}"
+                message += (
+                    f"; did you mean {hint[0]!r}?"
+                    if hint
+                    else f"; valid keys: {', '.join(sorted(known))}"
+                )
                 self._add(self.document.issue(where, message, at_key=True))
                 continue
             nested = _nested_struct(known[key])
@@ -311,10 +325,15 @@ class _Loader:
         before = len(self.issues)
 
         def problem(key: KeyPath, message: str) -> None:
-            self._add(self.document.issue(origin.locate(key), f"{message} (backup {backup.name!r})"))
+            self._add(
+                self.document.issue(origin.locate(key), f"{message} (backup {backup.name!r})")
+            )
 
         if not NAME_PATTERN.fullmatch(backup.name) or len(backup.name) > MAX_NAME_LENGTH:
-            problem(("name",), f"invalid name {backup.name!r}: use {NAME_RULE}, at most {MAX_NAME_LENGTH}")
+            problem(
+                ("name",),
+                f"invalid name {backup.name!r}: use {NAME_RULE}, at most {MAX_NAME_LENGTH}",
+            )
         prefix = backup.storage.prefix
         if prefix and (not NAME_PATTERN.fullmatch(prefix) or len(prefix) > MAX_NAME_LENGTH):
             problem(("storage", "prefix"), f"invalid prefix {prefix!r}: use {NAME_RULE}")
@@ -330,7 +349,9 @@ class _Loader:
             return None
         return msgspec.structs.replace(
             backup,
-            storage=msgspec.structs.replace(backup.storage, path=self._absolute(backup.storage.path)),
+            storage=msgspec.structs.replace(
+                backup.storage, path=self._absolute(backup.storage.path)
+            ),
             **{
                 key: self._absolute(value)
                 for key in _PATH_KEYS
@@ -462,4 +483,3 @@ def _humanize(message: str, path: KeyPath, value: Any, target: type[Any]) -> str
     if text.startswith("expected") and value is not None:
         return f"{text}, got {shown}"
     return text
-

@@ -35,7 +35,7 @@ _AUTH_MARKERS = (
     "authentication failed",
     "no password supplied",
     "no pg_hba.conf entry",
-    "role \"",  # role "x" does not exist
+    'role "',  # role "x" does not exist
     "permission denied for database",
 )
 _UNREACHABLE_MARKERS = (
@@ -107,7 +107,9 @@ def _tidy(message: str, password: str | None) -> str:
     return text
 
 
-async def _connect(backup: BackupConfig, database: str, password: str | None) -> psycopg.AsyncConnection[Any]:
+async def _connect(
+    backup: BackupConfig, database: str, password: str | None
+) -> psycopg.AsyncConnection[Any]:
     import psycopg  # deferred: only runs that talk to a server pay its import time
 
     kwargs = _connect_kwargs(backup, database, password)
@@ -124,9 +126,7 @@ async def _connect(backup: BackupConfig, database: str, password: str | None) ->
         raise ConnectionCheckError(_classify(detail), detail) from None
 
 
-async def check_connection(
-    backup: BackupConfig, database: str, password: str | None
-) -> ServerInfo:
+async def check_connection(backup: BackupConfig, database: str, password: str | None) -> ServerInfo:
     """Connect to `database` as the dump will, and read the server version and database size."""
     import psycopg
 

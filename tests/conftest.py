@@ -1,0 +1,111 @@
+"""Shared fixtures: one throwaway PostgreSQL per test session, a CLI runner, config writers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from db_backup.pgcluster import ThrowawayCluster
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI a skipped test is a failure: nothing may be skipped silently."""
+    if os.environ.get("CI") != "true":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped:
+        reporter.write_line(f"CI=true: {len(skipped)} skipped test(s) count as failures", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[ThrowawayCluster]:
+    """The session's PostgreSQL server (scram-sha-256, superuser `postgres`)."""
+    cluster = ThrowawayCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def create_database(cluster: ThrowawayCluster, name: str, script: str = "") -> None:
+    """(Re)create database `name` and run `script` in it."""
+    with psycopg.connect(**cluster.conninfo(), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    if script:
+        with psycopg.connect(**cluster.conninfo(name)) as conn:
+            conn.execute(script.encode())
+
+
+@pytest.fixture
+def make_database(pg: ThrowawayCluster) -> Iterator[Any]:
+    """Create databases for one test; dropped afterwards."""
+    created: list[str] = []
+
+    def make(name: str, script: str = "") -> str:
+        create_database(pg, name, script)
+        created.append(name)
+        return name
+
+    yield make
+    with psycopg.connect(**pg.conninfo(), autocommit=True) as conn:
+        for name in created:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def write_config(path: Path, document: dict[str, Any]) -> Path:
+    """Write a config; JSON is valid YAML, and keeps tests free of YAML quoting puzzles."""
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def server_defaults(cluster: ThrowawayCluster, storage: Path, **extra: Any) -> dict[str, Any]:
+    """`defaults:` pointing at the session server; the password comes from the environment."""
+    return {
+        "host": cluster.host,
+        "port": cluster.port,
+        "username": cluster.superuser,
+        "password": "${TEST_PG_PASSWORD}",
+        "storage": {"path": str(storage), "prefix": "t"},
+        **extra,
+    }
+
+
+def cli_env(cluster: ThrowawayCluster | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_BACKUP_", "PG"))}
+    env["NO_COLOR"] = "1"
+    if cluster is not None:
+        env["TEST_PG_PASSWORD"] = cluster.password
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `db-backup` CLI in a child process (stdout/stderr piped, not a terminal)."""
+    return subprocess.run(
+        [sys.executable, "-m", "db_backup", *args],
+        capture_output=True,
+        text=True,
+        env=env if env is not None else cli_env(),
+        timeout=timeout,
+        check=False,
+    )

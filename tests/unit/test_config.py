@@ -1,0 +1,273 @@
+"""Config loading: merge, ${VAR} expansion, and one test per class of config error."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from db_backup.config import load_config, parse_config
+from db_backup.config.load import deep_merge, expand_env
+from db_backup.config.sample import SAMPLE_CONFIG
+from db_backup.errors import ConfigError
+
+BASE = """\
+defaults:
+  host: db1.internal
+  username: backup
+  storage: {path: /var/backups/db, prefix: nightly}
+  compression: {algorithm: gzip, level: 6}
+backups:
+"""
+
+
+def errors_of(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "backup.yml", base_dir=Path("/etc/db-backup"), environ=env or {})
+    return [str(issue) for issue in caught.value.issues]
+
+
+def test_defaults_merge_under_each_backup_and_nested_keys_merge_key_by_key() -> None:
+    config = parse_config(
+        BASE
+        + """\
+  - name: shop
+    database: shop
+  - name: analytics
+    host: db2.internal
+    database: analytics
+    storage: {prefix: hourly}
+    compression: {level: 9}
+""",
+        environ={},
+    )
+    shop, analytics = config.backups
+    assert (shop.host, shop.username, shop.port) == ("db1.internal", "backup", 5432)
+    assert analytics.host == "db2.internal"
+    assert analytics.username == "backup"
+    assert (analytics.storage.path, analytics.storage.prefix) == ("/var/backups/db", "hourly")
+    assert (analytics.compression.algorithm, analytics.compression.level) == ("gzip", 9)
+    assert shop.storage.prefix == "nightly"
+
+
+def test_expand_env_forms() -> None:
+    env = {"A": "alpha", "EMPTY": ""}
+    assert expand_env("x${A}y", env) == ("xalphay", [])
+    assert expand_env("${MISSING:-fallback}", env) == ("fallback", [])
+    assert expand_env("${EMPTY:-fallback}", env) == ("", [])
+    assert expand_env("pa$$word and $plain", env) == ("pa$word and $plain", [])
+    assert expand_env("$${A}", env) == ("${A}", [])
+    assert expand_env("${NOPE}${ALSO}", env) == ("", ["NOPE", "ALSO"])
+
+
+def test_env_expands_in_every_string_value_and_converts_ports() -> None:
+    config = parse_config(
+        BASE + "  - name: shop\n    database: ${DB}\n    port: ${PORT}\n    password: ${PW}\n",
+        environ={"DB": "shop_prod", "PORT": "6543", "PW": "s3cr'et:$\\"},
+    )
+    backup = config.backups[0]
+    assert (backup.database, backup.port, backup.password) == ("shop_prod", 6543, "s3cr'et:$\\")
+
+
+def test_missing_env_var_is_named_with_its_position() -> None:
+    errors = errors_of(BASE + "  - name: shop\n    database: shop\n    password: ${SHOP_PW}\n")
+    assert errors == [
+        "backup.yml:9:15: backups[0].password: environment variable SHOP_PW is not set "
+        "(use ${SHOP_PW:-default})"
+    ]
+
+
+def test_empty_password_means_libpq_defaults() -> None:
+    config = parse_config(
+        BASE + "  - name: shop\n    database: shop\n    password: ${PW:-}\n", environ={}
+    )
+    assert config.backups[0].password is None
+
+
+def test_wrong_type_points_at_file_line_column_and_key() -> None:
+    errors = errors_of(
+        BASE + "  - name: a\n    database: a\n  - name: b\n    database: b\n    port: abc\n"
+    )
+    assert errors == ["backup.yml:11:11: backups[1].port: expected int, got \"abc\" (backup 'b')"]
+
+
+def test_out_of_range_and_bad_choice() -> None:
+    errors = errors_of(
+        BASE + "  - name: a\n    database: a\n    port: 70000\n"
+        "  - name: b\n    database: b\n    format: tar\n"
+    )
+    assert errors == [
+        "backup.yml:9:11: backups[0].port: expected int <= 65535, got 70000 (backup 'a')",
+        'backup.yml:12:13: backups[1].format: invalid value "tar"; expected one of: '
+        "custom, plain (backup 'b')",
+    ]
+
+
+def test_unknown_keys_suggest_the_nearest_valid_one_everywhere() -> None:
+    errors = errors_of(
+        "concurency: 2\n"
+        + BASE.replace("  username: backup\n", "  usernme: backup\n")
+        + "  - name: a\n    database: a\n    storage: {prefx: x}\n"
+    )
+    assert errors == [
+        "backup.yml:1:1: concurency: unknown key 'concurency'; did you mean 'concurrency'?",
+        "backup.yml:4:3: defaults.usernme: unknown key 'usernme'; did you mean 'username'?",
+        "backup.yml:10:15: backups[0].storage.prefx: unknown key 'prefx'; did you mean 'prefix'?",
+    ]
+
+
+def test_missing_required_key_points_at_the_entry() -> None:
+    errors = errors_of(BASE + "  - name: a\n    host: x\n")
+    assert errors == ["backup.yml:7:5: backups[0]: missing required key 'database' (backup 'a')"]
+
+
+def test_missing_storage_is_reported() -> None:
+    errors = errors_of("backups:\n  - name: a\n    database: a\n")
+    assert errors == ["backup.yml:2:5: backups[0]: missing required key 'storage' (backup 'a')"]
+
+
+def test_all_errors_are_reported_at_once_in_file_order() -> None:
+    errors = errors_of(
+        BASE + "  - name: a\n    database: a\n    port: x\n"
+        "  - name: b\n    databse: b\n"
+        "  - name: a\n    database: c\n"
+    )
+    assert [e.split(": ")[0] for e in errors] == [
+        "backup.yml:9:11",
+        "backup.yml:11:5",
+        "backup.yml:12:11",
+    ]
+    assert "duplicate backup name 'a' (first at line 7)" in errors[2]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../etc", "a/b", ".hidden", "-dash", "with space", "ünï", "", "x" * 101],
+)
+def test_unsafe_job_names_are_refused(name: str) -> None:
+    errors = errors_of(BASE + f'  - name: "{name}"\n    database: a\n')
+    assert len(errors) == 1
+    assert "invalid name" in errors[0]
+    assert errors[0].startswith("backup.yml:7:")
+
+
+def test_unsafe_prefix_is_refused() -> None:
+    errors = errors_of(BASE + '  - name: a\n    database: a\n    storage: {prefix: "../up"}\n')
+    assert len(errors) == 1
+    assert "invalid prefix '../up'" in errors[0]
+
+
+def test_password_and_password_file_at_one_level_conflict() -> None:
+    errors = errors_of(
+        BASE + "  - name: a\n    database: a\n    password: x\n    password_file: /run/s\n"
+    )
+    assert errors == [
+        "backup.yml:10:20: backups[0].password_file: give either password or password_file, "
+        "not both (backup 'a')"
+    ]
+
+
+def test_a_backups_password_file_replaces_an_inherited_password() -> None:
+    text = BASE.replace("  username: backup\n", "  username: backup\n  password: ${PW}\n")
+    config = parse_config(
+        text + "  - name: a\n    database: a\n    password_file: secrets/a\n",
+        base_dir=Path("/etc/db-backup"),
+        environ={"PW": "x"},
+    )
+    assert config.backups[0].password is None
+    assert config.backups[0].password_file == "/etc/db-backup/secrets/a"
+
+
+def test_exclude_needs_the_wildcard() -> None:
+    errors = errors_of(BASE + "  - name: a\n    database: a\n    exclude: [x]\n")
+    assert len(errors) == 1
+    assert 'exclude only applies with database: "*"' in errors[0]
+
+
+def test_durations() -> None:
+    config = parse_config(
+        BASE + "  - name: a\n    database: a\n    connect_timeout: 1m30s\n    timeout: 2h\n",
+        environ={},
+    )
+    assert (config.backups[0].connect_timeout, config.backups[0].timeout) == (90.0, 7200.0)
+    errors = errors_of(BASE + "  - name: a\n    database: a\n    timeout: soon\n")
+    assert len(errors) == 1
+    assert errors[0].startswith("backup.yml:9:14: backups[0].timeout: expected a duration")
+
+
+def test_yaml_syntax_error_has_a_position() -> None:
+    errors = errors_of("backups:\n  - name: a\n   database: [unclosed\n")
+    assert len(errors) == 1
+    assert errors[0].startswith("backup.yml:3:")
+    assert "YAML" in errors[0]
+
+
+def test_duplicate_yaml_keys_are_an_error() -> None:
+    errors = errors_of(BASE + "  - name: a\n    database: a\n    database: b\n")
+    assert len(errors) == 1
+    assert errors[0].startswith("backup.yml:9:5:")
+    assert "duplicate key" in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "the file is empty"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("backups: []\n", "no backups listed"),
+        ("backups: [42]\n", "expected a mapping of backup settings"),
+        ("defaults: {name: x}\nbackups: [{database: a}]\n", "`name` cannot be a default"),
+    ],
+)
+def test_document_shape_errors(text: str, expected: str) -> None:
+    errors = errors_of(text)
+    assert len(errors) == 1
+    assert expected in errors[0]
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yml")
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+    binary = tmp_path / "binary.yml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(binary)
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    config_file = tmp_path / "conf" / "backup.yml"
+    config_file.parent.mkdir()
+    config_file.write_text(
+        "backups:\n  - name: a\n    database: a\n    storage: {path: out}\n"
+        "    pg_dump_path: bin/pg_dump\n"
+    )
+    backup = load_config(config_file).backups[0]
+    assert backup.storage.path == str(tmp_path / "conf" / "out")
+    assert backup.pg_dump_path == str(tmp_path / "conf" / "bin" / "pg_dump")
+
+
+def test_secret_values_are_not_echoed_in_errors() -> None:
+    errors = errors_of(BASE + "  - name: a\n    database: a\n    password: [hunter2]\n")
+    assert len(errors) == 1
+    assert "hunter2" not in errors[0]
+    assert "backups[0].password" in errors[0]
+
+
+def test_the_generated_sample_validates_as_written() -> None:
+    config = parse_config(SAMPLE_CONFIG, environ={})
+    assert [b.name for b in config.backups] == ["shop", "analytics", "everything-on-db3"]
+    assert config.backups[2].exclude == ("postgres", "template*")
+
+
+def test_deep_merge_replaces_lists_and_scalars() -> None:
+    merged = deep_merge({"a": {"x": 1, "y": 2}, "l": [1]}, {"a": {"y": 3}, "l": [2]})
+    assert merged == {"a": {"x": 1, "y": 3}, "l": [2]}
+
+
+def test_environment_is_not_read_when_an_explicit_mapping_is_given() -> None:
+    os.environ.setdefault("HOME", "/root")
+    errors = errors_of(BASE + "  - name: a\n    database: ${HOME}\n", env={})
+    assert "HOME is not set" in errors[0]

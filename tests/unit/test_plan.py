@@ -1,0 +1,148 @@
+"""Planning: "*" expansion, naming, selection, per-server limits. Pure, no server needed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from db_backup.config import parse_config
+from db_backup.errors import ConfigError, SelectionError
+from db_backup.model import JobKind, Server
+from db_backup.plan import (
+    build_plan,
+    default_concurrency,
+    matching_databases,
+    safe_component,
+    select_backups,
+    timestamp,
+)
+
+NOW = datetime(2026, 11, 26, 3, 4, 5, tzinfo=UTC)
+
+CONFIG = """\
+concurrency: 3
+defaults:
+  host: db1
+  max_per_host: 2
+  storage: {path: /backups, prefix: nightly}
+backups:
+  - name: shop
+    database: shop
+  - name: analytics
+    database: analytics
+    format: custom
+    max_per_host: 1
+    globals: true
+  - name: all
+    host: db3
+    database: "*"
+    exclude: [postgres, "template*", "tmp_*"]
+    compression: {algorithm: none}
+"""
+
+
+def config():  # type: ignore[no-untyped-def]
+    return parse_config(CONFIG, environ={})
+
+
+def test_file_names_follow_prefix_name_utc_timestamp_and_format() -> None:
+    plan = build_plan(config(), NOW, discovered={"all": ["crm"]})
+    names = {job.name: job.target.filename for job in plan.jobs}
+    assert names == {
+        "shop": "nightly_shop_20261126T030405Z.sql.gz",
+        "analytics": "nightly_analytics_20261126T030405Z.dump",
+        "globals-db1-5432": "nightly_globals-db1-5432_20261126T030405Z.sql.gz",
+        "all.crm": "nightly_all.crm_20261126T030405Z.sql",
+    }
+    shop = plan.jobs[0]
+    assert shop.target.partial_path == Path("/backups/nightly_shop_20261126T030405Z.sql.gz.partial")
+    assert shop.target.manifest_path == Path("/backups/nightly_shop_20261126T030405Z.sql.gz.json")
+
+
+def test_timestamp_is_utc() -> None:
+    from datetime import timedelta, timezone
+
+    local = datetime(2026, 11, 26, 5, 4, 5, tzinfo=timezone(timedelta(hours=2)))
+    assert timestamp(local) == "20261126T030405Z"
+
+
+def test_wildcard_expands_per_database_minus_excludes() -> None:
+    backup = config().backups[2]
+    found = ["postgres", "template1", "crm", "tmp_scratch", "billing", "Tmp_kept"]
+    assert matching_databases(backup, found) == ["Tmp_kept", "billing", "crm"]
+    plan = build_plan(config(), NOW, discovered={"all": found})
+    wildcard_jobs = [job for job in plan.jobs if job.backup.name == "all"]
+    assert [(j.name, j.database) for j in wildcard_jobs] == [
+        ("all.Tmp_kept", "Tmp_kept"),
+        ("all.billing", "billing"),
+        ("all.crm", "crm"),
+    ]
+    assert all(job.server == Server("db3", 5432) for job in wildcard_jobs)
+
+
+@pytest.mark.parametrize(
+    ("database", "expected"),
+    [
+        ("shop", "shop"),
+        ("my db", "my_db-"),
+        ('it\'s "quoted"', "it_s_quoted_-"),
+        ("café", "cafe-"),
+        ("-leading", "leading-"),
+        ("../../etc", "etc-"),
+        ("日本語", "db-"),
+    ],
+)
+def test_database_names_become_safe_unique_file_name_parts(database: str, expected: str) -> None:
+    component = safe_component(database)
+    assert component.startswith(expected)
+    assert "/" not in component
+    assert component[0].isalnum()
+    if component != database:
+        assert len(component) > len(expected)  # a hash keeps distinct names distinct
+
+
+def test_distinct_names_that_fold_alike_stay_distinct() -> None:
+    assert safe_component("a b") != safe_component("a_b")
+    assert safe_component("café") != safe_component("cafe")
+
+
+def test_globals_once_per_server_in_the_first_requesting_backups_folder() -> None:
+    text = CONFIG.replace(
+        "  - name: shop\n    database: shop\n",
+        "  - name: shop\n    database: shop\n    globals: true\n",
+    )
+    plan = build_plan(parse_config(text, environ={}), NOW, discovered={"all": []})
+    globals_jobs = [job for job in plan.jobs if job.kind is JobKind.GLOBALS]
+    assert [(j.name, j.backup.name, j.database) for j in globals_jobs] == [
+        ("globals-db1-5432", "shop", "shop")
+    ]
+
+
+def test_per_server_limits_take_the_smallest_and_concurrency_comes_from_config() -> None:
+    plan = build_plan(config(), NOW, discovered={"all": ["x"]})
+    assert plan.host_limits == {Server("db1", 5432): 1, Server("db3", 5432): 2}
+    assert plan.concurrency == 3
+    assert build_plan(config(), NOW, discovered={}, concurrency=7).concurrency == 7
+
+
+def test_default_concurrency_is_cpu_count_at_least_two() -> None:
+    assert default_concurrency() >= 2
+
+
+def test_selection_by_backup_name_and_by_wildcard_job_name() -> None:
+    cfg = config()
+    assert [b.name for b in select_backups(cfg, ["analytics"])] == ["analytics"]
+    plan = build_plan(cfg, NOW, names=["all.crm"], discovered={"all": ["crm", "billing"]})
+    assert [job.name for job in plan.jobs] == ["all.crm"]
+    with pytest.raises(
+        SelectionError, match="no backup named 'nope'.*backups are: all, analytics, shop"
+    ):
+        select_backups(cfg, ["nope"])
+
+
+def test_colliding_job_names_are_refused() -> None:
+    text = CONFIG + "  - name: all.crm\n    database: crm\n"
+    with pytest.raises(ConfigError, match="job name 'all.crm'.*collides"):
+        build_plan(parse_config(text, environ={}), NOW, discovered={"all": ["crm"]})
