@@ -137,12 +137,12 @@ def test_selection_by_backup_name_and_by_wildcard_job_name() -> None:
     plan = build_plan(cfg, NOW, names=["all.crm"], discovered={"all": ["crm", "billing"]})
     assert [job.name for job in plan.jobs] == ["all.crm"]
     with pytest.raises(
-        SelectionError, match="no backup named 'nope'.*backups are: all, analytics, shop"
+        SelectionError, match=r"no backup named 'nope'.*backups are: all, analytics, shop"
     ):
         select_backups(cfg, ["nope"])
 
 
 def test_colliding_job_names_are_refused() -> None:
     text = CONFIG + "  - name: all.crm\n    database: crm\n"
-    with pytest.raises(ConfigError, match="job name 'all.crm'.*collides"):
+    with pytest.raises(ConfigError, match=r"job name 'all\.crm'.*collides"):
         build_plan(parse_config(text, environ={}), NOW, discovered={"all": ["crm"]})
