@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -69,7 +70,7 @@ SAMPLE_DATABASES: dict[str, str] = {
     """,
 }
 
-_TABLE_CHECKSUMS = """
+_USER_TABLES = """
     SELECT format('%I.%I', n.nspname, c.relname)
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -77,21 +78,42 @@ _TABLE_CHECKSUMS = """
 """
 
 
-def table_fingerprints(conninfo: dict[str, Any]) -> dict[str, tuple[int, str]]:
-    """Per user table: row count and md5 over all rows in a stable order."""
+@dataclass(frozen=True)
+class Fingerprint:
+    """A database's content in comparable form: tables, sequences and large objects."""
+
+    tables: dict[str, tuple[int, str]]  # name → (rows, md5 of all rows in a stable order)
+    sequences: dict[str, tuple[int | None, bool]]  # name → (last_value, is_called)
+    large_objects: dict[int, str]  # oid → md5 of its bytes
+
+
+def fingerprint(conninfo: dict[str, Any]) -> Fingerprint:
+    """Read what a restore must reproduce, to compare a restored copy with its source."""
     import psycopg
 
-    fingerprints = {}
     with psycopg.connect(**conninfo) as conn:
-        tables = [row[0] for row in conn.execute(_TABLE_CHECKSUMS).fetchall()]
-        for table in tables:
+        tables = {}
+        for (table,) in conn.execute(_USER_TABLES).fetchall():
             row = conn.execute(
-                f"SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '')"  # noqa: S608
+                # The name comes quoted from format('%I') above.
+                "SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '')"  # noqa: S608
                 f" FROM {table} t"
             ).fetchone()
             assert row is not None
-            fingerprints[table] = (row[0], row[1])
-    return fingerprints
+            tables[table] = (row[0], row[1])
+        sequences = {}
+        for (sequence,) in conn.execute(
+            "SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences ORDER BY 1"
+        ).fetchall():
+            state = conn.execute(f"SELECT last_value, is_called FROM {sequence}").fetchone()  # noqa: S608
+            assert state is not None
+            sequences[sequence] = (state[0], state[1])
+        large_objects = dict(
+            conn.execute(
+                "SELECT oid::bigint, md5(lo_get(oid)) FROM pg_largeobject_metadata ORDER BY 1"
+            ).fetchall()
+        )
+    return Fingerprint(tables, sequences, large_objects)
 
 
 def restore_plain_dump(cluster: ThrowawayCluster, dump: Path, database: str) -> None:
@@ -231,12 +253,20 @@ class DemoSite:
         restored = f"{RESTORE_SOURCE}_restored"
         say(f"\n[bold]4.[/bold] Restoring {result.file.name} into a new database {restored!r} ...")
         restore_plain_dump(self.cluster, result.file, restored)
-        original = table_fingerprints(self.cluster.conninfo(RESTORE_SOURCE))
-        copy = table_fingerprints(self.cluster.conninfo(restored))
-        for table, (rows, digest) in original.items():
-            same = copy.get(table) == (rows, digest)
+        original = fingerprint(self.cluster.conninfo(RESTORE_SOURCE))
+        copy = fingerprint(self.cluster.conninfo(restored))
+        for table, (rows, digest) in original.tables.items():
+            same = copy.tables.get(table) == (rows, digest)
             mark = "[green]identical[/green]" if same else "[red]DIFFERENT[/red]"
             say(f"   {table}: {rows} rows, md5 {digest[:12]}… {mark}")
+        say(
+            f"   {len(original.sequences)} sequences: "
+            + (
+                "[green]identical[/green]"
+                if original.sequences == copy.sequences
+                else "[red]DIFFERENT[/red]"
+            )
+        )
         if original != copy:
             raise DemoError(f"restored {restored!r} differs from {RESTORE_SOURCE!r}")
         say("\n[bold]5.[/bold] Where everything is:")

@@ -1,0 +1,75 @@
+"""Fake pg_dump programs that fail on cue. Everything else in the suite is real.
+
+Each fake answers `--version` like pg_dump 15 (so client selection accepts it), then behaves as
+asked. They are written as executable scripts because db-backup spawns pg_dump as a program.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_PRELUDE = f"""#!{sys.executable}
+import os, sys, time, json
+if sys.argv[1:] == ["--version"]:
+    print("pg_dump (PostgreSQL) 15.99")
+    sys.exit(0)
+out = sys.stdout.buffer
+"""
+
+BEHAVIOURS = {
+    # Writes 2 MiB of SQL, then reports a lost connection and exits 1.
+    "dies-halfway": """
+out.write(b"--\\n-- PostgreSQL database dump\\n--\\n" + b"INSERT INTO t VALUES (1);\\n" * 80000)
+out.flush()
+sys.stderr.write("pg_dump: error: Dumping the contents of table \\"t\\" failed\\n")
+sys.stderr.write("pg_dump: detail: server closed the connection unexpectedly\\n")
+sys.exit(1)
+""",
+    # Exits 0 after half a dump: no completion marker at the end.
+    "truncated-exit-0": """
+out.write(b"--\\n-- PostgreSQL database dump\\n--\\n" + b"COPY t (a) FROM stdin;\\n" + b"1\\n" * 100000)
+sys.exit(0)
+""",
+    # Writes a little, then stops writing forever (until killed).
+    "hangs": """
+out.write(b"--\\n-- PostgreSQL database dump\\n--\\n")
+out.flush()
+marker = os.environ.get("FAKE_STARTED_FILE")
+if marker:
+    open(marker, "w").write(str(os.getpid()))
+while True:
+    time.sleep(3600)
+""",
+    # Floods stderr (10 MiB) before failing: the runner must neither block nor keep it all.
+    "floods-stderr": """
+line = "pg_dump: warning: " + "x" * 200 + "\\n"
+for i in range(50000):
+    sys.stderr.write(line)
+sys.stderr.write("pg_dump: error: the last words\\n")
+sys.exit(3)
+""",
+}
+
+
+def fake_pg_dump(directory: Path, behaviour: str) -> Path:
+    """Write the fake `behaviour` as an executable script in `directory`; returns its path."""
+    path = directory / f"fake-pg_dump-{behaviour}"
+    path.write_text(_PRELUDE + BEHAVIOURS[behaviour])
+    path.chmod(0o755)
+    return path
+
+
+def recording_pg_dump(directory: Path, real_pg_dump: Path, log: Path) -> Path:
+    """A wrapper that appends its argv (as JSON) to `log`, then execs the real pg_dump."""
+    path = directory / "recording-pg_dump"
+    path.write_text(
+        f"""#!{sys.executable}
+import json, os, sys
+with open({str(log)!r}, "a") as handle:
+    handle.write(json.dumps(sys.argv) + "\\n")
+os.execv({str(real_pg_dump)!r}, [{str(real_pg_dump)!r}, *sys.argv[1:]])
+"""
+    )
+    path.chmod(0o755)
+    return path
