@@ -28,7 +28,8 @@ sys.exit(1)
 """,
     # Exits 0 after half a dump: no completion marker at the end.
     "truncated-exit-0": """
-out.write(b"--\\n-- PostgreSQL database dump\\n--\\n" + b"COPY t (a) FROM stdin;\\n" + b"1\\n" * 100000)
+out.write(b"--\\n-- PostgreSQL database dump\\n--\\n")
+out.write(b"COPY t (a) FROM stdin;\\n" + b"1\\n" * 100000)
 sys.exit(0)
 """,
     # Writes a little, then stops writing forever (until killed).

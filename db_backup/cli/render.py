@@ -177,6 +177,11 @@ class LiveRenderer:
     def note(self, text: str) -> None:
         self._progress.console.print(text, style="yellow", markup=False, highlight=False)
 
+    @property
+    def rows(self) -> list[str]:
+        """The descriptions of the rows on screen now (the overall row first)."""
+        return [str(task.description) for task in self._progress.tasks]
+
     def close(self) -> None:
         self._progress.stop()
 

@@ -86,24 +86,44 @@ def varied_db(pg: ThrowawayCluster) -> str:
 def restore(pg: ThrowawayCluster, command: list[str], target_db: str, dump: Path) -> None:
     """Create `target_db` and run a restore pipeline into it; fails the test on any error."""
     with psycopg.connect(**pg.conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target_db)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target_db))
+        )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target_db)))
     env = cli_env(PGPASSWORD=pg.password)
     connection = [f"--host={pg.host}", f"--port={pg.port}", f"--username={pg.superuser}"]
     if command == ["psql"]:
         gunzip = subprocess.Popen(["gunzip", "--stdout", str(dump)], stdout=subprocess.PIPE)
         psql = subprocess.run(
-            [str(pg.client_bin("psql")), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1",
-             *connection, f"--dbname={target_db}"],
-            stdin=gunzip.stdout, capture_output=True, text=True, env=env, check=False,
+            [
+                str(pg.client_bin("psql")),
+                "--no-psqlrc",
+                "--quiet",
+                "--set=ON_ERROR_STOP=1",
+                *connection,
+                f"--dbname={target_db}",
+            ],
+            stdin=gunzip.stdout,
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
         )
         assert gunzip.wait() == 0
         assert psql.returncode == 0, psql.stderr
     else:
         restored = subprocess.run(
-            [str(pg.client_bin("pg_restore")), "--exit-on-error", *connection,
-             f"--dbname={target_db}", str(dump)],
-            capture_output=True, text=True, env=env, check=False,
+            [
+                str(pg.client_bin("pg_restore")),
+                "--exit-on-error",
+                *connection,
+                f"--dbname={target_db}",
+                str(dump),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
         )
         assert restored.returncode == 0, restored.stderr
 
@@ -140,7 +160,9 @@ def test_backup_then_restore_reproduces_every_row_sequence_and_large_object(
     assert copy == original
 
 
-def test_manifest_describes_the_backup(pg: ThrowawayCluster, varied_db: str, tmp_path: Path) -> None:
+def test_manifest_describes_the_backup(
+    pg: ThrowawayCluster, varied_db: str, tmp_path: Path
+) -> None:
     import gzip
     import hashlib
 
@@ -168,7 +190,9 @@ def test_manifest_describes_the_backup(pg: ThrowawayCluster, varied_db: str, tmp
     assert leftovers == []
 
 
-def test_globals_are_saved_beside_the_dumps(pg: ThrowawayCluster, varied_db: str, tmp_path: Path) -> None:
+def test_globals_are_saved_beside_the_dumps(
+    pg: ThrowawayCluster, varied_db: str, tmp_path: Path
+) -> None:
     import gzip
 
     with psycopg.connect(**pg.conninfo(), autocommit=True) as conn:

@@ -98,7 +98,9 @@ def test_global_concurrency_and_per_server_limits_combine(
     assert peak_overlap(spans) == 2
 
 
-def test_jobs_flag_caps_concurrency(pg: ThrowawayCluster, databases: list[str], tmp_path: Path) -> None:
+def test_jobs_flag_caps_concurrency(
+    pg: ThrowawayCluster, databases: list[str], tmp_path: Path
+) -> None:
     config = write_config(
         tmp_path / "backup.yml",
         {

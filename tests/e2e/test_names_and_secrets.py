@@ -18,7 +18,7 @@ from tests.fakes import recording_pg_dump
 
 pytestmark = pytest.mark.e2e
 
-ODD_NAMES = ["my db", "it's \"quoted\"", "ünïcødé ☃", "-leading", "a=b c", "back\\slash"]
+ODD_NAMES = ["my db", 'it\'s "quoted"', "ünïcødé ☃", "-leading", "a=b c", "back\\slash"]
 ODD_PASSWORD = "pa'ss\"wo\\rd:$x ${NOT_A_VAR} end"
 ROLE = "odd user"
 
@@ -28,7 +28,9 @@ def odd_setup(pg: ThrowawayCluster) -> list[str]:
     """A role with an awkward password owning databases with awkward names."""
     with psycopg.connect(**pg.conninfo(), autocommit=True) as conn:
         for name in ODD_NAMES:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(ROLE)))
         conn.execute(
             sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
@@ -37,7 +39,9 @@ def odd_setup(pg: ThrowawayCluster) -> list[str]:
         )
         for name in ODD_NAMES:
             conn.execute(
-                sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(ROLE))
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(name), sql.Identifier(ROLE)
+                )
             )
     for name in ODD_NAMES:
         with psycopg.connect(**pg.conninfo(name, user=ROLE, password=ODD_PASSWORD)) as conn:
@@ -158,7 +162,10 @@ def test_the_password_is_not_visible_in_the_running_childs_argv(
     env = cli_env(ODD_PW=ODD_PASSWORD, FAKE_STARTED_FILE=str(started))
     runner = subprocess.Popen(
         [sys.executable, "-m", "db_backup", "backup", "-c", str(config)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         from tests.waiting import wait_for

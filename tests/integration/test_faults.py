@@ -20,7 +20,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def small_db(make_database: Any) -> str:
-    name: str = make_database("faults_small", "CREATE TABLE t AS SELECT generate_series(1, 1000) AS n;")
+    name: str = make_database(
+        "faults_small", "CREATE TABLE t AS SELECT generate_series(1, 1000) AS n;"
+    )
     return name
 
 
@@ -51,8 +53,11 @@ def files_of(directory: Path, job: str) -> list[str]:
 @pytest.mark.parametrize(
     ("behaviour", "expected_error"),
     [
-        ("dies-halfway", "pg_dump exited with code 1: pg_dump: error: Dumping the contents of "
-                         'table "t" failed | pg_dump: detail: server closed the connection'),
+        (
+            "dies-halfway",
+            "pg_dump exited with code 1: pg_dump: error: Dumping the contents of "
+            'table "t" failed | pg_dump: detail: server closed the connection',
+        ),
         ("truncated-exit-0", "pg_dump exited 0 but its output ends without the completion marker"),
         ("floods-stderr", "pg_dump exited with code 3"),
     ],

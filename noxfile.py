@@ -1,0 +1,36 @@
+"""Developer tasks: `nox -s tests | lint | typecheck | demo`."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite, against a throwaway PostgreSQL it starts itself."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check + ruff format --check."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("-e", ".[lint]")
+    session.run("mypy", "--strict", "db_backup")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The embedded default: a throwaway server, a real backup, a restore check."""
+    session.install(".")
+    session.run("db-backup", "demo", *session.posargs)
