@@ -9,10 +9,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-_PRELUDE = f"""#!{sys.executable}
+_PRELUDE = """#!{python}
 import os, sys, time, json
 if sys.argv[1:] == ["--version"]:
-    print("pg_dump (PostgreSQL) 15.99")
+    print("pg_dump (PostgreSQL) {version}")
     sys.exit(0)
 out = sys.stdout.buffer
 """
@@ -53,10 +53,12 @@ sys.exit(3)
 }
 
 
-def fake_pg_dump(directory: Path, behaviour: str) -> Path:
-    """Write the fake `behaviour` as an executable script in `directory`; returns its path."""
-    path = directory / f"fake-pg_dump-{behaviour}"
-    path.write_text(_PRELUDE + BEHAVIOURS[behaviour])
+def fake_pg_dump(directory: Path, behaviour: str, version: str = "15.99") -> Path:
+    """Write the fake `behaviour` as an executable script in `directory`; returns its path.
+
+    It reports `version` to `--version`, as pg_dump does."""
+    path = directory / f"fake-pg_dump-{behaviour}-{version}"
+    path.write_text(_PRELUDE.format(python=sys.executable, version=version) + BEHAVIOURS[behaviour])
     path.chmod(0o755)
     return path
 

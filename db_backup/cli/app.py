@@ -234,6 +234,9 @@ async def _plan_with_discovery(
     now = datetime.now(UTC)
     found = await discover(selected)
     plan = build_plan(loaded, now, names=names, discovered=found.databases, concurrency=jobs)
+    for backup in selected:
+        if backup.name in found.databases and not any(j.backup is backup for j in plan.jobs):
+            log.warning('backup %r: database "*" matched no databases on its server', backup.name)
     failures = [
         JobResult(
             wildcard_job(backup, now),

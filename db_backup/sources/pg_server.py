@@ -192,15 +192,21 @@ def installed_clients() -> tuple[ClientBinary, ...]:
     return tuple(ClientBinary(path, _client_version(path)) for path in paths)
 
 
+# Jobs start together; one probe of each pg_dump's version serves them all.
+_probe_lock = asyncio.Lock()
+
+
 async def client_for(backup: BackupConfig, server_version_num: int) -> ClientBinary:
     """The pg_dump to use against this server: `pg_dump_path`, else the best installed one."""
     if backup.pg_dump_path:
         path = Path(backup.pg_dump_path)
         if not os.access(path, os.X_OK):
             raise ToolNotFoundError(f"pg_dump_path {path} is not an executable file")
-        client = ClientBinary(path, await asyncio.to_thread(_client_version, path))
-        return choose_client([client], server_version_num)
-    clients = await asyncio.to_thread(installed_clients)
+        async with _probe_lock:
+            version = await asyncio.to_thread(_client_version, path)
+        return choose_client([ClientBinary(path, version)], server_version_num)
+    async with _probe_lock:
+        clients = await asyncio.to_thread(installed_clients)
     if not clients:
         raise ToolNotFoundError(
             "pg_dump not found (looked in /usr/lib/postgresql/*/bin and PATH); install "

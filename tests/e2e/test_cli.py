@@ -193,6 +193,14 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_wildcard_matching_nothing_is_warned_about(pg: ThrowawayCluster, tmp_path: Path) -> None:
+    config = config_for(pg, tmp_path, [{"name": "none", "database": "*", "exclude": ["*"]}])
+    result = run_cli("backup", "-c", str(config), env=cli_env(pg))
+    assert result.returncode == 0
+    assert "backup 'none': database \"*\" matched no databases on its server" in result.stderr
+    assert "0 succeeded, 0 failed, 0 cancelled" in result.stdout
+
+
 def test_name_selection(pg: ThrowawayCluster, cli_db: str, tmp_path: Path) -> None:
     config = config_for(
         pg, tmp_path, [{"name": "a", "database": cli_db}, {"name": "b", "database": cli_db}]

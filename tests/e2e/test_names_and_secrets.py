@@ -88,6 +88,7 @@ def test_odd_names_and_password_back_up_without_leaking_the_password(
     argvs = [json.loads(line) for line in argv_log.read_text().splitlines()]
     dumps = [argv for argv in argvs if argv[1:] != ["--version"]]
     assert len(dumps) == len(odd_setup)
+    assert len(argvs) - len(dumps) == 1  # the version was probed once for all jobs
     manifests = "".join(Path(job["manifest"]).read_text() for job in report["jobs"])
     for text in (json.dumps(argvs), result.stderr, result.stdout, manifests):
         assert ODD_PASSWORD not in text

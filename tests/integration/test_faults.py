@@ -133,3 +133,40 @@ def test_connection_problems_fail_fast_with_a_reason(
     assert jobs["broken"]["error"].startswith(expected), jobs["broken"]["error"]
     assert "wrong-secret" not in jobs["broken"]["error"]
     assert jobs["good-before"]["status"] == jobs["good-after"]["status"] == "succeeded"
+
+
+def test_a_pg_dump_older_than_the_server_is_refused_before_dumping(
+    pg: ThrowawayCluster, small_db: str, tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    old = fake_pg_dump(tmp_path, "hangs", version="14.10")
+    code, jobs, _ = backup_with(pg, tmp_path, {"pg_dump_path": str(old)}, small_db)
+    assert code == 1
+    assert jobs["broken"]["error"].startswith(
+        "the server runs PostgreSQL 15 but no pg_dump of version 15 or newer is installed "
+        f"(found: {old} (14.10))"
+    )
+    assert not started.exists()  # it was never started to dump
+    assert jobs["good-before"]["status"] == "succeeded"
+
+
+def test_without_a_configured_password_libpq_pgpass_applies(
+    pg: ThrowawayCluster, small_db: str, tmp_path: Path
+) -> None:
+    pgpass = tmp_path / "pgpass"
+    escaped = pg.password.replace("\\", "\\\\").replace(":", "\\:")
+    pgpass.write_text(f"{pg.host}:{pg.port}:*:{pg.superuser}:{escaped}\n")
+    pgpass.chmod(0o600)
+    defaults = server_defaults(pg, tmp_path / "out")
+    del defaults["password"]
+    config = write_config(
+        tmp_path / "backup.yml",
+        {"defaults": defaults, "backups": [{"name": "via-pgpass", "database": small_db}]},
+    )
+    without = run_cli("backup", "-c", str(config), "--json", env=cli_env())
+    assert without.returncode == 1  # no password anywhere: fails, never prompts
+    assert "auth failed" in json.loads(without.stdout)["jobs"][0]["error"]
+    with_pgpass = run_cli(
+        "backup", "-c", str(config), "--json", env=cli_env(PGPASSFILE=str(pgpass))
+    )
+    assert with_pgpass.returncode == 0, with_pgpass.stdout
