@@ -143,11 +143,14 @@ def _compression_info(job: JobSpec, plain: bool) -> CompressionInfo:
 
 
 def _estimate(job: JobSpec, database_size: int | None) -> int | None:
-    """Expected raw bytes: the previous backup's, else the database's size on disk."""
+    """Expected bytes of dump output: the previous backup's, else (for plain SQL) the
+    database's size on disk. Custom-format output is compressed by pg_dump, so its size on
+    disk says nothing about it."""
     previous = manifest.latest(job.target.directory, job.file_prefix)
     if previous is not None:
         return previous.raw_bytes
-    return database_size if job.kind is JobKind.DATABASE else None
+    plain_database = job.kind is JobKind.DATABASE and job.backup.format == "plain"
+    return database_size if plain_database else None
 
 
 def _redact(text: str, password: str | None) -> str:

@@ -24,7 +24,6 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
 from rich.text import Text
@@ -114,6 +113,14 @@ class _SizeColumn(ProgressColumn):
         return self._bytes.render(task)
 
 
+class _RateColumn(ProgressColumn):
+    """Throughput in the same binary units as the sizes beside it."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{format_bytes(speed)}/s" if speed else "-", style="progress.data.speed")
+
+
 class _JobOnlyColumn(ProgressColumn):
     """Shows the wrapped column for running job rows only."""
 
@@ -143,7 +150,7 @@ class LiveRenderer:
             TextColumn("{task.description}"),
             BarColumn(bar_width=30),
             _SizeColumn(),
-            _JobOnlyColumn(TransferSpeedColumn()),
+            _JobOnlyColumn(_RateColumn()),
             _JobOnlyColumn(TimeElapsedColumn()),
             _JobOnlyColumn(TimeRemainingColumn()),
             console=console,
