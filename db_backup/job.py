@@ -19,8 +19,11 @@ from db_backup.errors import DumpError, JobTimeoutError
 from db_backup.manifest import CompressionInfo, Manifest
 from db_backup.model import JobEvent, JobKind, JobProgress, JobSpec, JobStarted
 from db_backup.process import spawn
+from db_backup.redact import redact
 from db_backup.sinks.local import LocalSink
 from db_backup.sources import pg_server, postgres
+from db_backup.sources.pg_server import ServerInfo
+from db_backup.sources.postgres import ClientBinary, DumpCommand
 from db_backup.stages import Pipeline, compressor_for
 from db_backup.units import format_duration
 
@@ -62,74 +65,89 @@ async def _run(job: JobSpec, emit: Emit) -> Committed:
     password = pg_server.resolve_password(backup)
     server = await pg_server.check_connection(backup, job.database, password)
     client = await pg_server.client_for(backup, server.version_num)
+    command = postgres.dump_command(
+        client, backup, job.database, globals_only=job.kind is JobKind.GLOBALS
+    )
     emit(JobStarted(job, await asyncio.to_thread(_estimate, job, server.database_size)))
 
-    if job.kind is JobKind.GLOBALS:
-        argv = postgres.globals_argv(client, backup, job.database)
-        tool = "pg_dumpall"
-    else:
-        argv = postgres.dump_argv(client, backup, job.database)
-        tool = "pg_dump"
-    plain = job.kind is JobKind.GLOBALS or backup.format == "plain"
-    pipeline = Pipeline(compressor_for(backup.compression, dump_compresses_itself=not plain))
-    env = postgres.child_env(os.environ, backup, password)
-
     sink = LocalSink(job.target)
+    started = utcnow()
+    pipeline, final = await _dump_to_file(job, command, password, sink, emit)
+    record = _manifest(job, server, client, command, pipeline, final, started, utcnow())
+    await sink.write_sidecar(job.target.manifest_path, manifest.encode(record))
+    return Committed(record, final, job.target.manifest_path)
+
+
+async def _dump_to_file(
+    job: JobSpec, command: DumpCommand, password: str | None, sink: LocalSink, emit: Emit
+) -> tuple[Pipeline, Path]:
+    """Stream the dump through the pipeline into `sink`; commit only a complete dump."""
+    compression = job.backup.compression
+    pipeline = Pipeline(compressor_for(compression, dump_compresses_itself=not command.plain))
+    env = postgres.child_env(os.environ, job.backup, password)
     await sink.open()  # before spawning: an unwritable folder fails without touching the server
-    committed = False
     try:
-        dump_started = utcnow()
-        async with spawn(argv, env) as child:
+        async with spawn(command.argv, env) as child:
             while chunk := await child.stdout.read(CHUNK_SIZE):
                 await sink.write(await asyncio.to_thread(pipeline.feed, chunk))
                 emit(JobProgress(job, pipeline.raw_bytes, pipeline.stored_bytes))
             exit_code = await child.wait()
-            stderr_tail = _redact(child.stderr_tail(), password)
-        if exit_code != 0:
-            reason = (
-                f"{tool} exited with code {exit_code}"
-                if exit_code > 0
-                else (f"{tool} was killed by signal {-exit_code}")
-            )
-            raise DumpError(reason, exit_code=exit_code, stderr_tail=stderr_tail)
-        if plain and not postgres.plain_dump_is_complete(
-            pipeline.raw_tail, globals_only=job.kind is JobKind.GLOBALS
-        ):
-            raise DumpError(
-                f"{tool} exited 0 but its output ends without the completion marker "
-                f"(truncated after {pipeline.raw_bytes} bytes)",
-                exit_code=exit_code,
-                stderr_tail=stderr_tail,
-            )
+            stderr_tail = redact(child.stderr_tail(), password)
+        _check_outcome(command, exit_code, stderr_tail, pipeline)
         await sink.write(await asyncio.to_thread(pipeline.finish))
-        final = await sink.commit()
-        committed = True
-    finally:
-        if not committed:
-            await asyncio.shield(sink.abort())
-    dump_finished = utcnow()
+        return pipeline, await sink.commit()
+    except BaseException:
+        await asyncio.shield(sink.abort())
+        raise
 
-    record = Manifest(
+
+def _check_outcome(
+    command: DumpCommand, exit_code: int, stderr_tail: str, pipeline: Pipeline
+) -> None:
+    """Raise DumpError unless the dump program succeeded and its output is complete."""
+    if exit_code > 0:
+        reason = f"{command.tool} exited with code {exit_code}"
+    elif exit_code < 0:
+        reason = f"{command.tool} was killed by signal {-exit_code}"
+    elif not command.is_complete(pipeline.raw_tail):
+        reason = (
+            f"{command.tool} exited 0 but its output ends without the completion marker "
+            f"(truncated after {pipeline.raw_bytes} bytes)"
+        )
+    else:
+        return
+    raise DumpError(reason, exit_code=exit_code, stderr_tail=stderr_tail)
+
+
+def _manifest(
+    job: JobSpec,
+    server: ServerInfo,
+    client: ClientBinary,
+    command: DumpCommand,
+    pipeline: Pipeline,
+    final: Path,
+    started: datetime,
+    finished: datetime,
+) -> Manifest:
+    return Manifest(
         tool_version=__version__,
         job=job.name,
-        backup=backup.name,
+        backup=job.backup.name,
         kind=job.kind.value,
         database=job.database,
         server=str(job.server),
         server_version=server.version,
-        client=f"{tool} {client.version}",
-        format="plain" if plain else "custom",
-        compression=_compression_info(job, plain),
+        client=f"{command.tool} {client.version}",
+        format=command.format,
+        compression=_compression_info(job, command.plain),
         file=final.name,
         raw_bytes=pipeline.raw_bytes,
         stored_bytes=pipeline.stored_bytes,
         sha256=pipeline.sha256,
-        started_at=dump_started,
-        finished_at=dump_finished,
-        duration_seconds=round((dump_finished - dump_started).total_seconds(), 3),
+        started_at=started,
+        finished_at=finished,
+        duration_seconds=round((finished - started).total_seconds(), 3),
     )
-    await sink.write_sidecar(job.target.manifest_path, manifest.encode(record))
-    return Committed(record, final, job.target.manifest_path)
 
 
 def _compression_info(job: JobSpec, plain: bool) -> CompressionInfo:
@@ -151,7 +169,3 @@ def _estimate(job: JobSpec, database_size: int | None) -> int | None:
         return previous.raw_bytes
     plain_database = job.kind is JobKind.DATABASE and job.backup.format == "plain"
     return database_size if plain_database else None
-
-
-def _redact(text: str, password: str | None) -> str:
-    return text.replace(password, "***") if password else text

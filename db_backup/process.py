@@ -12,13 +12,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import signal
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from db_backup.errors import ToolNotFoundError
+from db_backup.redact import mask_command
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +30,6 @@ STDERR_TAIL_LINE_BYTES = 1000
 STDOUT_BUFFER_LIMIT = 4 * 1024 * 1024
 
 _live: set[Child] = set()
-_SECRET_IN_CONNINFO = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-
-
-def mask_command(argv: Sequence[str]) -> str:
-    """A loggable rendering of argv with any conninfo password masked."""
-    return " ".join(_SECRET_IN_CONNINFO.sub(r"\1***", arg) for arg in argv)
 
 
 @dataclass(eq=False)

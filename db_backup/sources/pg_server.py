@@ -23,6 +23,7 @@ from db_backup.errors import (
     CredentialsError,
     ToolNotFoundError,
 )
+from db_backup.redact import redact
 from db_backup.sources.postgres import ClientBinary, choose_client, parse_client_version
 
 if TYPE_CHECKING:
@@ -101,10 +102,7 @@ def _classify(message: str) -> CheckFailure:
 def _tidy(message: str, password: str | None) -> str:
     """libpq's multi-line message on one line, without any password it might echo."""
     text = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    text = text.removeprefix("connection failed: ")
-    if password:
-        text = text.replace(password, "***")
-    return text
+    return redact(text.removeprefix("connection failed: "), password)
 
 
 async def _connect(

@@ -120,6 +120,34 @@ def globals_argv(client: ClientBinary, backup: BackupConfig, database: str) -> l
     ]
 
 
+@dataclass(frozen=True)
+class DumpCommand:
+    """What to run for one job, and what its output will be."""
+
+    tool: str  # "pg_dump" or "pg_dumpall", for messages and the manifest
+    argv: list[str]
+    plain: bool  # plain SQL (we compress it) vs custom format (pg_dump compresses it)
+    globals_only: bool
+
+    @property
+    def format(self) -> str:
+        return "plain" if self.plain else "custom"
+
+    def is_complete(self, tail: bytes) -> bool:
+        """Does output ending in `tail` look finished? Custom format carries no marker."""
+        return not self.plain or plain_dump_is_complete(tail, globals_only=self.globals_only)
+
+
+def dump_command(
+    client: ClientBinary, backup: BackupConfig, database: str, *, globals_only: bool
+) -> DumpCommand:
+    """pg_dumpall for a server's globals, else pg_dump of `database` in the backup's format."""
+    if globals_only:
+        return DumpCommand("pg_dumpall", globals_argv(client, backup, database), True, True)
+    plain = backup.format == "plain"
+    return DumpCommand("pg_dump", dump_argv(client, backup, database), plain, False)
+
+
 def child_env(
     base: Mapping[str, str], backup: BackupConfig, password: str | None
 ) -> dict[str, str]:

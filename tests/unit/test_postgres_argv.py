@@ -101,6 +101,25 @@ def test_globals_argv() -> None:
     ]
 
 
+def test_dump_command_picks_the_tool_format_and_completeness_rule() -> None:
+    from db_backup.sources.postgres import dump_command
+
+    plain = dump_command(CLIENT, backup(), "shop", globals_only=False)
+    assert (plain.tool, plain.format) == ("pg_dump", "plain")
+    assert plain.is_complete(b"\n-- PostgreSQL database dump complete\n--\n\n")
+    assert not plain.is_complete(b"COPY t FROM stdin;\n1\n")
+    custom = dump_command(CLIENT, backup(format="custom"), "shop", globals_only=False)
+    assert (custom.tool, custom.format, custom.is_complete(b"PGDMP...")) == (
+        "pg_dump",
+        "custom",
+        True,
+    )
+    cluster = dump_command(CLIENT, backup(format="custom"), "postgres", globals_only=True)
+    assert (cluster.tool, cluster.format) == ("pg_dumpall", "plain")
+    assert cluster.argv[0].endswith("/pg_dumpall")
+    assert not cluster.is_complete(b"\n-- PostgreSQL database dump complete\n--\n\n")
+
+
 def test_versions() -> None:
     assert parse_client_version("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n") == "15.18"
     assert parse_client_version("pg_dump (PostgreSQL) 9.6.24") == "9.6"
