@@ -14,6 +14,7 @@ exit codes; no traceback reaches a user.
     ├── ConnectionCheckError   the pre-dump connection check failed; `.kind` says how
     ├── DumpError              pg_dump (or pg_dumpall) failed or its output is incomplete
     ├── StorageError           the storage folder or a file in it could not be written
+    ├── LockHeldError          another run holds a storage folder's lock
     ├── JobTimeoutError        a job ran past its `timeout`
     └── DemoError              the demo could not complete one of its steps
 """
@@ -106,6 +107,10 @@ class DumpError(BackupError):
 
 class StorageError(BackupError):
     """Writing to the storage folder failed; the message names the path and the reason."""
+
+
+class LockHeldError(BackupError):
+    """Another db-backup run is using the same storage folder."""
 
 
 class JobTimeoutError(BackupError):

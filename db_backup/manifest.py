@@ -6,11 +6,12 @@ verification and the catalog read these.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from pathlib import Path
 
 import msgspec
+
+from db_backup.plan import is_own_file
 
 MANIFEST_VERSION = 1
 
@@ -54,10 +55,12 @@ def latest(directory: Path, file_prefix: str) -> Manifest | None:
     """The newest readable manifest of a job's earlier backups in `directory`, if any."""
     if not directory.is_dir():
         return None
-    # `<prefix>_shop_` must not pick up job `shop_eu`'s files: the timestamp follows directly.
-    own = re.compile(re.escape(file_prefix) + r"\d{8}T\d{6}Z\..+\.json")
     candidates = sorted(
-        (p for p in directory.glob(f"{glob_escape(file_prefix)}*.json") if own.fullmatch(p.name)),
+        (
+            path
+            for path in directory.glob(f"{glob_escape(file_prefix)}*.json")
+            if is_own_file(path.name, file_prefix)
+        ),
         reverse=True,
     )
     for path in candidates:

@@ -65,6 +65,15 @@ def file_prefix(backup: BackupConfig, job_name: str) -> str:
     return f"{prefix}_{job_name}_" if prefix else f"{job_name}_"
 
 
+_STAMP_PATTERN = r"\d{8}T\d{6}Z\."
+
+
+def is_own_file(name: str, job_file_prefix: str) -> bool:
+    """Is `name` one of this job's files (dump, manifest or partial)? `<prefix>_shop_` must
+    not claim job `shop_eu`'s files: the run timestamp follows the prefix directly."""
+    return re.match(re.escape(job_file_prefix) + _STAMP_PATTERN, name) is not None
+
+
 def select_backups(config: Config, names: Sequence[str]) -> tuple[BackupConfig, ...]:
     """The backups `-n NAME` selects (all when no names). A name is a backup's name, or
     `<backup>.<database job>` for one database of a `database: "*"` backup."""

@@ -4,6 +4,11 @@ A child runs in its own session, so a Ctrl-C on the terminal reaches the runner 
 runner decides how children end: on error or cancellation they get SIGTERM, then SIGKILL after
 a grace period, and are always reaped. stderr is drained concurrently into a bounded tail, so a
 chatty child can neither block on a full pipe nor grow our memory.
+
+Even a runner killed with SIGKILL leaves no child behind: children start under
+`setpriv --pdeathsig KILL` (util-linux, on every Debian), so the kernel kills them when we die.
+(preexec_fn could call prctl itself, but it is unsafe in a process with threads, and the
+compression threads are always there.)
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -30,6 +36,14 @@ STDERR_TAIL_LINE_BYTES = 1000
 STDOUT_BUFFER_LIMIT = 4 * 1024 * 1024
 
 _live: set[Child] = set()
+_SETPRIV = shutil.which("setpriv")
+
+
+def with_death_signal(argv: Sequence[str]) -> list[str]:
+    """argv wrapped so the child is SIGKILLed when the runner dies, where setpriv exists."""
+    if _SETPRIV is None:
+        return list(argv)
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
 
 
 @dataclass(eq=False)
@@ -111,7 +125,7 @@ async def spawn(argv: Sequence[str], env: Mapping[str, str]) -> AsyncIterator[Ch
     log.debug("spawning %s", command)
     try:
         process = await asyncio.create_subprocess_exec(
-            *argv,
+            *with_death_signal(argv),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -218,38 +218,15 @@ def validate(
 
 async def _check_connections(loaded: Any) -> tuple[list[Any], list[Any]]:
     from db_backup.preflight import check_jobs
+    from db_backup.run import prepare_plan
 
-    plan, failures = await _plan_with_discovery(loaded, loaded.backups, None)
+    plan, failures = await prepare_plan(loaded, loaded.backups)
     return failures, await check_jobs(plan.jobs, plan.concurrency)
 
 
-async def _plan_with_discovery(
-    loaded: Any, selected: Sequence[Any], jobs: int | None, names: Sequence[str] = ()
-) -> tuple[Any, list[Any]]:
-    """Discover `database: "*"` databases, then build the plan; failed discoveries as results."""
-    from db_backup.model import JobResult, JobStatus
-    from db_backup.plan import build_plan, wildcard_job
-    from db_backup.preflight import discover
-
-    now = datetime.now(UTC)
-    found = await discover(selected)
-    plan = build_plan(loaded, now, names=names, discovered=found.databases, concurrency=jobs)
-    for backup in selected:
-        if backup.name in found.databases and not any(j.backup is backup for j in plan.jobs):
-            log.warning('backup %r: database "*" matched no databases on its server', backup.name)
-    failures = [
-        JobResult(
-            wildcard_job(backup, now),
-            JobStatus.FAILED,
-            error=f"cannot list databases: {found.errors[backup.name]}",
-        )
-        for backup in selected
-        if backup.name in found.errors
-    ]
-    return plan, failures
-
-
 # -- backup --------------------------------------------------------------------------------------
+
+WAIT_FOREVER = "forever"
 
 
 @app.command()
@@ -278,29 +255,49 @@ def backup(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print a machine-readable run report on stdout.")
     ] = False,
+    wait: Annotated[
+        str | None,
+        typer.Option(
+            "--wait",
+            metavar="[=DURATION]",
+            help="If another run holds the storage lock, wait for it (at most DURATION, "
+            "e.g. --wait=30m) instead of refusing at once.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run every backup in the config (or the named ones), several at once."""
     from db_backup.config import load_config
     from db_backup.plan import select_backups
+    from db_backup.units import parse_duration
 
+    wait_seconds: float | None = None
+    if wait is not None:
+        try:
+            wait_seconds = float("inf") if wait == WAIT_FOREVER else parse_duration(wait)
+        except ValueError as exc:
+            _fail_usage(f"--wait: {exc}")
     with _errors_to_exit_codes():
         loaded = load_config(config)
         names = tuple(name or ())
         selected = select_backups(loaded, names)
-        code, _ = asyncio.run(
-            _backup_main(loaded, selected, names, jobs, dry_run, quiet, json_output)
-        )
+        options = _RunOptions(names, jobs, dry_run, quiet, json_output, wait_seconds)
+        code, _ = asyncio.run(_backup_main(loaded, selected, options))
     raise typer.Exit(code)
 
 
+@dataclass(frozen=True)
+class _RunOptions:
+    names: tuple[str, ...] = ()
+    jobs: int | None = None
+    dry_run: bool = False
+    quiet: bool = False
+    json_output: bool = False
+    wait: float | None = None
+
+
 async def _backup_main(
-    loaded: Any,
-    selected: Sequence[Any],
-    names: Sequence[str],
-    jobs: int | None,
-    dry_run: bool,
-    quiet: bool,
-    json_output: bool,
+    loaded: Any, selected: Sequence[Any], options: _RunOptions
 ) -> tuple[int, Any]:
     """Plan, run and report one backup run; returns the exit code and the RunReport."""
     from rich.console import Console
@@ -312,16 +309,16 @@ async def _backup_main(
         plan_table,
         summary_table,
     )
-    from db_backup.orchestrator import Orchestrator
     from db_backup.process import kill_all_now
+    from db_backup.run import BackupRun, prepare_plan
     from db_backup.sinks.local import remove_open_partials_now
 
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     assert main_task is not None
-    orchestrator: Orchestrator | None = None
     received: list[str] = []
     renderer: LiveRenderer | PlainRenderer | None = None
+    run = BackupRun(wait=options.wait)
 
     def on_signal(sig: signal.Signals) -> None:
         received.append(sig.name)
@@ -336,43 +333,43 @@ async def _backup_main(
                 f"{sig.name} received: cancelling running and queued jobs "
                 f"(send it again to stop immediately)"
             )
-        if orchestrator is not None:
-            orchestrator.cancel(sig.name)
-        else:
-            main_task.cancel()
+        if not run.cancel(sig.name):
+            main_task.cancel()  # still planning or waiting for a lock: nothing to clean up
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         try:
-            plan, failures = await _plan_with_discovery(loaded, selected, jobs, names)
+            plan, failures = await prepare_plan(
+                loaded, selected, names=options.names, concurrency=options.jobs
+            )
+            stdout = Console(file=sys.stdout)
+            if not stdout.is_terminal:
+                stdout.width = max(stdout.width, 160)  # cron mail and files: keep paths whole
+            if options.dry_run:
+                stdout.print(plan_table(plan, failures))
+                return EXIT_OK, None
+            stderr = Console(file=sys.stderr)
+            if stderr.is_terminal and not options.json_output:
+                renderer = LiveRenderer(stderr, quiet=options.quiet)
+            else:
+                renderer = PlainRenderer(sys.stderr, quiet=options.quiet)
+            run.subscribe(renderer)
+            try:
+                report = await run.execute(plan, failures)
+            finally:
+                renderer.close()
         except asyncio.CancelledError:
             sys.stderr.write(f"db-backup: interrupted by {received[0]} before any dump started\n")
             return _SIGNAL_EXIT[received[0]], None
-        stdout = Console(file=sys.stdout)
-        if not stdout.is_terminal:
-            stdout.width = max(stdout.width, 160)  # cron mail and files: keep paths whole
-        if dry_run:
-            stdout.print(plan_table(plan, failures))
-            return EXIT_OK, None
-        stderr = Console(file=sys.stderr)
-        if stderr.is_terminal and not json_output:
-            renderer = LiveRenderer(stderr, quiet=quiet)
-        else:
-            renderer = PlainRenderer(sys.stderr, quiet=quiet)
-        orchestrator = Orchestrator(plan, [renderer])
-        try:
-            report = await orchestrator.run(failures)
-        finally:
-            renderer.close()
         if report.interrupted_by:
             code = _SIGNAL_EXIT[report.interrupted_by]
         else:
             code = EXIT_FAILED if report.failed else EXIT_OK
-        if json_output:
+        if options.json_output:
             sys.stdout.buffer.write(json_report(report, code))
             sys.stdout.flush()
-        elif not quiet or code != EXIT_OK:
+        elif not options.quiet or code != EXIT_OK:
             stdout.print(summary_table(report))
         return code, report
     finally:
@@ -395,9 +392,7 @@ def demo(
 
     with _errors_to_exit_codes(), DemoSite(keep=keep) as site:
         loaded = load_config(site.config_path)
-        code, report = asyncio.run(
-            _backup_main(loaded, loaded.backups, (), None, False, False, False)
-        )
+        code, report = asyncio.run(_backup_main(loaded, loaded.backups, _RunOptions()))
         if code == EXIT_OK:
             site.restore_and_check(report)
     raise typer.Exit(code)
@@ -405,4 +400,9 @@ def demo(
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    app(args=normalize_optional_values(sys.argv[1:]))
+
+
+def normalize_optional_values(args: list[str]) -> list[str]:
+    """`--wait` alone → `--wait=forever`: click has no options whose value may be left out."""
+    return [f"--wait={WAIT_FOREVER}" if arg == "--wait" else arg for arg in args]

@@ -29,7 +29,8 @@ def _private(path: str, flags: int) -> int:
     return os.open(path, flags, FILE_MODE)
 
 
-def _describe(exc: OSError) -> str:
+def describe_os_error(exc: OSError) -> str:
+    """The OS's reason ("No space left on device") without Python's decoration."""
     return exc.strerror or str(exc)
 
 
@@ -48,7 +49,9 @@ def ensure_directory(directory: Path) -> None:
         except FileExistsError:
             pass
         except OSError as exc:
-            raise StorageError(f"cannot create storage folder {folder}: {_describe(exc)}") from None
+            raise StorageError(
+                f"cannot create storage folder {folder}: {describe_os_error(exc)}"
+            ) from None
     if not directory.is_dir():
         raise StorageError(f"storage path {directory} is not a folder")
 
@@ -74,7 +77,7 @@ def write_atomically(path: Path, data: bytes) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             temporary.unlink()
-        raise StorageError(f"cannot write {path}: {_describe(exc)}") from None
+        raise StorageError(f"cannot write {path}: {describe_os_error(exc)}") from None
 
 
 class LocalSink:
@@ -97,7 +100,7 @@ class LocalSink:
                 f"{partial} exists: another run is writing this backup right now"
             ) from None
         except OSError as exc:
-            raise StorageError(f"cannot create {partial}: {_describe(exc)}") from None
+            raise StorageError(f"cannot create {partial}: {describe_os_error(exc)}") from None
         open_partials.add(partial)
 
     async def write(self, data: bytes) -> None:
@@ -106,7 +109,9 @@ class LocalSink:
         try:
             await self._file.write(data)
         except OSError as exc:
-            raise StorageError(f"writing {self.target.partial_path}: {_describe(exc)}") from None
+            raise StorageError(
+                f"writing {self.target.partial_path}: {describe_os_error(exc)}"
+            ) from None
 
     async def commit(self) -> Path:
         """Flush to disk and move into place under the final name."""
@@ -119,7 +124,7 @@ class LocalSink:
             await aiofiles.os.replace(partial, final)
             await asyncio.to_thread(_fsync_directory, self.target.directory)
         except OSError as exc:
-            raise StorageError(f"committing {final}: {_describe(exc)}") from None
+            raise StorageError(f"committing {final}: {describe_os_error(exc)}") from None
         open_partials.discard(partial)
         return final
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from db_backup import __version__
+from db_backup.lock import LOCK_NAME
 from db_backup.pgcluster import ThrowawayCluster
 from tests.conftest import cli_env, create_database, run_cli, server_defaults, write_config
 from tests.waiting import wait_for
@@ -340,5 +341,7 @@ def test_a_signal_cancels_everything_cleanly(
     statuses = sorted(job["status"] for job in report["jobs"])
     assert statuses == ["cancelled"] * 3
     assert f"{sig.name} received: cancelling" in stderr
-    assert sorted(p.name for p in out.iterdir()) == []  # no partial, no final file, no manifest
+    # No partial, no final file, no manifest: only the lock file, emptied on a clean exit.
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+    assert (out / LOCK_NAME).read_text() == ""
     assert pg_dump_processes(pg.port) == []

@@ -1,0 +1,140 @@
+"""One run at a time per storage folder: `.db-backup.lock`, held with flock for the whole run.
+
+flock is released by the kernel when its holder dies, so a lock left by a killed run is free to
+take; the file still names that run, which tells us to say so and to clean up what it left
+(`.partial` files of our jobs). A live holder is named in the refusal: PID, host, start time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from db_backup.errors import LockHeldError, StorageError
+from db_backup.plan import is_own_file
+from db_backup.sinks.local import FILE_MODE, describe_os_error, ensure_directory
+
+LOCK_NAME = ".db-backup.lock"
+POLL_SECONDS = 0.5
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StorageLocks:
+    """The locks one run holds; `release()` (or the process ending) lets them go."""
+
+    held: dict[Path, int] = field(default_factory=dict)  # folder → open, flocked fd
+    unusable: dict[Path, StorageError] = field(default_factory=dict)  # folder → why not
+
+    def release(self) -> None:
+        for fd in self.held.values():
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # an empty lock file means "ended cleanly"
+            os.close(fd)
+        self.held.clear()
+
+
+def _describe_holder(text: str) -> str:
+    try:
+        holder = json.loads(text)
+        return f"PID {holder['pid']} on {holder['host']}, started {holder['started_at']}"
+    except (ValueError, KeyError, TypeError):
+        return "a process that left no details"
+
+
+def _try_lock(directory: Path) -> tuple[int | None, str]:
+    """Open and try to flock the folder's lock file; returns (fd or None, previous content)."""
+    ensure_directory(directory)
+    path = directory / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    except OSError as exc:
+        raise StorageError(
+            f"storage folder {directory} is not writable: {describe_os_error(exc)}"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+        os.close(fd)
+        return None, text
+    return fd, os.pread(fd, 4096, 0).decode("utf-8", "replace")
+
+
+def _claim(fd: int, directory: Path) -> None:
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    data = json.dumps(record).encode()
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+    except OSError as exc:
+        os.close(fd)
+        raise StorageError(
+            f"storage folder {directory} is not writable: {describe_os_error(exc)}"
+        ) from None
+
+
+async def lock_storage(folders: Iterable[Path], wait: float | None) -> StorageLocks:
+    """Lock every folder (sorted, so two runs never deadlock).
+
+    A folder held by a live run raises LockHeldError at once, or after `wait` seconds of
+    retrying (`float("inf")`: wait as long as it takes). A folder that cannot be created or
+    written is recorded in `unusable`, so only its jobs fail and the others still run.
+    """
+    locks = StorageLocks()
+    deadline = None if wait is None else time.monotonic() + wait
+    try:
+        for directory in sorted(set(folders)):
+            while True:
+                try:
+                    fd, previous = await asyncio.to_thread(_try_lock, directory)
+                except StorageError as exc:
+                    locks.unusable[directory] = exc
+                    break
+                if fd is not None:
+                    await asyncio.to_thread(_claim, fd, directory)
+                    locks.held[directory] = fd
+                    if previous.strip():
+                        log.warning(
+                            "took over the lock on %s left by %s, which is no longer running",
+                            directory,
+                            _describe_holder(previous),
+                        )
+                    break
+                if deadline is None or time.monotonic() >= deadline:
+                    raise LockHeldError(
+                        f"another db-backup run holds {directory / LOCK_NAME} "
+                        f"({_describe_holder(previous)}); not starting. "
+                        "Use --wait[=DURATION] to wait for it."
+                    )
+                await asyncio.sleep(POLL_SECONDS)
+    except BaseException:
+        locks.release()
+        raise
+    return locks
+
+
+def remove_stale_partials(directory: Path, file_prefixes: Sequence[str]) -> list[Path]:
+    """Delete `.partial` files of these jobs: under our lock, no live run can be writing them."""
+    removed = []
+    for path in directory.glob("*.partial"):
+        if any(is_own_file(path.name, prefix) for prefix in file_prefixes):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
