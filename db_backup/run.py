@@ -1,4 +1,4 @@
-"""One `backup` run's life: discover → plan → lock storage → clean leftovers → orchestrate.
+"""One `backup` run's life: lock storage → discover → plan → clean leftovers → orchestrate.
 
 The CLI drives this and renders its events; signals arrive through `cancel()`.
 """
@@ -10,6 +10,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from db_backup.config.schema import BackupConfig, Config
 from db_backup.lock import lock_storage, remove_stale_partials
@@ -65,10 +66,22 @@ class BackupRun:
         self._orchestrator.cancel(reason)
         return True
 
-    async def execute(self, plan: Plan, failures: Sequence[JobResult] = ()) -> RunReport:
-        folders = {job.target.directory for job in plan.jobs}
+    async def execute(
+        self,
+        config: Config,
+        selected: Sequence[BackupConfig],
+        *,
+        names: Sequence[str] = (),
+        concurrency: int | None = None,
+    ) -> RunReport:
+        """Lock the storage folders, then plan (file names carry the time the lock was won,
+        so a run that waited never collides with the one it waited for) and run."""
+        folders = {Path(backup.storage.path) for backup in selected}
         locks = await lock_storage(folders, self._wait)
         try:
+            plan, failures = await prepare_plan(
+                config, selected, names=names, concurrency=concurrency
+            )
             results = list(failures)
             for folder, error in locks.unusable.items():
                 results += [

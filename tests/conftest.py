@@ -70,6 +70,36 @@ def make_database(pg: ThrowawayCluster) -> Iterator[Any]:
             )
 
 
+@pytest.fixture(scope="session")
+def big_db(pg: ThrowawayCluster) -> str:
+    """Large enough (~110 MB of SQL) that a dump is still running when a test acts on it."""
+    create_database(
+        pg,
+        "big",
+        "CREATE TABLE t AS SELECT g, md5(g::text) a, md5((g+1)::text) b, md5((g+2)::text) c "
+        "FROM generate_series(1, 600000) g;",
+    )
+    return "big"
+
+
+def pg_dump_processes(port: int) -> list[int]:
+    """PIDs of live pg_dump processes talking to the server on `port`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        # argv[0], or argv[1] for a script run through its interpreter (the test wrappers)
+        named = any(arg.endswith(b"pg_dump") for arg in argv[:2])
+        if state != "Z" and named and f"--port={port}".encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
 def write_config(path: Path, document: dict[str, Any]) -> Path:
     """Write a config; JSON is valid YAML, and keeps tests free of YAML quoting puzzles."""
     path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")

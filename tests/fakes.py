@@ -76,3 +76,22 @@ os.execv({str(real_pg_dump)!r}, [{str(real_pg_dump)!r}, *sys.argv[1:]])
     )
     path.chmod(0o755)
     return path
+
+
+def gated_pg_dump(directory: Path, real_pg_dump: Path, gate: Path, started: Path) -> Path:
+    """The real pg_dump behind a gate: it records its PID in `started`, blocks until `gate`
+    exists, then execs the real pg_dump. Lets a test hold a run mid-job for as long as needed."""
+    path = directory / "gated-pg_dump"
+    path.write_text(
+        f"""#!{sys.executable}
+import os, sys, time
+if sys.argv[1:] != ["--version"]:
+    with open({str(started)!r}, "w") as handle:
+        handle.write(str(os.getpid()))
+    while not os.path.exists({str(gate)!r}):
+        time.sleep(0.02)
+os.execv({str(real_pg_dump)!r}, [{str(real_pg_dump)!r}, *sys.argv[1:]])
+"""
+    )
+    path.chmod(0o755)
+    return path

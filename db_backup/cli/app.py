@@ -340,13 +340,13 @@ async def _backup_main(
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         try:
-            plan, failures = await prepare_plan(
-                loaded, selected, names=options.names, concurrency=options.jobs
-            )
             stdout = Console(file=sys.stdout)
             if not stdout.is_terminal:
                 stdout.width = max(stdout.width, 160)  # cron mail and files: keep paths whole
             if options.dry_run:
+                plan, failures = await prepare_plan(
+                    loaded, selected, names=options.names, concurrency=options.jobs
+                )
                 stdout.print(plan_table(plan, failures))
                 return EXIT_OK, None
             stderr = Console(file=sys.stderr)
@@ -356,7 +356,9 @@ async def _backup_main(
                 renderer = PlainRenderer(sys.stderr, quiet=options.quiet)
             run.subscribe(renderer)
             try:
-                report = await run.execute(plan, failures)
+                report = await run.execute(
+                    loaded, selected, names=options.names, concurrency=options.jobs
+                )
             finally:
                 renderer.close()
         except asyncio.CancelledError:

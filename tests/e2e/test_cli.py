@@ -18,7 +18,14 @@ import pytest
 from db_backup import __version__
 from db_backup.lock import LOCK_NAME
 from db_backup.pgcluster import ThrowawayCluster
-from tests.conftest import cli_env, create_database, run_cli, server_defaults, write_config
+from tests.conftest import (
+    cli_env,
+    create_database,
+    pg_dump_processes,
+    run_cli,
+    server_defaults,
+    write_config,
+)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -30,18 +37,6 @@ def cli_db(pg: ThrowawayCluster) -> str:
         pg, "cli_db", "CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1, 5000) g;"
     )
     return "cli_db"
-
-
-@pytest.fixture(scope="module")
-def big_db(pg: ThrowawayCluster) -> str:
-    """Large enough that a dump is still running when a test signals the runner."""
-    create_database(
-        pg,
-        "cli_big",
-        "CREATE TABLE t AS SELECT g, md5(g::text) a, md5((g+1)::text) b, md5((g+2)::text) c "
-        "FROM generate_series(1, 600000) g;",
-    )
-    return "cli_big"
 
 
 def config_for(
@@ -276,21 +271,6 @@ def run_in_terminal(args: list[str], env: dict[str, str]) -> str:
     os.close(leader)
     assert process.wait(timeout=60) == 0
     return b"".join(chunks).decode("utf-8", "replace")
-
-
-def pg_dump_processes(port: int) -> list[int]:
-    """PIDs of pg_dump processes talking to our server's port."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"pg_dump") and f"--port={port}".encode() in argv:
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.fixture
