@@ -76,6 +76,7 @@ class CheckFailure(StrEnum):
     DATABASE_MISSING = "database missing"
     TIMED_OUT = "timed out"
     UNREACHABLE = "unreachable"
+    UNAVAILABLE = "server unavailable"  # starting up, shutting down, in recovery, full
     ERROR = "error"
 
 

@@ -136,8 +136,17 @@ class JobProgress:
 
 
 @dataclass(frozen=True)
+class JobRetrying:
+    job: JobSpec
+    attempt: int  # the attempt that failed, 1-based
+    attempts: int  # how many are allowed in all
+    delay: float  # seconds until the next attempt
+    error: str
+
+
+@dataclass(frozen=True)
 class JobFinished:
     result: JobResult
 
 
-JobEvent = JobQueued | JobStarted | JobProgress | JobFinished
+JobEvent = JobQueued | JobStarted | JobProgress | JobRetrying | JobFinished

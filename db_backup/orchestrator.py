@@ -14,17 +14,19 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from db_backup.errors import BackupError
-from db_backup.job import run_job
+from db_backup.job import Committed, run_job
 from db_backup.model import (
     JobEvent,
     JobFinished,
     JobQueued,
     JobResult,
+    JobRetrying,
     JobSpec,
     JobStatus,
     Plan,
     RunReport,
 )
+from db_backup.retry import backoff_delay, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +73,31 @@ class Orchestrator:
                 results.append(JobResult(job, JobStatus.CANCELLED, error="cancelled"))
         return RunReport(started, datetime.now(UTC), tuple(results), self.interrupted_by)
 
-    async def _run_one(self, job: JobSpec) -> JobResult:
+    async def _attempts(self, job: JobSpec, tries: list[datetime]) -> Committed:
+        """Run the job, again after a transient failure while `retries` allow; each attempt's
+        start is appended to `tries`. Between attempts the job holds no slot."""
         server_slot = self._server_slots.get(job.server) or contextlib.nullcontext()
-        started: datetime | None = None
+        allowed = job.backup.retries + 1
+        while True:
+            try:
+                # The server's limit first: a job waiting for its busy server must not hold
+                # one of the global slots that jobs for other servers could use.
+                async with server_slot, self._slots:
+                    tries.append(datetime.now(UTC))
+                    return await run_job(job, self.emit)
+            except BackupError as exc:
+                if len(tries) >= allowed or not is_transient(exc):
+                    raise
+                delay = backoff_delay(len(tries), job.backup.retry_delay)
+                self.emit(JobRetrying(job, len(tries), allowed, delay, str(exc)))
+            await asyncio.sleep(delay)
+
+    async def _run_one(self, job: JobSpec) -> JobResult:
+        tries: list[datetime] = []
         try:
-            # The server's limit first: a job waiting for its busy server must not hold one of
-            # the global slots that jobs for other servers could use.
-            async with server_slot, self._slots:
-                started = datetime.now(UTC)
-                committed = await run_job(job, self.emit)
+            committed = await self._attempts(job, tries)
         except asyncio.CancelledError:
+            started = tries[0] if tries else None
             result = JobResult(
                 job,
                 JobStatus.CANCELLED,
@@ -93,16 +110,17 @@ class Orchestrator:
                 raise  # cancelled from outside the orchestrator: let it propagate
             return result
         except BackupError as exc:
-            result = self._failed(job, started, str(exc))
+            gave_up = f" (gave up after {len(tries)} attempts)" if len(tries) > 1 else ""
+            result = self._failed(job, tries, f"{exc}{gave_up}")
         except Exception as exc:  # a bug in one job must not take the others down
             log.exception("internal error in job %s", job.name)
-            result = self._failed(job, started, f"internal error: {type(exc).__name__}: {exc}")
+            result = self._failed(job, tries, f"internal error: {type(exc).__name__}: {exc}")
         else:
             record = committed.manifest
             result = JobResult(
                 job,
                 JobStatus.SUCCEEDED,
-                started_at=started,
+                started_at=tries[0],
                 finished_at=datetime.now(UTC),
                 raw_bytes=record.raw_bytes,
                 stored_bytes=record.stored_bytes,
@@ -116,11 +134,11 @@ class Orchestrator:
         return result
 
     @staticmethod
-    def _failed(job: JobSpec, started: datetime | None, error: str) -> JobResult:
+    def _failed(job: JobSpec, tries: list[datetime], error: str) -> JobResult:
         return JobResult(
             job,
             JobStatus.FAILED,
-            started_at=started,
+            started_at=tries[0] if tries else None,
             finished_at=datetime.now(UTC),
             error=error,
         )

@@ -120,10 +120,18 @@ class ThrowawayCluster:
         }
         with (self.datadir / "postgresql.conf").open("a") as conf:
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+        self.resume()
+        return self
+
+    def pause(self, mode: str = "fast") -> None:
+        """Stop the server but keep its files (`mode`: fast, or immediate to simulate a crash)."""
+        self._server_cmd("pg_ctl", "--pgdata", str(self.datadir), "-m", mode, "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the (initialised) server again on the same port; returns once it accepts."""
         self._server_cmd(
             "pg_ctl", "--pgdata", str(self.datadir), "--log", str(self.logfile), "-w", "start"
         )
-        return self
 
     def stop(self) -> None:
         """Stop the server (immediately; it is throwaway) and remove its files."""

@@ -34,6 +34,7 @@ from db_backup.model import (
     JobProgress,
     JobQueued,
     JobResult,
+    JobRetrying,
     JobSpec,
     JobStarted,
     JobStatus,
@@ -56,6 +57,13 @@ def _clock(moment: datetime | None = None) -> str:
 def describe_job(job: JobSpec) -> str:
     what = "globals" if job.kind == "globals" else f"database {job.database!r}"
     return f"{what} on {job.server}"
+
+
+def retry_line(event: JobRetrying) -> str:
+    return (
+        f"retry    {event.job.name}: attempt {event.attempt} of {event.attempts} failed: "
+        f"{event.error}; trying again in {format_duration(event.delay)}"
+    )
 
 
 def finish_line(result: JobResult) -> str:
@@ -82,6 +90,8 @@ class PlainRenderer:
     def __call__(self, event: JobEvent) -> None:
         if isinstance(event, JobStarted) and not self._quiet:
             self._line(f"start    {event.job.name} ({describe_job(event.job)})")
+        elif isinstance(event, JobRetrying) and not self._quiet:
+            self._line(retry_line(event))
         elif isinstance(event, JobFinished) and (
             not self._quiet or event.result.status is JobStatus.FAILED
         ):
@@ -177,6 +187,14 @@ class LiveRenderer:
             row = self._running_rows.get(event.job.name)
             if row is not None:
                 self._progress.update(row, completed=event.raw_bytes)
+        elif isinstance(event, JobRetrying):
+            row = self._running_rows.pop(event.job.name, None)
+            if row is not None:
+                self._progress.remove_task(row)
+            if not self._quiet:
+                self._progress.console.print(
+                    Text(retry_line(event), style="yellow"), markup=False, highlight=False
+                )
         elif isinstance(event, JobFinished):
             self._finish(event.result)
         self._refresh_summary()

@@ -67,7 +67,11 @@ class PostgresBackup(
     globals: bool = False
     pg_dump_path: str | None = None
     connect_timeout: Duration = Duration(10.0)
-    timeout: Duration | None = None
+    timeout: Duration | None = None  # per attempt
+    retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = (
+        0  # extra attempts after a transient failure
+    )
+    retry_delay: Duration = Duration(5.0)  # first backoff; doubles per attempt, with jitter
 
     @property
     def is_wildcard(self) -> bool:

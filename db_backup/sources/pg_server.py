@@ -86,8 +86,20 @@ def _connect_kwargs(backup: BackupConfig, database: str, password: str | None) -
     return kwargs
 
 
+_UNAVAILABLE_MARKERS = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "too many clients already",
+    "remaining connection slots are reserved",
+)
+
+
 def _classify(message: str) -> CheckFailure:
     lowered = message.lower()
+    if any(marker in lowered for marker in _UNAVAILABLE_MARKERS):
+        return CheckFailure.UNAVAILABLE
     if "does not exist" in lowered and "database" in lowered:
         return CheckFailure.DATABASE_MISSING
     if any(marker in lowered for marker in _AUTH_MARKERS):
