@@ -165,7 +165,7 @@ def test_authentication_failures_and_missing_databases_are_never_retried(
             "defaults": server_defaults(pg, tmp_path / "out", password="wrong", retries=3),
             "backups": [
                 {"name": "victim", "database": "auth_db"},
-                {"name": "nodb", "database": "nope"},
+                {"name": "nodb", "database": "nope", "password": "${TEST_PG_PASSWORD}"},
             ],
         },
     )
@@ -175,3 +175,4 @@ def test_authentication_failures_and_missing_databases_are_never_retried(
     errors = [job["error"] for job in json.loads(result.stdout)["jobs"]]
     assert all("attempts" not in error for error in errors)
     assert errors[0].startswith("connection check: auth failed")
+    assert errors[1].startswith("connection check: database missing")
