@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from db_backup import __version__, manifest
+from db_backup import __version__, integrity, manifest
 from db_backup.errors import DumpError, JobTimeoutError
 from db_backup.manifest import CompressionInfo, Manifest
 from db_backup.model import JobEvent, JobKind, JobProgress, JobSpec, JobStarted
@@ -72,14 +72,24 @@ async def _run(job: JobSpec, emit: Emit) -> Committed:
 
     sink = LocalSink(job.target)
     started = utcnow()
-    pipeline, final = await _dump_to_file(job, command, password, sink, emit)
+    pipeline, final = await _dump_to_file(job, command, client, password, sink, emit)
     record = _manifest(job, server, client, command, pipeline, final, started, utcnow())
     await sink.write_sidecar(job.target.manifest_path, manifest.encode(record))
     return Committed(record, final, job.target.manifest_path)
 
 
+async def _pg_restore(client: ClientBinary) -> Path:
+    beside = client.sibling("pg_restore")
+    return beside if beside.exists() else await asyncio.to_thread(integrity.find_pg_restore)
+
+
 async def _dump_to_file(
-    job: JobSpec, command: DumpCommand, password: str | None, sink: LocalSink, emit: Emit
+    job: JobSpec,
+    command: DumpCommand,
+    client: ClientBinary,
+    password: str | None,
+    sink: LocalSink,
+    emit: Emit,
 ) -> tuple[Pipeline, Path]:
     """Stream the dump through the pipeline into `sink`; commit only a complete dump."""
     compression = job.backup.compression
@@ -95,6 +105,9 @@ async def _dump_to_file(
             stderr_tail = redact(child.stderr_tail(), password)
         _check_outcome(command, exit_code, stderr_tail, pipeline)
         await sink.write(await asyncio.to_thread(pipeline.finish))
+        if not command.plain:  # no end marker in this format: read it through instead
+            await sink.flush()
+            await integrity.check_custom_dump(await _pg_restore(client), sink.target.partial_path)
         return pipeline, await sink.commit()
     except BaseException:
         await asyncio.shield(sink.abort())

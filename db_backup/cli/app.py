@@ -379,6 +379,56 @@ async def _backup_main(
             loop.remove_signal_handler(sig)
 
 
+# -- verify --------------------------------------------------------------------------------------
+
+
+@app.command()
+def verify(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Backup files, manifests or folders.", show_default=False),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "-c",
+            "--config",
+            envvar="DB_BACKUP_CONFIG",
+            help="Verify every backup in the storage folders of this config.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Re-read backups: size and sha256 against the manifest, complete stream and dump."""
+    from db_backup.config import load_config
+    from db_backup.integrity import backups_in, verify_all
+
+    with _errors_to_exit_codes():
+        targets = list(paths or ())
+        if config is not None:
+            loaded = load_config(config, require_env=False)  # no connection, no secrets
+            targets += sorted({Path(b.storage.path) for b in loaded.backups})
+        if not targets:
+            _fail_usage("name backup files or folders to verify, or a config with -c")
+        missing = [str(path) for path in targets if not path.exists() and path.suffix != ".json"]
+        files = backups_in(path for path in targets if path.exists())
+        verdicts = asyncio.run(verify_all(files))
+    for path in missing:
+        typer.echo(f"FAILED  {path}: no such file or folder")
+    for verdict in verdicts:
+        if verdict.ok:
+            typer.echo(f"OK      {verdict.path} ({'; '.join(verdict.checks)})")
+        else:
+            passed = f" (passed: {'; '.join(verdict.checks)})" if verdict.checks else ""
+            typer.echo(f"FAILED  {verdict.path}: {'; '.join(verdict.problems)}{passed}")
+    failed = len(missing) + sum(1 for verdict in verdicts if not verdict.ok)
+    if not verdicts and not missing:
+        typer.echo("no backups found", err=True)
+        raise typer.Exit(EXIT_FAILED)
+    typer.echo(f"{len(verdicts) + len(missing) - failed} verified, {failed} failed", err=True)
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
 # -- demo ----------------------------------------------------------------------------------------
 
 

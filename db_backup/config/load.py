@@ -47,8 +47,16 @@ _SECRET_KEYS = frozenset({"password"})
 _PATH_KEYS = ("password_file", "pg_dump_path")
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a config file; raises ConfigError listing every problem found."""
+def load_config(
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    require_env: bool = True,
+) -> Config:
+    """Read and validate a config file; raises ConfigError listing every problem found.
+
+    `require_env=False` lets unset ${VAR}s expand to "" — for commands that never connect
+    (verify), which should not need the backup's secrets."""
     source = Path(path)
     display = str(path)
     try:
@@ -62,7 +70,9 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     except UnicodeDecodeError as exc:
         issue = ConfigIssue(display, None, None, "", f"not UTF-8 text ({exc.reason})")
         raise ConfigError([issue]) from None
-    return parse_config(text, display, base_dir=source.resolve().parent, environ=environ)
+    return parse_config(
+        text, display, base_dir=source.resolve().parent, environ=environ, require_env=require_env
+    )
 
 
 def parse_config(
@@ -71,10 +81,12 @@ def parse_config(
     *,
     base_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    require_env: bool = True,
 ) -> Config:
     """Validate config text; `display` names the file in messages."""
     document = _Document.parse(text, display)
     loader = _Loader(document, os.environ if environ is None else environ, base_dir or Path.cwd())
+    loader.require_env = require_env
     return loader.load()
 
 
@@ -222,6 +234,7 @@ class _Loader:
         self.environ = environ
         self.base_dir = base_dir
         self.issues: list[ConfigIssue] = []
+        self.require_env = True
 
     def load(self) -> Config:
         doc = self.document
@@ -258,7 +271,7 @@ class _Loader:
             return [self._expand(value, (*path, index)) for index, value in enumerate(node)]
         if isinstance(node, str):
             text, missing = expand_env(node, self.environ)
-            for name in missing:
+            for name in missing if self.require_env else ():
                 self._add(
                     self.document.issue(
                         path, f"environment variable {name} is not set (use ${{{name}:-default}})"

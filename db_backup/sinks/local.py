@@ -113,6 +113,15 @@ class LocalSink:
                 f"writing {self.target.partial_path}: {describe_os_error(exc)}"
             ) from None
 
+    async def flush(self) -> None:
+        """Make everything written so far visible to readers of the partial file."""
+        try:
+            await self._file.flush()
+        except OSError as exc:
+            raise StorageError(
+                f"writing {self.target.partial_path}: {describe_os_error(exc)}"
+            ) from None
+
     async def commit(self) -> Path:
         """Flush to disk and move into place under the final name."""
         partial, final = self.target.partial_path, self.target.final_path

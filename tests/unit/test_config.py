@@ -78,6 +78,12 @@ def test_missing_env_var_is_named_with_its_position() -> None:
     ]
 
 
+def test_unset_variables_may_be_tolerated_by_commands_that_never_connect() -> None:
+    text = BASE + "  - name: shop\n    database: shop\n    password: ${SHOP_PW}\n"
+    config = parse_config(text, environ={}, require_env=False)
+    assert config.backups[0].password is None  # "" → no password
+
+
 def test_empty_password_means_libpq_defaults() -> None:
     config = parse_config(
         BASE + "  - name: shop\n    database: shop\n    password: ${PW:-}\n", environ={}
