@@ -82,6 +82,19 @@ def big_db(pg: ThrowawayCluster) -> str:
     return "big"
 
 
+def _state(pid: int | str) -> str | None:
+    """The process's state letter from /proc (Z for a zombie), or None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def is_gone(pid: int) -> bool:
+    """Has the process ended? (A zombie has: only its exit status waits to be collected.)"""
+    return _state(pid) in (None, "Z")
+
+
 def pg_dump_processes(port: int) -> list[int]:
     """PIDs of live pg_dump processes talking to the server on `port`."""
     found = []
@@ -90,12 +103,11 @@ def pg_dump_processes(port: int) -> list[int]:
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().split(")")[-1].split()[0]
         except OSError:
             continue
         # argv[0], or argv[1] for a script run through its interpreter (the test wrappers)
         named = any(arg.endswith(b"pg_dump") for arg in argv[:2])
-        if state != "Z" and named and f"--port={port}".encode() in argv:
+        if named and f"--port={port}".encode() in argv and not is_gone(int(entry.name)):
             found.append(int(entry.name))
     return found
 

@@ -42,6 +42,17 @@ if marker:
 while True:
     time.sleep(3600)
 """,
+    # Ignores SIGTERM and hangs: only SIGKILL ends it.
+    "ignores-sigterm": """
+import signal
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+out.write(b"--\\n-- PostgreSQL database dump\\n--\\n")
+out.flush()
+with open(os.environ["FAKE_STARTED_FILE"], "w") as handle:
+    handle.write(str(os.getpid()))
+while True:
+    time.sleep(3600)
+""",
     # Floods stderr (10 MiB) before failing: the runner must neither block nor keep it all.
     "floods-stderr": """
 line = "pg_dump: warning: " + "x" * 200 + "\\n"

@@ -325,3 +325,42 @@ def test_a_signal_cancels_everything_cleanly(
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
     assert (out / LOCK_NAME).read_text() == ""
     assert pg_dump_processes(pg.port) == []
+
+
+def test_a_second_sigint_stops_at_once(pg: ThrowawayCluster, cli_db: str, tmp_path: Path) -> None:
+    """The first SIGINT asks children to stop (SIGTERM, 5 s grace); this child ignores that, so
+    only the second SIGINT, which kills at once, ends the run quickly."""
+    from tests.fakes import fake_pg_dump
+
+    started = tmp_path / "started"
+    stubborn = fake_pg_dump(tmp_path, "ignores-sigterm")
+    out = tmp_path / "out"
+    config = config_for(
+        pg, tmp_path, [{"name": "stubborn", "database": cli_db, "pg_dump_path": str(stubborn)}]
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "db_backup", "backup", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(pg, FAKE_STARTED_FILE=str(started)),
+    )
+    wait_for(started.exists, what="the stubborn child to start", process=process)
+    child = int(started.read_text())
+    assert process.stderr is not None
+    process.send_signal(signal.SIGINT)
+    while "SIGINT received" not in process.stderr.readline():
+        pass
+    assert Path(f"/proc/{child}").exists()  # SIGTERM did not stop it
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert "SIGINT again: stopped immediately" in rest
+    wait_for(
+        lambda: (
+            not Path(f"/proc/{child}/cmdline").exists()
+            or Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0] == "Z"
+        ),
+        what="the child to be killed",
+    )
+    assert [p.name for p in out.iterdir() if p.name.endswith(".partial")] == []
