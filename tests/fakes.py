@@ -15,6 +15,12 @@ if sys.argv[1:] == ["--version"]:
     print("pg_dump (PostgreSQL) {version}")
     sys.exit(0)
 out = sys.stdout.buffer
+
+
+def announce(path):  # publish our PID atomically: never seen half-written
+    with open(path + ".tmp", "w") as handle:
+        handle.write(str(os.getpid()))
+    os.rename(path + ".tmp", path)
 """
 
 BEHAVIOURS = {
@@ -36,9 +42,8 @@ sys.exit(0)
     "hangs": """
 out.write(b"--\\n-- PostgreSQL database dump\\n--\\n")
 out.flush()
-marker = os.environ.get("FAKE_STARTED_FILE")
-if marker:
-    open(marker, "w").write(str(os.getpid()))
+if os.environ.get("FAKE_STARTED_FILE"):
+    announce(os.environ["FAKE_STARTED_FILE"])
 while True:
     time.sleep(3600)
 """,
@@ -48,8 +53,7 @@ import signal
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 out.write(b"--\\n-- PostgreSQL database dump\\n--\\n")
 out.flush()
-with open(os.environ["FAKE_STARTED_FILE"], "w") as handle:
-    handle.write(str(os.getpid()))
+announce(os.environ["FAKE_STARTED_FILE"])
 while True:
     time.sleep(3600)
 """,
@@ -97,8 +101,9 @@ def gated_pg_dump(directory: Path, real_pg_dump: Path, gate: Path, started: Path
         f"""#!{sys.executable}
 import os, sys, time
 if sys.argv[1:] != ["--version"]:
-    with open({str(started)!r}, "w") as handle:
+    with open({str(started)!r} + ".tmp", "w") as handle:
         handle.write(str(os.getpid()))
+    os.rename({str(started)!r} + ".tmp", {str(started)!r})  # never seen half-written
     while not os.path.exists({str(gate)!r}):
         time.sleep(0.02)
 os.execv({str(real_pg_dump)!r}, [{str(real_pg_dump)!r}, *sys.argv[1:]])

@@ -21,6 +21,7 @@ from db_backup.pgcluster import ThrowawayCluster
 from tests.conftest import (
     cli_env,
     create_database,
+    is_gone,
     pg_dump_processes,
     run_cli,
     server_defaults,
@@ -356,11 +357,5 @@ def test_a_second_sigint_stops_at_once(pg: ThrowawayCluster, cli_db: str, tmp_pa
     _, rest = process.communicate(timeout=30)
     assert process.returncode == 130
     assert "SIGINT again: stopped immediately" in rest
-    wait_for(
-        lambda: (
-            not Path(f"/proc/{child}/cmdline").exists()
-            or Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0] == "Z"
-        ),
-        what="the child to be killed",
-    )
+    wait_for(lambda: is_gone(child), what="the child to be killed")
     assert [p.name for p in out.iterdir() if p.name.endswith(".partial")] == []
