@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -13,8 +14,8 @@ def parse_duration(value: str | int | float) -> float:
 
     Raises ValueError with the accepted syntax when the value is not a positive duration.
     """
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 5m, 2h or 1h30m")
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"expected a duration such as 30s, 5m, 2h or 1h30m, got {value!r}")
     if isinstance(value, int | float):
         seconds = float(value)
     else:
@@ -26,7 +27,7 @@ def parse_duration(value: str | int | float) -> float:
             if not parts or "".join(n + u for n, u in parts) != text:
                 raise ValueError(f"expected a duration such as 30s, 5m, 2h or 1h30m, got {value!r}")
             seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
-    if seconds <= 0:
+    if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"expected a positive duration, got {value!r}")
     return seconds
 

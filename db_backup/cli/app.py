@@ -119,6 +119,16 @@ def configure_logging(spec: str) -> None:
         logging.getLogger(logger).setLevel(number)
 
 
+def _load_config(path: Path, *, require_env: bool = True) -> Any:
+    """Load a config and print its warnings (exposed secrets) on stderr."""
+    from db_backup.config import load_config
+
+    loaded = load_config(path, require_env=require_env)
+    for warning in loaded.warnings:
+        typer.echo(f"db-backup: warning: {warning}", err=True)
+    return loaded
+
+
 def _fail_usage(message: str) -> NoReturn:
     typer.echo(f"db-backup: {message}", err=True)
     raise typer.Exit(EXIT_USAGE)
@@ -188,10 +198,8 @@ def validate(
     ] = False,
 ) -> None:
     """Check a config file; with --connect, also reach every database it names."""
-    from db_backup.config import load_config
-
     with _errors_to_exit_codes():
-        loaded = load_config(config)
+        loaded = _load_config(config)
         wildcards = sum(1 for b in loaded.backups if b.is_wildcard)
         summary = f"{config}: OK, {len(loaded.backups)} backups"
         summary += f' ({wildcards} with database "*")' if wildcards else ""
@@ -267,7 +275,6 @@ def backup(
     ] = None,
 ) -> None:
     """Run every backup in the config (or the named ones), several at once."""
-    from db_backup.config import load_config
     from db_backup.plan import select_backups
     from db_backup.units import parse_duration
 
@@ -278,7 +285,7 @@ def backup(
         except ValueError as exc:
             _fail_usage(f"--wait: {exc}")
     with _errors_to_exit_codes():
-        loaded = load_config(config)
+        loaded = _load_config(config)
         names = tuple(name or ())
         selected = select_backups(loaded, names)
         options = _RunOptions(names, jobs, dry_run, quiet, json_output, wait_seconds)
@@ -400,13 +407,12 @@ def verify(
     ] = None,
 ) -> None:
     """Re-read backups: size and sha256 against the manifest, complete stream and dump."""
-    from db_backup.config import load_config
     from db_backup.integrity import backups_in, verify_all
 
     with _errors_to_exit_codes():
         targets = list(paths or ())
         if config is not None:
-            loaded = load_config(config, require_env=False)  # no connection, no secrets
+            loaded = _load_config(config, require_env=False)  # no connection, no secrets
             targets += sorted({Path(b.storage.path) for b in loaded.backups})
         if not targets:
             _fail_usage("name backup files or folders to verify, or a config with -c")
@@ -439,11 +445,10 @@ def demo(
     ] = False,
 ) -> None:
     """Back up a throwaway local PostgreSQL: live progress, restore, row check, clean-up."""
-    from db_backup.config import load_config
     from db_backup.demo import DemoSite
 
     with _errors_to_exit_codes(), DemoSite(keep=keep) as site:
-        loaded = load_config(site.config_path)
+        loaded = _load_config(site.config_path)
         code, report = asyncio.run(_backup_main(loaded, loaded.backups, _RunOptions()))
         if code == EXIT_OK:
             site.restore_and_check(report)

@@ -70,9 +70,38 @@ def load_config(
     except UnicodeDecodeError as exc:
         issue = ConfigIssue(display, None, None, "", f"not UTF-8 text ({exc.reason})")
         raise ConfigError([issue]) from None
-    return parse_config(
+    config = parse_config(
         text, display, base_dir=source.resolve().parent, environ=environ, require_env=require_env
     )
+    warnings = [*_exposed_password_warnings(source, config), *_secret_file_warnings(config)]
+    return msgspec.structs.replace(config, warnings=tuple(warnings))
+
+
+def _exposed_password_warnings(source: Path, config: Config) -> list[str]:
+    """A literal password in a file other users can read is a leak waiting to happen."""
+    mode = source.stat().st_mode & 0o777
+    if not mode & 0o044 or not config.literal_password_lines:
+        return []
+    where = ", ".join(str(n) for n in config.literal_password_lines)
+    display = config.source
+    return [
+        f"{display} is readable by other users (mode {mode:04o}) and holds a literal password "
+        f"(line {where}); chmod 600 it, or use ${{VAR}} or password_file"
+    ]
+
+
+def _secret_file_warnings(config: Config) -> list[str]:
+    warnings = []
+    for path in sorted({b.password_file for b in config.backups if b.password_file}):
+        try:
+            mode = Path(path).stat().st_mode & 0o777
+        except OSError:
+            continue  # reported when a job needs it
+        if mode & 0o004:
+            warnings.append(
+                f"password_file {path} is readable by every user (mode {mode:04o}); chmod 600 it"
+            )
+    return warnings
 
 
 def parse_config(
@@ -235,6 +264,7 @@ class _Loader:
         self.base_dir = base_dir
         self.issues: list[ConfigIssue] = []
         self.require_env = True
+        self.literal_password_lines: list[int] = []
 
     def load(self) -> Config:
         doc = self.document
@@ -260,6 +290,7 @@ class _Loader:
             source=doc.file,
             concurrency=raw.concurrency,
             backups=tuple(b for b in backups if b is not None),
+            literal_password_lines=tuple(self.literal_password_lines),
         )
 
     # -- steps -------------------------------------------------------------------------------
@@ -270,6 +301,10 @@ class _Loader:
         if isinstance(node, list):
             return [self._expand(value, (*path, index)) for index, value in enumerate(node)]
         if isinstance(node, str):
+            if path and path[-1] == "password" and node and "${" not in node:
+                line = self.document.value_positions.get(path, (None, 0))[0]
+                if line is not None:
+                    self.literal_password_lines.append(line + 1)
             text, missing = expand_env(node, self.environ)
             for name in missing if self.require_env else ():
                 self._add(

@@ -89,6 +89,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     source: str  # the file it came from, for messages
     concurrency: int | None
     backups: tuple[BackupConfig, ...]
+    warnings: tuple[str, ...] = ()  # risky but valid settings, for the CLI to print
+    literal_password_lines: tuple[int, ...] = ()  # where a password is written out in the file
 
 
 class RawConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

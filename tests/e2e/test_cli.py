@@ -359,3 +359,15 @@ def test_a_second_sigint_stops_at_once(pg: ThrowawayCluster, cli_db: str, tmp_pa
     assert "SIGINT again: stopped immediately" in rest
     wait_for(lambda: is_gone(child), what="the child to be killed")
     assert [p.name for p in out.iterdir() if p.name.endswith(".partial")] == []
+
+
+def test_validate_warns_about_an_exposed_literal_password(tmp_path: Path) -> None:
+    config = tmp_path / "backup.yml"
+    config.write_text(
+        "backups:\n  - name: a\n    database: a\n    password: hunter2\n    storage: {path: /x}\n"
+    )
+    config.chmod(0o644)
+    result = run_cli("validate", "-c", str(config))
+    assert result.returncode == 0
+    assert f"db-backup: warning: {config} is readable by other users (mode 0644)" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout

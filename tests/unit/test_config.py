@@ -277,3 +277,35 @@ def test_environment_is_not_read_when_an_explicit_mapping_is_given() -> None:
     os.environ.setdefault("HOME", "/root")
     errors = errors_of(BASE + "  - name: a\n    database: ${HOME}\n", env={})
     assert "HOME is not set" in errors[0]
+
+
+def test_literal_password_in_a_file_others_can_read_is_warned_about(tmp_path: Path) -> None:
+    config_file = tmp_path / "backup.yml"
+    config_file.write_text(
+        BASE.replace("/var/backups/db", str(tmp_path))
+        + "  - {name: a, database: a, password: hunter2}\n"
+        "  - name: b\n    database: b\n    password: ${PW}\n"
+    )
+    config_file.chmod(0o644)
+    warnings = load_config(config_file, environ={"PW": "x"}).warnings
+    assert warnings == (
+        f"{config_file} is readable by other users (mode 0644) and holds a literal password "
+        "(line 7); chmod 600 it, or use ${VAR} or password_file",
+    )
+    assert "hunter2" not in warnings[0]
+    config_file.chmod(0o600)
+    assert load_config(config_file, environ={"PW": "x"}).warnings == ()
+
+
+def test_world_readable_password_file_is_warned_about(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    config_file = tmp_path / "backup.yml"
+    config_file.write_text(BASE + f"  - name: a\n    database: a\n    password_file: {secret}\n")
+    config_file.chmod(0o600)
+    secret.chmod(0o644)
+    assert load_config(config_file, environ={}).warnings == (
+        f"password_file {secret} is readable by every user (mode 0644); chmod 600 it",
+    )
+    secret.chmod(0o640)
+    assert load_config(config_file, environ={}).warnings == ()

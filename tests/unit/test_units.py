@@ -24,8 +24,26 @@ def test_parse_duration(text: str | int | float, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("bad", ["", "soon", "5x", "h", "-5s", "0", 0, True, "5m garbage"])
-def test_parse_duration_rejects(bad: str | int | bool) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "soon",
+        "5x",
+        "h",
+        "-5s",
+        "0",
+        0,
+        True,
+        "5m garbage",
+        None,
+        [5],
+        {"s": 5},
+        float("nan"),
+        float("inf"),
+    ],
+)
+def test_parse_duration_rejects(bad: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(bad)
 
