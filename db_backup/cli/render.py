@@ -7,6 +7,7 @@ per-job lines go to stderr, results (summary table, JSON report) to stdout, so
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Sequence
 from datetime import datetime
 from typing import IO, Any
@@ -326,6 +327,7 @@ class _RunReport(msgspec.Struct, kw_only=True):
     started_at: datetime
     finished_at: datetime
     exit_code: int
+    peak_rss_bytes: int  # of the runner process itself (children such as pg_dump excluded)
     interrupted_by: str | None
     succeeded: int
     failed: int
@@ -359,6 +361,7 @@ def json_report(report: RunReport, exit_code: int) -> bytes:
         started_at=report.started_at,
         finished_at=report.finished_at,
         exit_code=exit_code,
+        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         interrupted_by=report.interrupted_by,
         succeeded=sum(1 for j in jobs if j.status == JobStatus.SUCCEEDED),
         failed=sum(1 for j in jobs if j.status == JobStatus.FAILED),
