@@ -66,6 +66,7 @@ class ThrowawayCluster:
     password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     host: str = "127.0.0.1"
     port: int = 0
+    parent: Path | None = None  # where the temp dir goes (default: the system's temp dir)
     workdir: Path | None = None
     _run_as: pwd.struct_passwd | None = None
 
@@ -81,7 +82,7 @@ class ThrowawayCluster:
 
     def start(self) -> Self:
         """initdb, configure and start the server; waits until it accepts connections."""
-        self.workdir = Path(tempfile.mkdtemp(prefix="db-backup-pg-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix="db-backup-pg-", dir=self.parent))
         if os.geteuid() == 0:
             self._run_as = pwd.getpwnam(_SERVER_USER_WHEN_ROOT)
             os.chown(self.workdir, self._run_as.pw_uid, self._run_as.pw_gid)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def memory_folder() -> Path | None:
+    """/dev/shm when it is there: a throwaway server's files need no disk, and on a busy shared
+    disk CREATE DATABASE alone was 17x slower (250 ms against 15 ms a database)."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 4 << 30:
+        return shm
+    return None
+
+
 @pytest.fixture(scope="session")
 def pg() -> Iterator[ThrowawayCluster]:
     """The session's PostgreSQL server (scram-sha-256, superuser `postgres`)."""
-    cluster = ThrowawayCluster().start()
+    cluster = ThrowawayCluster(parent=memory_folder()).start()
     try:
         yield cluster
     finally:
@@ -137,6 +147,33 @@ def cli_env(cluster: ThrowawayCluster | None = None, **extra: str) -> dict[str, 
         env["TEST_PG_PASSWORD"] = cluster.password
     env.update(extra)
     return env
+
+
+StartCli = Callable[..., "subprocess.Popen[str]"]
+
+
+@pytest.fixture
+def start_cli() -> Iterator[StartCli]:
+    """Start the CLI in the background, stdout and stderr piped. Whatever is still running when
+    the test ends, passed or failed, is killed (its children die with it) and reaped."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "db_backup", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
 
 
 def run_cli(

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from db_backup import __version__
 from db_backup.lock import LOCK_NAME
 from db_backup.pgcluster import ThrowawayCluster
 from tests.conftest import (
+    StartCli,
     cli_env,
     create_database,
     is_gone,
@@ -276,8 +276,8 @@ def run_in_terminal(args: list[str], env: dict[str, str]) -> str:
 
 @pytest.fixture
 def running_backup(
-    pg: ThrowawayCluster, big_db: str, tmp_path: Path
-) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    pg: ThrowawayCluster, big_db: str, tmp_path: Path, start_cli: StartCli
+) -> tuple[subprocess.Popen[str], Path]:
     out = tmp_path / "out"
     config = config_for(
         pg,
@@ -285,25 +285,14 @@ def running_backup(
         [{"name": f"big{i}", "database": big_db} for i in range(3)],
         concurrency=2,
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "db_backup", "backup", "-c", str(config), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(pg),
-    )
-    try:
-        # Wait until two dumps are streaming into their partial files.
-        def streaming() -> bool:
-            partials = list(out.glob("*.partial")) if out.exists() else []
-            return len(partials) == 2 and all(p.stat().st_size > 0 for p in partials)
+    process = start_cli("backup", "-c", str(config), "--json", env=cli_env(pg))
 
-        wait_for(streaming, what="two dumps to be writing", process=process)
-        yield process, out
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    def streaming() -> bool:  # two dumps are writing into their partial files
+        partials = list(out.glob("*.partial")) if out.exists() else []
+        return len(partials) == 2 and all(p.stat().st_size > 0 for p in partials)
+
+    wait_for(streaming, what="two dumps to be writing", process=process)
+    return process, out
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -328,7 +317,9 @@ def test_a_signal_cancels_everything_cleanly(
     assert pg_dump_processes(pg.port) == []
 
 
-def test_a_second_sigint_stops_at_once(pg: ThrowawayCluster, cli_db: str, tmp_path: Path) -> None:
+def test_a_second_sigint_stops_at_once(
+    pg: ThrowawayCluster, cli_db: str, tmp_path: Path, start_cli: StartCli
+) -> None:
     """The first SIGINT asks children to stop (SIGTERM, 5 s grace); this child ignores that, so
     only the second SIGINT, which kills at once, ends the run quickly."""
     from tests.fakes import fake_pg_dump
@@ -339,12 +330,8 @@ def test_a_second_sigint_stops_at_once(pg: ThrowawayCluster, cli_db: str, tmp_pa
     config = config_for(
         pg, tmp_path, [{"name": "stubborn", "database": cli_db, "pg_dump_path": str(stubborn)}]
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "db_backup", "backup", "-c", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(pg, FAKE_STARTED_FILE=str(started)),
+    process = start_cli(
+        "backup", "-c", str(config), env=cli_env(pg, FAKE_STARTED_FILE=str(started))
     )
     wait_for(started.exists, what="the stubborn child to start", process=process)
     child = int(started.read_text())

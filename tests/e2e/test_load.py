@@ -98,4 +98,8 @@ def test_two_hundred_databases_within_the_per_server_limit(
     growth = report["peak_rss_bytes"] - small["peak_rss_bytes"]
     assert report["peak_rss_bytes"] < (50 + 5 * 8) * 1024 * 1024
     assert growth < 10 * 1024 * 1024, (small["peak_rss_bytes"], report["peak_rss_bytes"])
-    print(f"peak RSS: {small['peak_rss_bytes'] >> 20} MiB for 20 jobs, {report['peak_rss_bytes'] >> 20} MiB for {COUNT}; peak sessions {max(sampler.samples)} of {len(sampler.samples)} samples")
+    print(  # shown with -s: the figures behind the assertions
+        f"peak RSS {small['peak_rss_bytes'] >> 20} MiB for 20 jobs, "
+        f"{report['peak_rss_bytes'] >> 20} MiB for {COUNT}; "
+        f"peak sessions {max(sampler.samples)} in {len(sampler.samples)} samples"
+    )

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
@@ -13,8 +11,9 @@ import pytest
 from psycopg import sql
 
 from db_backup.pgcluster import ThrowawayCluster
-from tests.conftest import cli_env, run_cli, write_config
+from tests.conftest import StartCli, cli_env, run_cli, write_config
 from tests.fakes import recording_pg_dump
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -135,7 +134,7 @@ def test_password_file_and_a_wildcard_over_odd_names(
 
 
 def test_the_password_is_not_visible_in_the_running_childs_argv(
-    pg: ThrowawayCluster, odd_setup: list[str], tmp_path: Path
+    pg: ThrowawayCluster, odd_setup: list[str], tmp_path: Path, start_cli: StartCli
 ) -> None:
     """Inspect /proc/<pid>/cmdline of a live pg_dump child while it runs."""
     from tests.fakes import fake_pg_dump
@@ -161,23 +160,11 @@ def test_the_password_is_not_visible_in_the_running_childs_argv(
         },
     )
     env = cli_env(ODD_PW=ODD_PASSWORD, FAKE_STARTED_FILE=str(started))
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "db_backup", "backup", "-c", str(config)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        from tests.waiting import wait_for
-
-        wait_for(started.exists, what="the fake pg_dump to start", process=runner)
-        pid = int(started.read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        assert any(arg.startswith(b"--dbname=") for arg in cmdline)
-        assert not any(ODD_PASSWORD.encode() in arg for arg in cmdline)
-        assert f"PGPASSWORD={ODD_PASSWORD}".encode() in environ
-    finally:
-        runner.terminate()
-        runner.communicate(timeout=30)
+    runner = start_cli("backup", "-c", str(config), env=env)
+    wait_for(started.exists, what="the fake pg_dump to start", process=runner)
+    pid = int(started.read_text())
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert any(arg.startswith(b"--dbname=") for arg in cmdline)
+    assert not any(ODD_PASSWORD.encode() in arg for arg in cmdline)
+    assert f"PGPASSWORD={ODD_PASSWORD}".encode() in environ

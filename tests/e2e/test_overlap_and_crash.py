@@ -7,8 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +15,14 @@ import pytest
 
 from db_backup.lock import LOCK_NAME
 from db_backup.pgcluster import ThrowawayCluster
-from tests.conftest import cli_env, pg_dump_processes, run_cli, server_defaults, write_config
+from tests.conftest import (
+    StartCli,
+    cli_env,
+    pg_dump_processes,
+    run_cli,
+    server_defaults,
+    write_config,
+)
 from tests.fakes import gated_pg_dump
 from tests.waiting import wait_for
 
@@ -53,29 +58,18 @@ def config(pg: ThrowawayCluster, big_db: str, tmp_path: Path, gate: Gate) -> Pat
     )
 
 
-def start_backup(config: Path, pg: ThrowawayCluster, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "db_backup", "backup", "-c", str(config), "--json", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(pg),
-    )
-
-
 def partials(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.partial")) if folder.exists() else []
 
 
 @pytest.fixture
-def first_run(config: Path, pg: ThrowawayCluster, gate: Gate) -> Iterator[subprocess.Popen[str]]:
+def first_run(
+    config: Path, pg: ThrowawayCluster, gate: Gate, start_cli: StartCli
+) -> subprocess.Popen[str]:
     """A run holding its storage lock, its dump held at the gate."""
-    process = start_backup(config, pg)
+    process = start_cli("backup", "-c", str(config), "--json", env=cli_env(pg))
     wait_for(gate.started.exists, what="the first run's dump to start", process=process)
-    yield process
-    if process.poll() is None:
-        process.kill()
-    process.communicate()
+    return process
 
 
 def test_a_second_run_is_refused_at_once_naming_the_holder(
@@ -104,10 +98,14 @@ def test_a_second_run_is_refused_at_once_naming_the_holder(
 
 
 def test_wait_takes_turns(
-    config: Path, pg: ThrowawayCluster, first_run: subprocess.Popen[str], gate: Gate
+    config: Path,
+    pg: ThrowawayCluster,
+    first_run: subprocess.Popen[str],
+    gate: Gate,
+    start_cli: StartCli,
 ) -> None:
     first_pid = gate.pid()
-    second = start_backup(config, pg, "--wait")
+    second = start_cli("backup", "-c", str(config), "--json", "--wait", env=cli_env(pg))
     gate.open()
     first_out, _ = first_run.communicate(timeout=120)
     second_out, second_err = second.communicate(timeout=120)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,8 +18,10 @@ import pytest
 
 from db_backup.pgcluster import ThrowawayCluster
 from tests.conftest import (
+    StartCli,
     cli_env,
     create_database,
+    memory_folder,
     pg_dump_processes,
     run_cli,
     server_defaults,
@@ -36,7 +37,7 @@ TABLE = "CREATE TABLE held AS SELECT g FROM generate_series(1, 1000) g;"
 @pytest.fixture(scope="module")
 def own_server() -> Iterator[ThrowawayCluster]:
     """A server of this module's own, which its tests stop and start."""
-    cluster = ThrowawayCluster().start()
+    cluster = ThrowawayCluster(parent=memory_folder()).start()
     create_database(cluster, "held_db", TABLE)
     yield cluster
     cluster.stop()
@@ -71,7 +72,7 @@ def waiting_pg_dump(
 
 
 def start(
-    cluster: ThrowawayCluster, tmp_path: Path, database: str, **backup: Any
+    start_cli: StartCli, cluster: ThrowawayCluster, tmp_path: Path, database: str, **backup: Any
 ) -> subprocess.Popen[str]:
     config = write_config(
         tmp_path / "backup.yml",
@@ -80,13 +81,7 @@ def start(
             "backups": [{"name": "victim", "database": database, **backup}],
         },
     )
-    return subprocess.Popen(
-        [sys.executable, "-m", "db_backup", "backup", "-c", str(config), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(cluster),
-    )
+    return start_cli("backup", "-c", str(config), "--json", env=cli_env(cluster))
 
 
 def job_files(tmp_path: Path) -> list[str]:
@@ -95,11 +90,11 @@ def job_files(tmp_path: Path) -> list[str]:
 
 
 def test_backend_terminated_mid_dump_fails_the_job_with_pgdumps_reason(
-    pg: ThrowawayCluster, tmp_path: Path
+    pg: ThrowawayCluster, tmp_path: Path, start_cli: StartCli
 ) -> None:
     create_database(pg, "terminated_db", TABLE)
     with table_held(pg, "terminated_db") as holder:
-        process = start(pg, tmp_path, "terminated_db")
+        process = start(start_cli, pg, tmp_path, "terminated_db")
         backend = waiting_pg_dump(pg, "terminated_db", process)
         holder.execute("SELECT pg_terminate_backend(%s)", (backend,))
         stdout, stderr = process.communicate(timeout=60)
@@ -110,10 +105,12 @@ def test_backend_terminated_mid_dump_fails_the_job_with_pgdumps_reason(
     assert job_files(tmp_path) == []
 
 
-def test_backend_terminated_mid_dump_is_retried(pg: ThrowawayCluster, tmp_path: Path) -> None:
+def test_backend_terminated_mid_dump_is_retried(
+    pg: ThrowawayCluster, tmp_path: Path, start_cli: StartCli
+) -> None:
     create_database(pg, "retried_db", TABLE)
     with table_held(pg, "retried_db") as holder:
-        process = start(pg, tmp_path, "retried_db", retries=2, retry_delay="0.1s")
+        process = start(start_cli, pg, tmp_path, "retried_db", retries=2, retry_delay="0.1s")
         backend = waiting_pg_dump(pg, "retried_db", process)
         holder.execute("SELECT pg_terminate_backend(%s)", (backend,))
     stdout, stderr = process.communicate(timeout=60)  # the lock is gone: attempt 2 can finish
@@ -123,9 +120,11 @@ def test_backend_terminated_mid_dump_is_retried(pg: ThrowawayCluster, tmp_path: 
     assert len(job_files(tmp_path)) == 2  # the dump and its manifest, from the second attempt
 
 
-def test_server_crash_mid_dump_fails_cleanly(own_server: ThrowawayCluster, tmp_path: Path) -> None:
+def test_server_crash_mid_dump_fails_cleanly(
+    own_server: ThrowawayCluster, tmp_path: Path, start_cli: StartCli
+) -> None:
     with table_held(own_server, "held_db"):
-        process = start(own_server, tmp_path, "held_db")
+        process = start(start_cli, own_server, tmp_path, "held_db")
         waiting_pg_dump(own_server, "held_db", process)
         own_server.pause(mode="immediate")
         stdout, stderr = process.communicate(timeout=60)
@@ -139,11 +138,11 @@ def test_server_crash_mid_dump_fails_cleanly(own_server: ThrowawayCluster, tmp_p
 
 
 def test_a_server_that_comes_back_is_retried_until_it_answers(
-    own_server: ThrowawayCluster, tmp_path: Path
+    own_server: ThrowawayCluster, tmp_path: Path, start_cli: StartCli
 ) -> None:
     own_server.pause()
     try:
-        process = start(own_server, tmp_path, "held_db", retries=6, retry_delay="0.5s")
+        process = start(start_cli, own_server, tmp_path, "held_db", retries=6, retry_delay="0.5s")
         assert process.stderr is not None
         first_retry = process.stderr.readline()
     finally:
@@ -156,7 +155,7 @@ def test_a_server_that_comes_back_is_retried_until_it_answers(
 
 
 def test_authentication_failures_and_missing_databases_are_never_retried(
-    pg: ThrowawayCluster, tmp_path: Path
+    pg: ThrowawayCluster, tmp_path: Path, start_cli: StartCli
 ) -> None:
     create_database(pg, "auth_db", TABLE)
     config = write_config(
