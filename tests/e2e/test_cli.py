@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import pty
+import select
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -249,7 +251,7 @@ def test_live_progress_on_a_terminal(pg: ThrowawayCluster, cli_db: str, tmp_path
     assert "3 succeeded, 0 failed, 0 cancelled" in output
 
 
-def run_in_terminal(args: list[str], env: dict[str, str]) -> str:
+def run_in_terminal(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
     """Run the CLI with a pseudo-terminal as stdout and stderr; returns all it wrote."""
     leader, follower = pty.openpty()
     process = subprocess.Popen(
@@ -261,16 +263,27 @@ def run_in_terminal(args: list[str], env: dict[str, str]) -> str:
     )
     os.close(follower)
     chunks = []
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the terminal closed with the last writer
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(leader)
-    assert process.wait(timeout=60) == 0
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"the CLI did not finish within {timeout}s"
+            readable, _, _ = select.select([leader], [], [], remaining)
+            if not readable:
+                continue
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal closed with the last writer
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert process.wait(timeout=30) == 0
+    finally:
+        os.close(leader)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     return b"".join(chunks).decode("utf-8", "replace")
 
 
