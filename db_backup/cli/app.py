@@ -206,20 +206,13 @@ def validate(
         typer.echo(summary)
         if not connect:
             return
+        from db_backup.cli.render import check_line
+
         failures, outcomes = asyncio.run(_check_connections(loaded))
         for failure in failures:
             typer.echo(f"  {failure.job.name}: {failure.error}")
         for outcome in outcomes:
-            job = outcome.job
-            where = f"{job.database!r} on {job.server}"
-            if outcome.error is not None:
-                kind = getattr(outcome.error, "kind", "error")
-                detail = getattr(outcome.error, "detail", str(outcome.error))
-                typer.echo(f"  {job.name}: {kind} ({where}): {detail}")
-            else:
-                assert outcome.server is not None
-                version = outcome.server.version.split(" ")[0]
-                typer.echo(f"  {job.name}: reachable ({where}, PostgreSQL {version})")
+            typer.echo(f"  {check_line(outcome)}")
         if failures or any(outcome.error is not None for outcome in outcomes):
             raise typer.Exit(EXIT_FAILED)
 

@@ -29,6 +29,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from db_backup.errors import ConnectionCheckError
 from db_backup.model import (
     JobEvent,
     JobFinished,
@@ -42,6 +43,7 @@ from db_backup.model import (
     Plan,
     RunReport,
 )
+from db_backup.preflight import CheckOutcome
 from db_backup.units import format_bytes, format_duration, format_rate
 
 _STATUS_STYLE = {
@@ -58,6 +60,18 @@ def _clock(moment: datetime | None = None) -> str:
 def describe_job(job: JobSpec) -> str:
     what = "globals" if job.kind == "globals" else f"database {job.database!r}"
     return f"{what} on {job.server}"
+
+
+def check_line(outcome: CheckOutcome) -> str:
+    """`validate --connect`: how one job's connection check went."""
+    job, error = outcome.job, outcome.error
+    where = f"{job.database!r} on {job.server}"
+    if isinstance(error, ConnectionCheckError):
+        return f"{job.name}: {error.kind} ({where}): {error.detail}"
+    if error is not None:
+        return f"{job.name}: error ({where}): {error}"
+    assert outcome.server is not None
+    return f"{job.name}: reachable ({where}, PostgreSQL {outcome.server.version.split(' ')[0]})"
 
 
 def retry_line(event: JobRetrying) -> str:
