@@ -27,7 +27,7 @@ from db_backup.process import spawn
 from db_backup.sources.postgres import plain_dump_is_complete
 
 READ_SIZE = 1024 * 1024
-BACKUP_SUFFIXES = (".sql.gz", ".sql", ".dump")
+BACKUP_SUFFIXES = (".sql.gz", ".sql.zst", ".sql", ".dump")
 _TAIL = 256
 
 
@@ -96,6 +96,33 @@ def _read_gzip(path: Path) -> tuple[int, bytes]:
     return size, tail
 
 
+def _read_zstd(path: Path) -> tuple[int, bytes]:
+    """Decompress a whole .zst (all frames); returns raw size and tail. Raises when damaged
+    (frames carry a checksum) or cut short."""
+    import zstandard
+
+    size = 0
+    tail = b""
+    decompressor = zstandard.ZstdDecompressor()
+    stream = decompressor.decompressobj()
+    try:
+        with path.open("rb") as handle:
+            pending = b""
+            while chunk := pending or handle.read(READ_SIZE):
+                pending = b""
+                out = stream.decompress(chunk)
+                size += len(out)
+                tail = (tail + out[-_TAIL:])[-_TAIL:]
+                if stream.eof and stream.unused_data:  # another frame follows
+                    pending = stream.unused_data
+                    stream = decompressor.decompressobj()
+    except zstandard.ZstdError as exc:
+        raise ValueError(str(exc)) from None
+    if not stream.eof:
+        raise EOFError("the zstd stream ends before its last frame is complete")
+    return size, tail
+
+
 def _read_tail(path: Path) -> tuple[int, bytes]:
     size = path.stat().st_size
     with path.open("rb") as handle:
@@ -136,13 +163,16 @@ def _check_content(path: Path, record: manifest.Manifest | None, verdict: Verdic
     name = path.name
     if name.endswith(".dump"):
         return True
-    if name.endswith(".sql.gz"):
+    if name.endswith((".sql.gz", ".sql.zst")):
+        kind, reader = ("gzip", _read_gzip) if name.endswith(".gz") else ("zstd", _read_zstd)
         try:
-            raw_size, tail = _read_gzip(path)
-        except (OSError, EOFError, zlib.error) as exc:
-            verdict.problems.append(f"the gzip stream is damaged or cut short: {exc}")
+            raw_size, tail = reader(path)
+        except (OSError, EOFError, zlib.error, ValueError) as exc:
+            verdict.problems.append(f"the {kind} stream is damaged or cut short: {exc}")
             return False
-        verdict.checks.append("gzip stream complete (CRC and length ok)")
+        verdict.checks.append(
+            "gzip stream complete (CRC and length ok)" if kind == "gzip" else "zstd stream complete"
+        )
         if record is not None and raw_size != record.raw_bytes:
             verdict.problems.append(
                 f"decompresses to {raw_size} bytes, the manifest says {record.raw_bytes}"

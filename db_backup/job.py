@@ -24,7 +24,8 @@ from db_backup.sinks.local import LocalSink
 from db_backup.sources import pg_server, postgres
 from db_backup.sources.pg_server import ServerInfo
 from db_backup.sources.postgres import ClientBinary, DumpCommand
-from db_backup.stages import Pipeline, compressor_for
+from db_backup.stages import Pipeline
+from db_backup.stages.compress import compressor_for
 from db_backup.units import format_duration
 
 # Large reads keep per-chunk overhead (thread hand-off, event, write call) negligible.
@@ -166,11 +167,10 @@ def _manifest(
 def _compression_info(job: JobSpec, plain: bool) -> CompressionInfo:
     compression = job.backup.compression
     if not plain:
-        level = compression.level if compression.algorithm == "gzip" else 0
-        return CompressionInfo(algorithm="pg_dump", level=level)
+        return CompressionInfo(algorithm="pg_dump", level=postgres.custom_format_level(job.backup))
     if compression.algorithm == "none":
         return CompressionInfo(algorithm="none", level=None)
-    return CompressionInfo(algorithm=compression.algorithm, level=compression.level)
+    return CompressionInfo(algorithm=compression.algorithm, level=compression.effective_level)
 
 
 def _estimate(job: JobSpec, database_size: int | None) -> int | None:

@@ -53,10 +53,10 @@ def server_of(backup: BackupConfig) -> Server:
 
 
 def extension(backup: BackupConfig, kind: JobKind = JobKind.DATABASE) -> str:
-    """.sql.gz / .sql for plain SQL (and globals); .dump for pg_dump's custom format."""
+    """.sql.gz / .sql.zst / .sql for plain SQL (and globals); .dump for custom format."""
     if kind is JobKind.DATABASE and backup.format == "custom":
         return ".dump"
-    return ".sql.gz" if backup.compression.algorithm == "gzip" else ".sql"
+    return {"gzip": ".sql.gz", "zstd": ".sql.zst"}.get(backup.compression.algorithm, ".sql")
 
 
 def file_prefix(backup: BackupConfig, job_name: str) -> str:

@@ -24,6 +24,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from db_backup.config.schema import (
     ALL_DATABASES,
+    LEVEL_RANGES,
     MAX_NAME_LENGTH,
     NAME_PATTERN,
     NAME_RULE,
@@ -393,6 +394,19 @@ class _Loader:
             problem(("exclude",), f'exclude only applies with database: "{ALL_DATABASES}"')
         if not backup.database:
             problem(("database",), "database name is empty")
+        compression = backup.compression
+        allowed = LEVEL_RANGES.get(compression.algorithm)
+        if compression.level is not None and allowed and compression.level not in allowed:
+            problem(
+                ("compression", "level"),
+                f"{compression.algorithm} levels are {allowed.start} to {allowed.stop - 1}, "
+                f"got {compression.level}",
+            )
+        if backup.format == "custom" and compression.algorithm == "zstd":
+            problem(
+                ("compression", "algorithm"),
+                "format: custom is compressed by pg_dump itself, with gzip (or none)",
+            )
         if len(self.issues) > before:
             return None
         return msgspec.structs.replace(

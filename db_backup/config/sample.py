@@ -25,8 +25,9 @@ defaults:
     path: /var/backups/db             # created 0700 if missing; files are written 0600
     prefix: nightly                   # files: nightly_<name>_<UTC time>.sql.gz
   compression:
-    algorithm: gzip                   # gzip | none
-    level: 6                          # 1 (fast) .. 9 (small)
+    algorithm: gzip                   # gzip (.sql.gz) | zstd (.sql.zst) | none
+    level: 1                          # gzip 1-9 (1-3: fast isal), zstd 1-19 (default 3)
+    # threads: 2                      # for one stream; default: all CPU cores
 
 backups:
   - name: shop                        # letters, digits, . _ -; unique; used in file names

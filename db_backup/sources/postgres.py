@@ -102,12 +102,20 @@ def dump_argv(client: ClientBinary, backup: BackupConfig, database: str) -> list
     """pg_dump writing one database to stdout in the configured format."""
     argv = [str(client.pg_dump), *_connection_options(backup)]
     if backup.format == "custom":
-        level = backup.compression.level if backup.compression.algorithm == "gzip" else 0
-        argv += ["--format=custom", f"--compress={level}"]
+        argv.append("--format=custom")
+        level = custom_format_level(backup)
+        if level is not None:  # None: pg_dump's own default
+            argv.append(f"--compress={level}")
     else:
         argv.append("--format=plain")
     argv.append(f"--dbname=dbname={conninfo_quote(database)}")
     return argv
+
+
+def custom_format_level(backup: BackupConfig) -> int | None:
+    """pg_dump's --compress for custom format: 0 for `none`, an explicit level, else None."""
+    compression = backup.compression
+    return 0 if compression.algorithm == "none" else compression.level
 
 
 def globals_argv(client: ClientBinary, backup: BackupConfig, database: str) -> list[str]:

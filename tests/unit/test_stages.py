@@ -1,41 +1,140 @@
-"""The compression pipeline: standard gzip out, counts and sha256 of what is stored."""
+"""Compression stages: output the standard tools read, counts and sha256, bounded memory."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import os
+import subprocess
+import threading
+import zlib
+
+import pytest
 
 from db_backup.config.schema import CompressionConfig
-from db_backup.stages import GzipStage, PassthroughStage, Pipeline, compressor_for
+from db_backup.stages import PassthroughStage, Pipeline, Stage
+from db_backup.stages.compress import (
+    GzipStage,
+    ParallelBlocksStage,
+    ZstdStage,
+    compressor_for,
+    gzip_block_compressor,
+)
+
+# Dump-like input: compressible rows with some random bytes, 5.3 MB in 40 uneven chunks.
+CHUNKS = [
+    os.urandom(3000) + (f"{i}\tsome row text\t2026-11-26\n" * 4000).encode() for i in range(40)
+]
+RAW = b"".join(CHUNKS)
 
 
-def run(pipeline: Pipeline, chunks: list[bytes]) -> bytes:
-    return b"".join(pipeline.feed(c) for c in chunks) + pipeline.finish()
-
-
-def test_gzip_pipeline_output_is_standard_gzip_with_matching_counts_and_digest() -> None:
-    chunks = [os.urandom(1000) + b"row\n" * 5000 for _ in range(20)]
-    pipeline = Pipeline(GzipStage(6))
-    stored = run(pipeline, chunks)
-    assert gzip.decompress(stored) == b"".join(chunks)
+def run(stage: Stage, chunks: list[bytes] = CHUNKS) -> bytes:
+    pipeline = Pipeline(stage)
+    stored = b"".join(pipeline.feed(c) for c in chunks) + pipeline.finish()
     assert pipeline.raw_bytes == sum(len(c) for c in chunks)
     assert pipeline.stored_bytes == len(stored)
     assert pipeline.sha256 == hashlib.sha256(stored).hexdigest()
-    assert pipeline.raw_tail == b"".join(chunks)[-256:]
+    pipeline.close()
+    return stored
+
+
+def tool(argv: list[str], data: bytes) -> bytes:
+    """Decompress with a standard command-line tool; fails the test if it complains."""
+    result = subprocess.run(argv, input=data, capture_output=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("level", [1, 3, 6, 9])
+def test_gzip_levels_give_standard_gzip(level: int) -> None:
+    stored = run(GzipStage(level))
+    assert tool(["gunzip", "-c"], stored) == RAW
+    assert gzip.decompress(stored) == RAW
+
+
+def test_parallel_gzip_is_a_series_of_members_that_gunzip_reads() -> None:
+    stored = run(ParallelBlocksStage(gzip_block_compressor(6), threads=2, block_bytes=1 << 20))
+    assert tool(["gunzip", "-c"], stored) == RAW
+    members = 0
+    rest = stored
+    while rest:
+        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        decompressor.decompress(rest)
+        assert decompressor.eof
+        rest = decompressor.unused_data
+        members += 1
+    assert members == -(-len(RAW) // (1 << 20))  # one member per started MiB
+    assert len(stored) < len(run(GzipStage(6))) * 1.01  # independent blocks cost < 1 %
+
+
+def test_an_empty_parallel_stream_is_still_valid_gzip() -> None:
+    stored = run(ParallelBlocksStage(gzip_block_compressor(1), threads=2), chunks=[])
+    assert tool(["gunzip", "-c"], stored) == b""
+
+
+def test_parallel_compression_keeps_at_most_two_blocks_per_thread_in_flight() -> None:
+    lock = threading.Lock()
+    in_flight = peak = 0
+    compress = gzip_block_compressor(1)
+
+    def counting(block: bytes) -> bytes:
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        try:
+            return compress(block)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    stage = ParallelBlocksStage(counting, threads=2, block_bytes=64 * 1024)
+    pending_peak = 0
+    for chunk in CHUNKS:
+        stage.feed(chunk)
+        pending_peak = max(pending_peak, len(stage._in_flight))
+    stage.flush()
+    assert pending_peak <= 4
+    assert peak <= 2
+
+
+def test_zstd_is_read_by_the_zstd_tool_and_carries_a_checksum() -> None:
+    for threads in (1, 2):
+        stored = run(ZstdStage(3, threads))
+        assert tool(["zstd", "-d", "-c"], stored) == RAW
+    damaged = bytearray(stored)
+    damaged[len(damaged) // 2] ^= 0x40
+    result = subprocess.run(
+        ["zstd", "-d", "-c"], input=bytes(damaged), capture_output=True, check=False
+    )
+    assert result.returncode != 0
 
 
 def test_tail_spans_small_chunks() -> None:
     pipeline = Pipeline(PassthroughStage())
-    data = b"".join(bytes([i % 251]) for i in range(1000))
-    stored = run(pipeline, [data[i : i + 3] for i in range(0, len(data), 3)])
-    assert stored == data
+    data = bytes(i % 251 for i in range(1000))
+    stored = b"".join(pipeline.feed(data[i : i + 3]) for i in range(0, len(data), 3))
+    assert stored + pipeline.finish() == data
     assert pipeline.raw_tail == data[-256:]
 
 
-def test_compressor_choice() -> None:
-    gzip6 = CompressionConfig(algorithm="gzip", level=6)
-    assert isinstance(compressor_for(gzip6, dump_compresses_itself=False), GzipStage)
-    assert isinstance(compressor_for(gzip6, dump_compresses_itself=True), PassthroughStage)
-    none = CompressionConfig(algorithm="none")
-    assert isinstance(compressor_for(none, dump_compresses_itself=False), PassthroughStage)
+@pytest.mark.parametrize(
+    ("settings", "custom", "expected"),
+    [
+        ({"algorithm": "gzip", "level": 6, "threads": 1}, False, GzipStage),
+        ({"algorithm": "gzip", "level": 6, "threads": 2}, False, ParallelBlocksStage),
+        ({"algorithm": "gzip"}, True, PassthroughStage),
+        ({"algorithm": "zstd", "threads": 2}, False, ZstdStage),
+        ({"algorithm": "none"}, False, PassthroughStage),
+    ],
+)
+def test_compressor_choice(settings: dict[str, object], custom: bool, expected: type) -> None:
+    stage = compressor_for(CompressionConfig(**settings), dump_compresses_itself=custom)  # type: ignore[arg-type]
+    assert isinstance(stage, expected)
+    stage.close()
+
+
+def test_default_levels() -> None:
+    assert CompressionConfig().effective_level == 1
+    assert CompressionConfig(algorithm="zstd").effective_level == 3
+    assert CompressionConfig(level=9).effective_level == 9

@@ -1,42 +1,29 @@
 """Sans-I/O stream stages: bytes in, bytes out, no file or socket in sight.
 
-A `Pipeline` is what a job feeds each chunk of dump output through: it counts raw bytes,
-keeps the raw tail (to check pg_dump's completion marker), compresses, and hashes and counts
-what will be stored. It is CPU work, so jobs call it on a worker thread; zlib and hashlib
-release the GIL, so jobs compress in parallel. New algorithms (zstd) and stages (encryption)
-implement `Stage` and slot in through `compressor_for`.
+A `Pipeline` is what a job feeds each chunk of dump output through: it counts raw bytes, keeps
+the raw tail (to check pg_dump's completion marker), compresses, and hashes and counts what will
+be stored. It is CPU work, so jobs call it on a worker thread; zlib, isal and zstd release the
+GIL, so jobs — and the blocks of one parallel stream — compress on several cores at once.
+New stages (encryption) implement `Stage` and slot in through the Pipeline.
 """
 
 from __future__ import annotations
 
 import hashlib
-import zlib
 from typing import Protocol
-
-from db_backup.config.schema import CompressionConfig
 
 _TAIL_BYTES = 256
 
 
 class Stage(Protocol):
-    """A streaming transform: `feed` any number of times, then `flush` once."""
+    """A streaming transform: `feed` any number of times, then `flush` once; `close` frees
+    any worker threads (safe to call at any time, also after an error)."""
 
     def feed(self, data: bytes) -> bytes: ...
 
     def flush(self) -> bytes: ...
 
-
-class GzipStage:
-    """Standard gzip (RFC 1952) output that `gunzip` reads."""
-
-    def __init__(self, level: int) -> None:
-        self._compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-
-    def feed(self, data: bytes) -> bytes:
-        return self._compressor.compress(data)
-
-    def flush(self) -> bytes:
-        return self._compressor.flush(zlib.Z_FINISH)
+    def close(self) -> None: ...
 
 
 class PassthroughStage:
@@ -48,12 +35,8 @@ class PassthroughStage:
     def flush(self) -> bytes:
         return b""
 
-
-def compressor_for(compression: CompressionConfig, *, dump_compresses_itself: bool) -> Stage:
-    """The compression stage for a job's output."""
-    if dump_compresses_itself or compression.algorithm == "none":
-        return PassthroughStage()
-    return GzipStage(compression.level)
+    def close(self) -> None:
+        pass
 
 
 class Pipeline:
@@ -73,6 +56,9 @@ class Pipeline:
 
     def finish(self) -> bytes:
         return self._account(self._compressor.flush())
+
+    def close(self) -> None:
+        self._compressor.close()
 
     @property
     def sha256(self) -> str:
