@@ -34,3 +34,10 @@ def demo(session: nox.Session) -> None:
     """The embedded default: a throwaway server, a real backup, a restore check."""
     session.install(".")
     session.run("db-backup", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """db-backup against shell pipelines (needs gzip, pigz, zstd; takes ~15 minutes)."""
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/bench.py", *session.posargs)

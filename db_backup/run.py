@@ -48,6 +48,10 @@ async def prepare_plan(
     return plan, failures
 
 
+def _names_taken(plan: Plan) -> bool:
+    return any(job.target.final_path.exists() for job in plan.jobs)
+
+
 class BackupRun:
     """Executes a plan under storage locks; `cancel()` stops it from a signal handler."""
 
@@ -66,6 +70,25 @@ class BackupRun:
         self._orchestrator.cancel(reason)
         return True
 
+    @staticmethod
+    async def _plan_unused_names(
+        config: Config,
+        selected: Sequence[BackupConfig],
+        names: Sequence[str],
+        concurrency: int | None,
+    ) -> tuple[Plan, list[JobResult]]:
+        """Plan; if a file name is taken (a run that ended within this second, e.g. the one we
+        waited for), plan again in the next second rather than fail. Under our lock nothing
+        else can take a name meanwhile."""
+        for _ in range(3):
+            plan, failures = await prepare_plan(
+                config, selected, names=names, concurrency=concurrency
+            )
+            if not await asyncio.to_thread(_names_taken, plan):
+                break
+            await asyncio.sleep(1.0 - plan.started_at.microsecond / 1e6)
+        return plan, failures
+
     async def execute(
         self,
         config: Config,
@@ -79,9 +102,7 @@ class BackupRun:
         folders = {Path(backup.storage.path) for backup in selected}
         locks = await lock_storage(folders, self._wait)
         try:
-            plan, failures = await prepare_plan(
-                config, selected, names=names, concurrency=concurrency
-            )
+            plan, failures = await self._plan_unused_names(config, selected, names, concurrency)
             results = list(failures)
             for folder, error in locks.unusable.items():
                 results += [

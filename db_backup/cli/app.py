@@ -296,19 +296,36 @@ class _RunOptions:
     wait: float | None = None
 
 
+def _renderer(options: _RunOptions) -> Any:
+    """Live bars on a terminal; plain lines for pipes, cron and --json (rich not even loaded)."""
+    from db_backup.cli.render import PlainRenderer
+
+    if options.json_output or not sys.stderr.isatty():
+        return PlainRenderer(sys.stderr, quiet=options.quiet)
+    from rich.console import Console
+
+    from db_backup.cli.live import LiveRenderer
+
+    console = Console(file=sys.stderr)
+    if not console.is_terminal:  # e.g. TERM=dumb
+        return PlainRenderer(sys.stderr, quiet=options.quiet)
+    return LiveRenderer(console, quiet=options.quiet)
+
+
+def _print_table(table: Any) -> None:
+    from rich.console import Console
+
+    console = Console(file=sys.stdout)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)  # cron mail and files: keep paths whole
+    console.print(table)
+
+
 async def _backup_main(
     loaded: Any, selected: Sequence[Any], options: _RunOptions
 ) -> tuple[int, Any]:
     """Plan, run and report one backup run; returns the exit code and the RunReport."""
-    from rich.console import Console
-
-    from db_backup.cli.render import (
-        LiveRenderer,
-        PlainRenderer,
-        json_report,
-        plan_table,
-        summary_table,
-    )
+    from db_backup.cli.render import Renderer, json_report
     from db_backup.process import kill_all_now
     from db_backup.run import BackupRun, prepare_plan
     from db_backup.sinks.local import remove_open_partials_now
@@ -317,7 +334,7 @@ async def _backup_main(
     main_task = asyncio.current_task()
     assert main_task is not None
     received: list[str] = []
-    renderer: LiveRenderer | PlainRenderer | None = None
+    renderer: Renderer | None = None
     run = BackupRun(wait=options.wait)
 
     def on_signal(sig: signal.Signals) -> None:
@@ -340,20 +357,15 @@ async def _backup_main(
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         try:
-            stdout = Console(file=sys.stdout)
-            if not stdout.is_terminal:
-                stdout.width = max(stdout.width, 160)  # cron mail and files: keep paths whole
             if options.dry_run:
+                from db_backup.cli.tables import plan_table
+
                 plan, failures = await prepare_plan(
                     loaded, selected, names=options.names, concurrency=options.jobs
                 )
-                stdout.print(plan_table(plan, failures))
+                _print_table(plan_table(plan, failures))
                 return EXIT_OK, None
-            stderr = Console(file=sys.stderr)
-            if stderr.is_terminal and not options.json_output:
-                renderer = LiveRenderer(stderr, quiet=options.quiet)
-            else:
-                renderer = PlainRenderer(sys.stderr, quiet=options.quiet)
+            renderer = _renderer(options)
             run.subscribe(renderer)
             try:
                 report = await run.execute(
@@ -372,7 +384,9 @@ async def _backup_main(
             sys.stdout.buffer.write(json_report(report, code))
             sys.stdout.flush()
         elif not options.quiet or code != EXIT_OK:
-            stdout.print(summary_table(report))
+            from db_backup.cli.tables import summary_table
+
+            _print_table(summary_table(report))
         return code, report
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

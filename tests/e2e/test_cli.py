@@ -200,6 +200,17 @@ def test_a_wildcard_matching_nothing_is_warned_about(pg: ThrowawayCluster, tmp_p
     assert "0 succeeded, 0 failed, 0 cancelled" in result.stdout
 
 
+def test_back_to_back_runs_both_succeed(pg: ThrowawayCluster, cli_db: str, tmp_path: Path) -> None:
+    """The second run may start within the second the first ended in: it must not collide."""
+    config = config_for(pg, tmp_path, [{"name": "quick", "database": cli_db}])
+    files = []
+    for _ in range(3):
+        result = run_cli("backup", "-c", str(config), "--json", env=cli_env(pg))
+        assert result.returncode == 0, result.stderr
+        files.append(json.loads(result.stdout)["jobs"][0]["file"])
+    assert len(set(files)) == 3
+
+
 def test_name_selection(pg: ThrowawayCluster, cli_db: str, tmp_path: Path) -> None:
     config = config_for(
         pg, tmp_path, [{"name": "a", "database": cli_db}, {"name": "b", "database": cli_db}]

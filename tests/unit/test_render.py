@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 from rich.console import Console
 
-from db_backup.cli.render import LiveRenderer, PlainRenderer
+from db_backup.cli.live import LiveRenderer
+from db_backup.cli.render import PlainRenderer
 from db_backup.config import parse_config
 from db_backup.model import JobFinished, JobProgress, JobQueued, JobResult, JobStarted, JobStatus
 from db_backup.plan import build_plan

@@ -1,0 +1,537 @@
+"""db-backup against shell pipelines, measured in one run on this machine.
+
+    nox -s bench -- [--size-mb 600] [--pgbench-scale 40] [--pairs 3] [--many-size 1.0]
+
+Starts its own throwaway PostgreSQL (data on /dev/shm when there is room), creates a large
+database of realistic rows, a pgbench database, 20 databases of 20-50 MB and 200 small ones,
+then measures alternating A/B pairs (A then B, then B then A, ...) and reports the median of
+the per-pair time ratios. Machines here are shared and noisy: single timings mean little.
+Results go to benchmarks/results/ (JSON and Markdown) and into the README between the
+`bench:start` / `bench:end` markers.
+
+Shell baselines are real pipelines of the same programs a cron line would use (pg_dump, gzip,
+pigz, zstd), connected with pipes by this script rather than by a shell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from db_backup.pgcluster import ThrowawayCluster
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+BYTES_PER_ROW = 176  # plain-dump bytes per row of REALISTIC, measured
+
+REALISTIC = """
+CREATE TABLE events AS
+SELECT g AS id,
+       timestamptz '2025-01-01' + g * interval '17 seconds' AS created_at,
+       round((random() * 10000)::numeric, 2) AS amount,
+       md5(g::text) AS digest,
+       (ARRAY['pending','paid','shipped','refunded','cancelled'])[1 + (g % 5)] AS status,
+       'customer-' || (g % 50000) || '@example.com' AS email,
+       jsonb_build_object('ip', '10.' || (g % 256) || '.' || (g % 199) || '.' || (g % 97),
+                          'agent', (ARRAY['firefox','chrome','safari','curl'])[1 + g % 4],
+                          'items', g % 7, 'score', round(random()::numeric, 4)) AS meta
+FROM generate_series(1, {rows}) g;
+"""
+
+
+@dataclass
+class Sample:
+    seconds: float
+    stored_bytes: int
+    raw_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+
+
+@dataclass
+class Row:
+    case: str
+    contender: str
+    baseline: str
+    ratio: float  # median of per-pair time ratios, contender / baseline
+    target: float | None
+    contender_seconds: float
+    baseline_seconds: float
+    contender_mb_per_s: float | None
+    stored_mb: float | None
+    peak_rss_mb: float | None
+    ratios: list[float] = field(default_factory=list)
+
+    @property
+    def met(self) -> str:
+        if self.target is None:
+            return ""
+        return "yes" if self.ratio <= self.target else "NO"
+
+
+class Bench:
+    def __init__(self, cluster: ThrowawayCluster, out: Path, pairs: int) -> None:
+        self.cluster = cluster
+        self.out = out
+        self.pairs = pairs
+        self.env = {**os.environ, "PGPASSWORD": cluster.password}
+        self.raw_size: dict[str, int] = {}
+
+    # -- the contenders -------------------------------------------------------------------------
+
+    def pg_dump_argv(self, database: str, *extra: str) -> list[str]:
+        c = self.cluster
+        return [
+            str(c.client_bin("pg_dump")),
+            f"--host={c.host}",
+            f"--port={c.port}",
+            f"--username={c.superuser}",
+            *extra,
+            database,
+        ]
+
+    def pipeline(self, database: str, compressor: list[str] | None, suffix: str) -> Sample:
+        """pg_dump [| compressor] > file, timed; like the cron line a user would write."""
+        target = self.out / f"shell-{database}{suffix}"
+        started = time.perf_counter()
+        with target.open("wb") as sink:
+            if compressor is None:
+                subprocess.run(self.pg_dump_argv(database), stdout=sink, env=self.env, check=True)
+            else:
+                dump = subprocess.Popen(
+                    self.pg_dump_argv(database), stdout=subprocess.PIPE, env=self.env
+                )
+                assert dump.stdout is not None
+                squeeze = subprocess.run(compressor, stdin=dump.stdout, stdout=sink, check=False)
+                dump.stdout.close()
+                if dump.wait() != 0 or squeeze.returncode != 0:
+                    raise RuntimeError(f"pipeline for {database} failed")
+        seconds = time.perf_counter() - started
+        size = target.stat().st_size
+        target.unlink()
+        return Sample(seconds, size)
+
+    def raw(self, database: str) -> Sample:
+        started = time.perf_counter()
+        subprocess.run(
+            self.pg_dump_argv(database), stdout=subprocess.DEVNULL, env=self.env, check=True
+        )
+        return Sample(time.perf_counter() - started, 0)
+
+    def custom_format(self, database: str) -> Sample:
+        target = self.out / f"shell-{database}.dump"
+        started = time.perf_counter()
+        subprocess.run(
+            self.pg_dump_argv(database, "--format=custom", "--compress=6", f"--file={target}"),
+            env=self.env,
+            check=True,
+        )
+        seconds = time.perf_counter() - started
+        size = target.stat().st_size
+        target.unlink()
+        return Sample(seconds, size)
+
+    def db_backup(
+        self, databases: list[str], compression: dict[str, Any], jobs: int = 1, **extra: Any
+    ) -> Sample:
+        """The real CLI, timed from the outside (start-up and connection checks included)."""
+        storage = self.out / "db-backup"
+        config = self.out / "bench.yml"
+        c = self.cluster
+        document = {
+            "concurrency": jobs,
+            "defaults": {
+                "host": c.host,
+                "port": c.port,
+                "username": c.superuser,
+                "storage": {"path": str(storage)},
+                "compression": compression,
+                **extra,
+            },
+            "backups": [{"name": f"b{i}", "database": db} for i, db in enumerate(databases)],
+        }
+        config.write_text(json.dumps(document))
+        config.chmod(0o600)
+        started = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, "-m", "db_backup", "backup", "-c", str(config), "--json"],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            check=False,
+        )
+        seconds = time.perf_counter() - started
+        if result.returncode != 0:
+            raise RuntimeError(f"db-backup failed: {result.stderr[-2000:]}")
+        report = json.loads(result.stdout)
+        shutil.rmtree(storage)
+        return Sample(
+            seconds,
+            sum(job["stored_bytes"] for job in report["jobs"]),
+            raw_bytes=sum(job["raw_bytes"] for job in report["jobs"]),
+            peak_rss_bytes=report["peak_rss_bytes"],
+        )
+
+    # -- measuring -----------------------------------------------------------------------------
+
+    def pair(
+        self,
+        case: str,
+        contender: tuple[str, Callable[[], Sample]],
+        baseline: tuple[str, Callable[[], Sample]],
+        target: float | None,
+        raw_bytes: int | None,
+    ) -> Row:
+        """Alternate A/B `pairs` times; the median of the per-pair ratios is the result."""
+        ratios, a_samples, b_samples = [], [], []
+        for index in range(self.pairs):
+            if index % 2 == 0:
+                a, b = contender[1](), baseline[1]()
+            else:
+                b, a = baseline[1](), contender[1]()
+            a_samples.append(a)
+            b_samples.append(b)
+            ratios.append(a.seconds / b.seconds)
+        a_median = statistics.median(s.seconds for s in a_samples)
+        rss = [s.peak_rss_bytes for s in a_samples if s.peak_rss_bytes]
+        row = Row(
+            case=case,
+            contender=contender[0],
+            baseline=baseline[0],
+            ratio=round(statistics.median(ratios), 3),
+            target=target,
+            contender_seconds=round(a_median, 2),
+            baseline_seconds=round(statistics.median(s.seconds for s in b_samples), 2),
+            contender_mb_per_s=round(raw_bytes / a_median / 1e6, 1) if raw_bytes else None,
+            stored_mb=round(a_samples[0].stored_bytes / 1e6, 1)
+            if a_samples[0].stored_bytes
+            else None,
+            peak_rss_mb=round(max(rss) / 2**20, 1) if rss else None,
+            ratios=[round(r, 3) for r in ratios],
+        )
+        print(
+            f"  {case:34s} {row.contender:24s} vs {row.baseline:22s} ratio {row.ratio:5.3f}"
+            f" {row.ratios} target {target} {row.met}",
+            flush=True,
+        )
+        return row
+
+
+def create_databases(cluster: ThrowawayCluster, args: argparse.Namespace) -> dict[str, Any]:
+    """realistic, pgbench, 20 DBs of 20-50 MB, 200 small ones. Returns names and raw sizes."""
+    conninfo = cluster.conninfo()
+
+    def create(name: str, script: str = "", template: str | None = None) -> None:
+        with psycopg.connect(**conninfo, autocommit=True) as conn:
+            statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+            if template:
+                statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+            conn.execute(statement)
+        if script:
+            with psycopg.connect(**cluster.conninfo(name), autocommit=True) as conn:
+                conn.execute(script.encode())
+                conn.execute("VACUUM ANALYZE")
+
+    rows = int(args.size_mb * 1e6 / BYTES_PER_ROW)
+    print(f"creating 'realistic' ({rows} rows, ~{args.size_mb} MB of SQL) ...", flush=True)
+    create("realistic", REALISTIC.format(rows=rows))
+    print(f"creating 'pgbench' (scale {args.pgbench_scale}) ...", flush=True)
+    create("pgbench")
+    subprocess.run(
+        [
+            str(cluster.client_bin("pgbench")),
+            "-i",
+            "-q",
+            "-s",
+            str(args.pgbench_scale),
+            f"--host={cluster.host}",
+            f"--port={cluster.port}",
+            f"--username={cluster.superuser}",
+            "pgbench",
+        ],
+        env={**os.environ, "PGPASSWORD": cluster.password},
+        check=True,
+        capture_output=True,
+    )
+    many = []
+    print("creating 20 databases of 20-50 MB and 200 small ones ...", flush=True)
+    for size in (20, 30, 40, 50):
+        template = f"tpl{size}"
+        create(template, REALISTIC.format(rows=int(size * args.many_size * 1e6 / BYTES_PER_ROW)))
+        for copy in range(5):
+            name = f"many{size}_{copy}"
+            create(name, template=template)
+            many.append(name)
+    create("tpl_small", REALISTIC.format(rows=500))
+    small = [f"small{i:03d}" for i in range(200)]
+    for name in small:
+        create(name, template="tpl_small")
+    return {"many": many, "small": small}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    memory = Path("/dev/shm")
+    parent = memory if memory.is_dir() and shutil.disk_usage(memory).free > 8 << 30 else None
+    with (
+        ThrowawayCluster(parent=parent) as cluster,
+        tempfile.TemporaryDirectory(dir=parent) as scratch,
+    ):
+        made = create_databases(cluster, args)
+        bench = Bench(cluster, Path(scratch), args.pairs)
+        rows: list[Row] = []
+
+        for database, label, default_target in (
+            ("realistic", "realistic rows", 1.5),
+            ("pgbench", "pgbench rows", 1.1),
+        ):
+            raw_bytes = bench.db_backup([database], {"algorithm": "none"}).raw_bytes
+            print(f"{label}: {raw_bytes / 1e6:.0f} MB of SQL", flush=True)
+
+            def contender(compression: dict[str, Any], db: str = database) -> Callable[[], Sample]:
+                return lambda: bench.db_backup([db], compression)
+
+            def shell(
+                command: list[str] | None, suffix: str, db: str = database
+            ) -> Callable[[], Sample]:
+                return lambda: bench.pipeline(db, command, suffix)
+
+            raw = ("pg_dump > /dev/null", lambda db=database: bench.raw(db))
+            gzip6 = ("pg_dump | gzip -6", shell(["gzip", "-6"], ".sql.gz"))
+            if database == "realistic":
+                rows.append(
+                    bench.pair(
+                        f"large DB, {label}: gzip-6 1 thread",
+                        ("db-backup gzip-6 t1", contender({"level": 6, "threads": 1})),
+                        gzip6,
+                        0.95,
+                        raw_bytes,
+                    )
+                )
+                rows.append(
+                    bench.pair(
+                        f"large DB, {label}: gzip-6 parallel",
+                        ("db-backup gzip-6 parallel", contender({"level": 6})),
+                        gzip6,
+                        0.65,
+                        raw_bytes,
+                    )
+                )
+                rows.append(
+                    bench.pair(
+                        f"large DB, {label}: zstd-3",
+                        ("db-backup zstd-3", contender({"algorithm": "zstd", "level": 3})),
+                        ("pg_dump | zstd -3", shell(["zstd", "-3", "-q"], ".sql.zst")),
+                        1.05,
+                        raw_bytes,
+                    )
+                )
+                rows.append(
+                    bench.pair(
+                        f"large DB, {label}: pigz -6 (for reference)",
+                        ("pg_dump | pigz -6", shell(["pigz", "-6"], ".sql.gz")),
+                        gzip6,
+                        None,
+                        raw_bytes,
+                    )
+                )
+                rows.append(
+                    bench.pair(
+                        f"large DB, {label}: pg_dump -Fc -Z6 (reference)",
+                        ("pg_dump -Fc -Z6", lambda: bench.custom_format("realistic")),
+                        gzip6,
+                        None,
+                        raw_bytes,
+                    )
+                )
+            rows.append(
+                bench.pair(
+                    f"large DB, {label}: the default",
+                    ("db-backup default", contender({})),
+                    raw,
+                    default_target,
+                    raw_bytes,
+                )
+            )
+            rows.append(
+                bench.pair(
+                    f"large DB, {label}: gzip-6 (size reference)",
+                    ("pg_dump | gzip -6", shell(["gzip", "-6"], ".sql.gz")),
+                    raw,
+                    None,
+                    raw_bytes,
+                )
+            )
+
+        many = made["many"]
+        many_raw = bench.db_backup(many, {"algorithm": "none"}, jobs=2).raw_bytes
+
+        def sequential() -> Sample:
+            samples = [bench.pipeline(db, ["gzip", "-6"], ".sql.gz") for db in many]
+            return Sample(sum(s.seconds for s in samples), sum(s.stored_bytes for s in samples))
+
+        def xargs_p2() -> Sample:
+            started = time.perf_counter()
+            with ThreadPoolExecutor(2) as pool:
+                samples = list(
+                    pool.map(lambda db: bench.pipeline(db, ["gzip", "-6"], ".sql.gz"), many)
+                )
+            return Sample(time.perf_counter() - started, sum(s.stored_bytes for s in samples))
+
+        gzip6_many: dict[str, Any] = {"level": 6}
+        rows.append(
+            bench.pair(
+                "20 DBs, gzip-6: -j 2 vs xargs -P2",
+                ("db-backup -j 2", lambda: bench.db_backup(many, gzip6_many, jobs=2)),
+                ("xargs -P2 pg_dump|gzip -6", xargs_p2),
+                1.0,
+                many_raw,
+            )
+        )
+        rows.append(
+            bench.pair(
+                "20 DBs, gzip-6: -j 2 vs sequential",
+                ("db-backup -j 2", lambda: bench.db_backup(many, gzip6_many, jobs=2)),
+                ("for db: pg_dump|gzip -6", sequential),
+                0.70,
+                many_raw,
+            )
+        )
+        rows.append(
+            bench.pair(
+                "20 DBs, gzip-6: -j 4 vs xargs -P2",
+                ("db-backup -j 4", lambda: bench.db_backup(many, gzip6_many, jobs=4)),
+                ("xargs -P2 pg_dump|gzip -6", xargs_p2),
+                None,
+                many_raw,
+            )
+        )
+        rows.append(
+            bench.pair(
+                "20 DBs, the default: -j 2 vs xargs -P2 gzip-6",
+                ("db-backup default -j 2", lambda: bench.db_backup(many, {}, jobs=2)),
+                ("xargs -P2 pg_dump|gzip -6", xargs_p2),
+                None,
+                many_raw,
+            )
+        )
+
+        small = made["small"]
+        load = bench.db_backup(small, {}, jobs=8, max_per_host=4)
+        print(
+            f"  200 small DBs, -j 8, max_per_host 4: {load.seconds:.1f}s, "
+            f"peak RSS {load.peak_rss_bytes / 2**20:.1f} MiB",
+            flush=True,
+        )
+        one_small = bench.db_backup(small[:1], {})
+
+        help_times = []
+        for _ in range(11):
+            started = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "db_backup", "--help"], capture_output=True, check=True
+            )
+            help_times.append(time.perf_counter() - started)
+
+        return {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": machine(),
+            "settings": vars(args),
+            "rows": [asdict(row) | {"met": row.met} for row in rows],
+            "load_200_small": {
+                "seconds": round(load.seconds, 2),
+                "peak_rss_mb": round((load.peak_rss_bytes or 0) / 2**20, 1),
+                "one_small_db_peak_rss_mb": round((one_small.peak_rss_bytes or 0) / 2**20, 1),
+            },
+            "help_seconds_median": round(statistics.median(help_times), 3),
+        }
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    pg = subprocess.run(["pg_dump", "--version"], capture_output=True, text=True).stdout.strip()
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {pg}, "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"Measured {result['when']} on {result['machine']}; medians of "
+        f"{result['settings']['pairs']} alternating pairs.",
+        "",
+        "| case | contender | baseline | time ratio | target | met | contender s | baseline s "
+        "| contender MB/s (raw) | stored MB | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    for row in result["rows"]:
+        lines.append(
+            f"| {cell(row['case'])} | {cell(row['contender'])} | {cell(row['baseline'])} "
+            f"| {row['ratio']:.3f} "
+            f"| {'≤ ' + str(row['target']) if row['target'] else ''} | {row['met']} "
+            f"| {row['contender_seconds']} | {row['baseline_seconds']} "
+            f"| {row['contender_mb_per_s'] or ''} | {row['stored_mb'] or ''} "
+            f"| {row['peak_rss_mb'] or ''} |"
+        )
+    load = result["load_200_small"]
+    lines += [
+        "",
+        f"200 small databases, `-j 8`, `max_per_host: 4`: {load['seconds']} s, peak RSS "
+        f"{load['peak_rss_mb']} MiB (one small database: {load['one_small_db_peak_rss_mb']} MiB). "
+        f"`db-backup --help`: {result['help_seconds_median']} s (median of 11).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mb", type=int, default=600, help="plain-dump size of 'realistic'")
+    parser.add_argument("--pgbench-scale", type=int, default=40)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--many-size", type=float, default=1.0, help="scale of the 20 DBs")
+    args = parser.parse_args()
+    for tool in ("gzip", "pigz", "zstd"):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench: {tool} is needed (apt-get install gzip pigz zstd)")
+    result = run(args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = result["when"].replace(":", "").replace("-", "")[:15]
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    (RESULTS / f"{stamp}.md").write_text(table)
+    (RESULTS / "latest.md").write_text(table)
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        readme.write_text(head + start + "\n" + table + end + rest.split(end, 1)[1])
+    print("\n" + table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The summary table at the end of a run, and the plan a dry run prints (rich tables)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich import box
+from rich.table import Table
+from rich.text import Text
+
+from db_backup.cli.render import STATUS_STYLE
+from db_backup.model import JobResult, JobStatus, Plan, RunReport
+from db_backup.units import format_bytes, format_duration, format_rate
+
+
+def summary_table(report: RunReport) -> Table:
+    """Job, status, size, duration, rate and file (or the error) for every job."""
+    table = Table(box=box.SIMPLE_HEAD, title="db-backup run", title_justify="left")
+    table.add_column("job", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for column in ("size", "duration", "rate"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("file / error", overflow="fold")
+    for result in report.results:
+        succeeded = result.status is JobStatus.SUCCEEDED
+        table.add_row(
+            result.job.name,
+            Text(result.status.value, style=STATUS_STYLE[result.status]),
+            format_bytes(result.stored_bytes) if succeeded else "-",
+            format_duration(result.duration) if result.started_at else "-",
+            format_rate(result.raw_bytes, result.duration) if succeeded else "-",
+            str(result.file) if succeeded else (result.error or ""),
+        )
+    counts = {status: 0 for status in JobStatus}
+    for result in report.results:
+        counts[result.status] += 1
+    elapsed = (report.finished_at - report.started_at).total_seconds()
+    table.caption = (
+        f"{counts[JobStatus.SUCCEEDED]} succeeded, {counts[JobStatus.FAILED]} failed, "
+        f"{counts[JobStatus.CANCELLED]} cancelled in {format_duration(elapsed)}"
+        + (f" (interrupted by {report.interrupted_by})" if report.interrupted_by else "")
+    )
+    table.caption_justify = "left"
+    return table
+
+
+def plan_table(plan: Plan, failures: Sequence[JobResult] = ()) -> Table:
+    """What a run would do: jobs, servers, target files."""
+    table = Table(box=box.SIMPLE_HEAD, title="db-backup plan (dry run)", title_justify="left")
+    for column in ("job", "database", "server", "format"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("target file", overflow="fold")
+    for job in plan.jobs:
+        fmt = "globals" if job.kind == "globals" else job.backup.format
+        table.add_row(job.name, job.database, str(job.server), fmt, str(job.target.final_path))
+    for result in failures:
+        table.add_row(
+            result.job.name,
+            result.job.database,
+            str(result.job.server),
+            "-",
+            Text(f"cannot list databases: {result.error}", style="red"),
+        )
+    limits = ", ".join(f"{server}: {limit}" for server, limit in plan.host_limits.items())
+    table.caption = f"{len(plan.jobs)} jobs, at most {plan.concurrency} at once" + (
+        f"; per server: {limits}" if limits else ""
+    )
+    table.caption_justify = "left"
+    return table
