@@ -31,9 +31,9 @@ log = logging.getLogger(__name__)
 TERMINATE_GRACE_SECONDS = 5.0
 STDERR_TAIL_LINES = 20
 STDERR_TAIL_LINE_BYTES = 1000
-# StreamReader buffers up to twice this before pausing the pipe, so the child runs ahead of a
-# busy compressor by a few MiB at most: overlap without unbounded memory.
-STDOUT_BUFFER_LIMIT = 4 * 1024 * 1024
+# StreamReader buffers up to twice this before pausing the pipe: the child runs ahead of a busy
+# compressor by 2 MiB at most (plus the pipe's own buffer): overlap with flat memory.
+STDOUT_BUFFER_LIMIT = 1024 * 1024
 
 _live: set[Child] = set()
 _SETPRIV = shutil.which("setpriv")

@@ -129,6 +129,20 @@ def _load_config(path: Path, *, require_env: bool = True) -> Any:
     return loaded
 
 
+def use_one_malloc_arena() -> None:
+    """Ask glibc for a single heap ("arena") for all threads; call before any thread starts.
+
+    glibc gives each thread an arena of its own and keeps freed memory there: with
+    compression threads, peak RSS grew with the dump (parallel gzip: 64 MiB for a 20 MB
+    database, 72 MiB for 200 MB). One arena kept it flat (57 and 59 MiB) at the same speed.
+    Elsewhere than glibc this is a no-op."""
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX = -8 in glibc's malloc.h
+
+
 def _fail_usage(message: str) -> NoReturn:
     typer.echo(f"db-backup: {message}", err=True)
     raise typer.Exit(EXIT_USAGE)
@@ -277,6 +291,7 @@ def backup(
             wait_seconds = float("inf") if wait == WAIT_FOREVER else parse_duration(wait)
         except ValueError as exc:
             _fail_usage(f"--wait: {exc}")
+    use_one_malloc_arena()
     with _errors_to_exit_codes():
         loaded = _load_config(config)
         names = tuple(name or ())
@@ -454,6 +469,7 @@ def demo(
     """Back up a throwaway local PostgreSQL: live progress, restore, row check, clean-up."""
     from db_backup.demo import DemoSite
 
+    use_one_malloc_arena()
     with _errors_to_exit_codes(), DemoSite(keep=keep) as site:
         loaded = _load_config(site.config_path)
         code, report = asyncio.run(_backup_main(loaded, loaded.backups, _RunOptions()))
