@@ -33,9 +33,8 @@ _TAIL = 256
 
 async def check_custom_dump(pg_restore: Path, path: Path) -> None:
     """Raise DumpError unless pg_restore can read the whole custom-format dump at `path`."""
-    async with spawn([str(pg_restore), "--file=/dev/null", str(path)], os.environ) as child:
-        while await child.stdout.read(READ_SIZE):
-            pass
+    argv = [str(pg_restore), "--file=/dev/null", str(path)]
+    async with spawn(argv, os.environ, capture_stdout=False) as child:
         code = await child.wait()
         tail = child.stderr_tail()
     if code != 0:

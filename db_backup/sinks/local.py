@@ -10,10 +10,7 @@ import asyncio
 import contextlib
 import os
 from pathlib import Path
-from typing import Any
-
-import aiofiles
-import aiofiles.os
+from typing import BinaryIO
 
 from db_backup.errors import StorageError
 from db_backup.model import Target
@@ -81,20 +78,27 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 class LocalSink:
-    """One backup file being written into a local folder."""
+    """One backup file being written into a local folder.
+
+    The dump's bytes arrive through `write_blocking`, on the job's pump thread (job.py); the
+    rest — open, commit, abort — is awaited on the event loop and runs on worker threads.
+    """
 
     def __init__(self, target: Target) -> None:
         self.target = target
-        self._file: Any = None
+        self._file: BinaryIO | None = None
 
     async def open(self) -> None:
         """Create the folder if needed and start `<final>.partial` (0600, must not exist)."""
-        await asyncio.to_thread(ensure_directory, self.target.directory)
+        await asyncio.to_thread(self._open)
+
+    def _open(self) -> None:
+        ensure_directory(self.target.directory)
         final, partial = self.target.final_path, self.target.partial_path
-        if await aiofiles.os.path.exists(final):
+        if final.exists():
             raise StorageError(f"{final} already exists; refusing to overwrite a backup")
         try:
-            self._file = await aiofiles.open(partial, "xb", opener=_private)
+            self._file = open(partial, "xb", opener=_private)  # noqa: SIM115 - closed by commit/abort
         except FileExistsError:
             raise StorageError(
                 f"{partial} exists: another run is writing this backup right now"
@@ -103,20 +107,28 @@ class LocalSink:
             raise StorageError(f"cannot create {partial}: {describe_os_error(exc)}") from None
         open_partials.add(partial)
 
-    async def write(self, data: bytes) -> None:
-        if not data:
-            return
+    def write_blocking(self, data: bytes) -> None:
+        """Append to the partial file; blocks (for the pump thread)."""
+        assert self._file is not None, "sink not open"
         try:
-            await self._file.write(data)
+            self._file.write(data)
         except OSError as exc:
             raise StorageError(
                 f"writing {self.target.partial_path}: {describe_os_error(exc)}"
             ) from None
 
+    async def write(self, data: bytes) -> None:
+        if data:
+            await asyncio.to_thread(self.write_blocking, data)
+
     async def flush(self) -> None:
         """Make everything written so far visible to readers of the partial file."""
+        await asyncio.to_thread(self._flush)
+
+    def _flush(self) -> None:
+        assert self._file is not None, "sink not open"
         try:
-            await self._file.flush()
+            self._file.flush()
         except OSError as exc:
             raise StorageError(
                 f"writing {self.target.partial_path}: {describe_os_error(exc)}"
@@ -124,14 +136,18 @@ class LocalSink:
 
     async def commit(self) -> Path:
         """Flush to disk and move into place under the final name."""
+        return await asyncio.to_thread(self._commit)
+
+    def _commit(self) -> Path:
+        assert self._file is not None, "sink not open"
         partial, final = self.target.partial_path, self.target.final_path
         try:
-            await self._file.flush()
-            await asyncio.to_thread(os.fsync, self._file.fileno())
-            await self._file.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
             self._file = None
-            await aiofiles.os.replace(partial, final)
-            await asyncio.to_thread(_fsync_directory, self.target.directory)
+            os.replace(partial, final)
+            _fsync_directory(self.target.directory)
         except OSError as exc:
             raise StorageError(f"committing {final}: {describe_os_error(exc)}") from None
         open_partials.discard(partial)
@@ -139,13 +155,16 @@ class LocalSink:
 
     async def abort(self) -> None:
         """Close and remove the partial file; safe to call in any state."""
+        await asyncio.to_thread(self._abort)
+
+    def _abort(self) -> None:
         partial = self.target.partial_path
         if self._file is not None:
             with contextlib.suppress(OSError):
-                await self._file.close()
+                self._file.close()
             self._file = None
         with contextlib.suppress(FileNotFoundError):
-            await aiofiles.os.remove(partial)
+            partial.unlink()
         open_partials.discard(partial)
 
     async def write_sidecar(self, path: Path, data: bytes) -> None:

@@ -309,3 +309,39 @@ def test_world_readable_password_file_is_warned_about(tmp_path: Path) -> None:
     )
     secret.chmod(0o640)
     assert load_config(config_file, environ={}).warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("compression", "expected"),
+    [
+        ("{algorithm: gzip, level: 10}", "gzip levels are 1 to 9, got 10"),
+        ("{algorithm: gzip, level: 0}", "gzip levels are 1 to 9, got 0"),
+        ("{algorithm: zstd, level: 20}", "zstd levels are 1 to 19, got 20"),
+        ("{algorithm: lz4}", 'invalid value "lz4"; expected one of: gzip, none, zstd'),
+        ("{threads: 0}", "expected int >= 1, got 0"),
+    ],
+)
+def test_compression_settings_are_checked(compression: str, expected: str) -> None:
+    errors = errors_of(BASE + f"  - name: a\n    database: a\n    compression: {compression}\n")
+    assert len(errors) == 1
+    assert expected in errors[0], errors[0]
+
+
+def test_custom_format_cannot_use_zstd() -> None:
+    errors = errors_of(
+        BASE + "  - name: a\n    database: a\n    format: custom\n"
+        "    compression: {algorithm: zstd}\n"
+    )
+    assert len(errors) == 1
+    assert "format: custom is compressed by pg_dump itself, with gzip (or none)" in errors[0]
+
+
+def test_custom_format_uses_pg_dumps_own_level_unless_set() -> None:
+    from db_backup.sources.postgres import custom_format_level
+
+    text = "backups:\n  - name: a\n    database: a\n    format: custom\n    storage: {path: /b}\n"
+    assert custom_format_level(parse_config(text, environ={}).backups[0]) is None
+    explicit = text + "    compression: {level: 9}\n"
+    assert custom_format_level(parse_config(explicit, environ={}).backups[0]) == 9
+    off = text + "    compression: {algorithm: none}\n"
+    assert custom_format_level(parse_config(off, environ={}).backups[0]) == 0
