@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -149,7 +150,7 @@ async def _pump(
                 sink.write_blocking(stored)
             report()
 
-    worker = loop.run_in_executor(None, pump, child.stdout_fd)
+    worker = _in_own_thread(pump, child.stdout_fd, name=f"pump {child.command.split()[0]}")
     try:
         await asyncio.shield(worker)
     except asyncio.CancelledError:
@@ -160,6 +161,37 @@ async def _pump(
             await worker
         raise
     on_progress()
+
+
+def _in_own_thread(
+    function: Callable[[int], None], argument: int, name: str
+) -> asyncio.Future[None]:
+    """Run `function(argument)` on a new thread; the future resolves when it returns.
+
+    Not the loop's default executor: a pump holds its thread for a whole dump, and with more
+    jobs than that pool has threads, every other job's short file operations would queue
+    behind the dumps."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+    def target() -> None:
+        try:
+            function(argument)
+        except BaseException as exc:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(settle, exc)
+        else:
+            loop.call_soon_threadsafe(settle, None)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future
 
 
 def _check_outcome(

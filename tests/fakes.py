@@ -94,8 +94,9 @@ os.execv({str(real_pg_dump)!r}, [{str(real_pg_dump)!r}, *sys.argv[1:]])
 
 
 def gated_pg_dump(directory: Path, real_pg_dump: Path, gate: Path, started: Path) -> Path:
-    """The real pg_dump behind a gate: it records its PID in `started`, blocks until `gate`
-    exists, then execs the real pg_dump. Lets a test hold a run mid-job for as long as needed."""
+    """The real pg_dump behind a gate: it records its PID in `started` (and appends it to
+    `started`.all), blocks until `gate` exists (or `gate`.n, for the n-th to start, from 0),
+    then execs the real pg_dump. Lets a test hold a run mid-job for as long as needed."""
     path = directory / "gated-pg_dump"
     path.write_text(
         f"""#!{sys.executable}
@@ -104,7 +105,12 @@ if sys.argv[1:] != ["--version"]:
     with open({str(started)!r} + ".tmp", "w") as handle:
         handle.write(str(os.getpid()))
     os.rename({str(started)!r} + ".tmp", {str(started)!r})  # never seen half-written
-    while not os.path.exists({str(gate)!r}):
+    with open({str(started)!r} + ".all", "a") as handle:  # one line per started dump
+        handle.write(str(os.getpid()) + "\\n")
+    with open({str(started)!r} + ".all") as handle:
+        order = handle.read().split().index(str(os.getpid()))
+    # Opened for all by `gate`, or for the n-th dump to start (from 0) by `gate`.n
+    while not (os.path.exists({str(gate)!r}) or os.path.exists(f"{gate!s}.{{order}}")):
         time.sleep(0.02)
 os.execv({str(real_pg_dump)!r}, [{str(real_pg_dump)!r}, *sys.argv[1:]])
 """

@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 
 from db_backup.pgcluster import ThrowawayCluster
-from tests.conftest import cli_env, create_database, run_cli, server_defaults, write_config
+from tests.conftest import (
+    StartCli,
+    cli_env,
+    create_database,
+    run_cli,
+    server_defaults,
+    write_config,
+)
+from tests.fakes import gated_pg_dump
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -112,3 +121,45 @@ def test_jobs_flag_caps_concurrency(
     result = run_cli("backup", "-c", str(config), "-j", "1", "--json", env=cli_env(pg))
     assert result.returncode == 0, result.stderr
     assert peak_overlap(intervals(json.loads(result.stdout))) == 1
+
+
+def test_more_jobs_than_the_default_thread_pool_all_stream_at_once(
+    pg: ThrowawayCluster, databases: list[str], tmp_path: Path, start_cli: StartCli
+) -> None:
+    """Each dump's data path holds a thread for the whole dump. With 8 jobs at once, the last
+    two to start must stream to the end while the first six are still held: a shared pool of
+    6 threads (asyncio's default on two cores) would leave their output unread, their pipes
+    full, and them stuck."""
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    wrapper = gated_pg_dump(tmp_path, pg.client_bin("pg_dump"), gate, started)
+    jobs = 8
+    out = tmp_path / "out"
+    config = write_config(
+        tmp_path / "backup.yml",
+        {
+            "concurrency": jobs,
+            "defaults": server_defaults(pg, out, pg_dump_path=str(wrapper)),
+            "backups": [
+                {"name": f"j{i}", "database": databases[i % len(databases)]} for i in range(jobs)
+            ],
+        },
+    )
+    process = start_cli("backup", "-c", str(config), "--json", env=cli_env(pg))
+    log = Path(f"{started}.all")
+
+    def dumps_started() -> int:
+        return len(log.read_text().split()) if log.exists() else 0
+
+    wait_for(lambda: dumps_started() == jobs, what=f"{jobs} dumps to start", process=process)
+    for order in (jobs - 2, jobs - 1):
+        Path(f"{gate}.{order}").touch()
+
+    def finished() -> int:
+        return len(list(out.glob("*.sql.gz.json")))
+
+    wait_for(lambda: finished() == 2, what="the two released dumps to finish", process=process)
+    assert dumps_started() == jobs  # and the other six are still held at their gates
+    gate.touch()
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert json.loads(stdout)["succeeded"] == jobs
