@@ -51,12 +51,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-async def run_job(job: JobSpec, emit: Emit) -> Committed:
-    """Run one job; raises a BackupError (or CancelledError) when it does not commit."""
+async def run_job(job: JobSpec, emit: Emit, *, cores: int = 1) -> Committed:
+    """Run one job; raises a BackupError (or CancelledError) when it does not commit.
+
+    `cores`: the CPU cores this job may use for compression, by default."""
     timeout = job.backup.timeout
     try:
         async with asyncio.timeout(timeout):
-            return await _run(job, emit)
+            return await _run(job, emit, cores)
     except TimeoutError:
         assert timeout is not None
         raise JobTimeoutError(
@@ -65,7 +67,7 @@ async def run_job(job: JobSpec, emit: Emit) -> Committed:
         ) from None
 
 
-async def _run(job: JobSpec, emit: Emit) -> Committed:
+async def _run(job: JobSpec, emit: Emit, cores: int) -> Committed:
     backup = job.backup
     password = pg_server.resolve_password(backup)
     server = await pg_server.check_connection(backup, job.database, password)
@@ -77,7 +79,7 @@ async def _run(job: JobSpec, emit: Emit) -> Committed:
 
     sink = LocalSink(job.target)
     started = utcnow()
-    pipeline, final = await _dump_to_file(job, command, client, password, sink, emit)
+    pipeline, final = await _dump_to_file(job, command, client, password, sink, emit, cores)
     record = _manifest(job, server, client, command, pipeline, final, started, utcnow())
     await sink.write_sidecar(job.target.manifest_path, manifest.encode(record))
     return Committed(record, final, job.target.manifest_path)
@@ -95,10 +97,13 @@ async def _dump_to_file(
     password: str | None,
     sink: LocalSink,
     emit: Emit,
+    cores: int,
 ) -> tuple[Pipeline, Path]:
     """Stream the dump through the pipeline into `sink`; commit only a complete dump."""
-    compression = job.backup.compression
-    pipeline = Pipeline(compressor_for(compression, dump_compresses_itself=not command.plain))
+    compressor = compressor_for(
+        job.backup.compression, dump_compresses_itself=not command.plain, cores_per_job=cores
+    )
+    pipeline = Pipeline(compressor)
     env = postgres.child_env(os.environ, job.backup, password)
     await sink.open()  # before spawning: an unwritable folder fails without touching the server
     try:

@@ -27,6 +27,7 @@ from db_backup.model import (
     RunReport,
 )
 from db_backup.retry import backoff_delay, is_transient
+from db_backup.stages.compress import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ class Orchestrator:
         }
         self._tasks: list[asyncio.Task[JobResult]] = []
         self.interrupted_by: str | None = None
+        # Jobs running at once share the cores for compression (more threads than cores
+        # only cost memory).
+        at_once = max(1, min(plan.concurrency, len(plan.jobs)))
+        self._cores_per_job = max(1, available_cores() // at_once)
 
     def emit(self, event: JobEvent) -> None:
         for subscriber in self._subscribers:
@@ -84,7 +89,7 @@ class Orchestrator:
                 # one of the global slots that jobs for other servers could use.
                 async with server_slot, self._slots:
                     tries.append(datetime.now(UTC))
-                    return await run_job(job, self.emit)
+                    return await run_job(job, self.emit, cores=self._cores_per_job)
             except BackupError as exc:
                 if len(tries) >= allowed or not is_transient(exc):
                     raise

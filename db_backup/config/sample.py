@@ -27,7 +27,8 @@ defaults:
   compression:
     algorithm: gzip                   # gzip (.sql.gz) | zstd (.sql.zst) | none
     level: 1                          # gzip 1-9 (1-3: fast isal), zstd 1-19 (default 3)
-    # threads: 2                      # for one stream; default: all CPU cores
+    # threads: 2                      # for one stream; default: 1 for levels 1-3, else the
+    #                                 # CPU cores shared among the jobs running at once
 
 backups:
   - name: shop                        # letters, digits, . _ -; unique; used in file names

@@ -46,7 +46,9 @@ class CompressionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
 
     algorithm: Literal["gzip", "zstd", "none"] = "gzip"
     level: int | None = None  # default per algorithm: DEFAULT_LEVELS
-    threads: Positive | None = None  # compression threads for one stream; default: CPU cores
+    # Threads for one stream; default: 1 for gzip 1-3 (isal), else the cores shared out
+    # among the jobs running at once (see stages.compress.compression_threads).
+    threads: Positive | None = None
 
     @property
     def effective_level(self) -> int:

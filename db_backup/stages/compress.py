@@ -156,12 +156,26 @@ def gzip_block_compressor(level: int) -> Callable[[bytes], bytes]:
     return compress
 
 
-def compressor_for(compression: CompressionConfig, *, dump_compresses_itself: bool) -> Stage:
+def compression_threads(compression: CompressionConfig, cores_per_job: int) -> int:
+    """Threads compressing one stream: as configured; else one for isal's fast levels (one
+    isal thread, ~740 MB/s on realistic rows, outruns any single pg_dump, ~320 MB/s at best
+    here, and a pool only took CPU from it: 2.11 s against 2.25 s on 586 MB of pgbench rows);
+    else the cores shared out among the jobs running at once."""
+    if compression.threads:
+        return compression.threads
+    if compression.algorithm == "gzip" and compression.effective_level in ISAL_LEVELS:
+        return 1
+    return cores_per_job
+
+
+def compressor_for(
+    compression: CompressionConfig, *, dump_compresses_itself: bool, cores_per_job: int = 1
+) -> Stage:
     """The compression stage for a job's output."""
     if dump_compresses_itself or compression.algorithm == "none":
         return PassthroughStage()
     level = compression.effective_level
-    threads = compression.threads or available_cores()
+    threads = compression_threads(compression, cores_per_job)
     if compression.algorithm == "zstd":
         return ZstdStage(level, threads)
     if threads > 1:

@@ -140,3 +140,22 @@ def test_default_levels() -> None:
     assert CompressionConfig().effective_level == 1
     assert CompressionConfig(algorithm="zstd").effective_level == 3
     assert CompressionConfig(level=9).effective_level == 9
+
+
+@pytest.mark.parametrize(
+    ("settings", "cores_per_job", "threads"),
+    [
+        ({}, 2, 1),  # the default, isal gzip-1: one thread outruns pg_dump
+        ({"level": 3}, 4, 1),
+        ({"level": 6}, 2, 2),  # zlib levels: the job's share of the cores
+        ({"level": 6}, 1, 1),
+        ({"algorithm": "zstd"}, 2, 2),
+        ({"level": 1, "threads": 3}, 1, 3),  # as configured
+    ],
+)
+def test_default_compression_threads(
+    settings: dict[str, object], cores_per_job: int, threads: int
+) -> None:
+    from db_backup.stages.compress import compression_threads
+
+    assert compression_threads(CompressionConfig(**settings), cores_per_job) == threads  # type: ignore[arg-type]
