@@ -18,9 +18,10 @@ out = sys.stdout.buffer
 
 
 def announce(path):  # publish our PID atomically: never seen half-written
-    with open(path + ".tmp", "w") as handle:
+    temporary = f"{path}.{os.getpid()}.tmp"  # our own: several fakes may announce at once
+    with open(temporary, "w") as handle:
         handle.write(str(os.getpid()))
-    os.rename(path + ".tmp", path)
+    os.rename(temporary, path)
 """
 
 BEHAVIOURS = {
@@ -102,9 +103,10 @@ def gated_pg_dump(directory: Path, real_pg_dump: Path, gate: Path, started: Path
         f"""#!{sys.executable}
 import os, sys, time
 if sys.argv[1:] != ["--version"]:
-    with open({str(started)!r} + ".tmp", "w") as handle:
+    temporary = f"{str(started)}.{{os.getpid()}}.tmp"  # our own: several may start at once
+    with open(temporary, "w") as handle:
         handle.write(str(os.getpid()))
-    os.rename({str(started)!r} + ".tmp", {str(started)!r})  # never seen half-written
+    os.rename(temporary, {str(started)!r})  # never seen half-written
     with open({str(started)!r} + ".all", "a") as handle:  # one line per started dump
         handle.write(str(os.getpid()) + "\\n")
     with open({str(started)!r} + ".all") as handle:

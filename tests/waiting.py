@@ -25,5 +25,10 @@ def wait_for(
         if process is not None and process.poll() is not None:
             raise AssertionError(f"process exited ({process.returncode}) before {what}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            detail = ""
+            if process is not None:  # what the process said is the best clue to why
+                process.kill()
+                _, stderr = process.communicate()
+                detail = f"; its stderr ends: {str(stderr)[-1500:]}"
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
         time.sleep(0.02)

@@ -38,12 +38,11 @@ def _gzip_module(level: int) -> Any:
     return zlib
 
 
-class GzipStage:
-    """One gzip member for the whole stream, compressed on the calling thread."""
+class _StreamStage:
+    """A stage around one library compressor object (`compress()` / `flush()`)."""
 
-    def __init__(self, level: int) -> None:
-        module = _gzip_module(level)
-        self._compressor = module.compressobj(level, module.DEFLATED, GZIP_WBITS)
+    def __init__(self, compressor: Any) -> None:
+        self._compressor = compressor
 
     def feed(self, data: bytes) -> bytes:
         out: bytes = self._compressor.compress(data)
@@ -55,6 +54,14 @@ class GzipStage:
 
     def close(self) -> None:
         pass
+
+
+class GzipStage(_StreamStage):
+    """One gzip member for the whole stream, compressed on the calling thread."""
+
+    def __init__(self, level: int) -> None:
+        module = _gzip_module(level)
+        super().__init__(module.compressobj(level, module.DEFLATED, GZIP_WBITS))
 
 
 class ParallelBlocksStage:
@@ -115,7 +122,7 @@ class ParallelBlocksStage:
         return b"".join(done)
 
 
-class ZstdStage:
+class ZstdStage(_StreamStage):
     """One zstd frame; with threads > 1, zstd's own worker threads compress it in parallel."""
 
     def __init__(self, level: int, threads: int) -> None:
@@ -130,19 +137,7 @@ class ZstdStage:
             # As the zstd tool does: without it a flipped byte can decompress "fine".
             write_checksum=True,
         )
-        compressor = zstandard.ZstdCompressor(compression_params=parameters)
-        self._compressor = compressor.compressobj()
-
-    def feed(self, data: bytes) -> bytes:
-        out: bytes = self._compressor.compress(data)
-        return out
-
-    def flush(self) -> bytes:
-        out: bytes = self._compressor.flush()
-        return out
-
-    def close(self) -> None:
-        pass
+        super().__init__(zstandard.ZstdCompressor(compression_params=parameters).compressobj())
 
 
 def gzip_block_compressor(level: int) -> Callable[[bytes], bytes]:
