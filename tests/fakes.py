@@ -18,7 +18,7 @@ out = sys.stdout.buffer
 
 
 def announce(path):  # publish our PID atomically: never seen half-written
-    temporary = f"{path}.{os.getpid()}.tmp"  # our own: several fakes may announce at once
+    temporary = f"{{path}}.{{os.getpid()}}.tmp"  # our own: several fakes may announce at once
     with open(temporary, "w") as handle:
         handle.write(str(os.getpid()))
     os.rename(temporary, path)
@@ -103,7 +103,7 @@ def gated_pg_dump(directory: Path, real_pg_dump: Path, gate: Path, started: Path
         f"""#!{sys.executable}
 import os, sys, time
 if sys.argv[1:] != ["--version"]:
-    temporary = f"{str(started)}.{{os.getpid()}}.tmp"  # our own: several may start at once
+    temporary = f"{started!s}.{{os.getpid()}}.tmp"  # our own: several may start at once
     with open(temporary, "w") as handle:
         handle.write(str(os.getpid()))
     os.rename(temporary, {str(started)!r})  # never seen half-written
