@@ -143,10 +143,12 @@ async def spawn(
             env=dict(env),
             start_new_session=True,
         )
-    except OSError as exc:
+    except BaseException as exc:  # also cancellation: never leak the read end
         if read_end is not None:
             os.close(read_end)
-        raise ToolNotFoundError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+        if isinstance(exc, OSError):
+            raise ToolNotFoundError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+        raise
     finally:
         if write_end is not None:
             os.close(write_end)  # the child has its copy; ours would keep EOF from coming
