@@ -1,0 +1,94 @@
+"""Which backups a retention policy keeps. Pure: (backups, policy, now) → decisions.
+
+Semantics follow restic's and borg's (grandfather-father-son): `keep_last N` keeps the N
+newest; `keep_hourly N` (daily, weekly, monthly, yearly alike) keeps the newest backup of each
+of the N most recent hours that have backups; `max_age` keeps everything younger. A backup
+kept by any rule stays, and every rule that kept it is named. The newest backup is always
+kept, whatever the policy says, and a policy with no rule keeps everything: deleting needs a
+rule that says so. Periods are UTC calendar periods; weeks are ISO weeks.
+
+Not wired to the config or the runner yet (see the storage/retention issue); applying it is
+the caller's job, per job and per target, and only to that job's own backups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+Period = Callable[[datetime], tuple[int, ...]]
+
+PERIODS: dict[str, Period] = {
+    "hourly": lambda t: (t.year, t.month, t.day, t.hour),
+    "daily": lambda t: (t.year, t.month, t.day),
+    "weekly": lambda t: tuple(t.isocalendar()[:2]),
+    "monthly": lambda t: (t.year, t.month),
+    "yearly": lambda t: (t.year,),
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    keep_last: int = 0
+    keep_hourly: int = 0
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    keep_yearly: int = 0
+    max_age: timedelta | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        counts = (
+            self.keep_last,
+            self.keep_hourly,
+            self.keep_daily,
+            self.keep_weekly,
+            self.keep_monthly,
+            self.keep_yearly,
+        )
+        return not any(counts) and self.max_age is None
+
+
+@dataclass(frozen=True)
+class Backup:
+    """What retention needs to know of a backup: who it is and when it was taken."""
+
+    id: str  # a file name or object key
+    taken_at: datetime  # timezone-aware
+
+
+@dataclass(frozen=True)
+class Decision:
+    backup: Backup
+    keep: bool
+    reasons: tuple[str, ...] = field(default=())  # the rules that kept it; empty when deleted
+
+
+def decide(backups: Sequence[Backup], policy: Policy, now: datetime) -> list[Decision]:
+    """A decision for every backup, newest first."""
+    ordered = sorted(backups, key=lambda b: (b.taken_at, b.id), reverse=True)
+    reasons: dict[str, list[str]] = {b.id: [] for b in ordered}
+    if ordered:
+        reasons[ordered[0].id].append("newest")
+    if policy.is_empty:
+        for backup in ordered:
+            reasons[backup.id].append("no retention policy")
+    for backup in ordered[: policy.keep_last]:
+        reasons[backup.id].append(f"keep_last {policy.keep_last}")
+    for name, period in PERIODS.items():
+        count = getattr(policy, f"keep_{name}")
+        seen: set[tuple[int, ...]] = set()
+        for backup in ordered:  # newest first: the first one met in a period is its newest
+            if len(seen) >= count:
+                break
+            bucket = period(backup.taken_at.astimezone(UTC))
+            if bucket not in seen:
+                seen.add(bucket)
+                reasons[backup.id].append(f"keep_{name} {count}")
+    if policy.max_age is not None:
+        for backup in ordered:
+            if now - backup.taken_at < policy.max_age:
+                reasons[backup.id].append("max_age")
+    return [Decision(b, bool(reasons[b.id]), tuple(reasons[b.id])) for b in ordered]

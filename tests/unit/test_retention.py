@@ -1,0 +1,103 @@
+"""Retention as a pure function, checked over random histories (hypothesis)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from db_backup.retention import PERIODS, Backup, Policy, decide
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+histories = st.lists(
+    st.integers(min_value=0, max_value=3 * 365 * 24 * 60),  # minutes before NOW
+    min_size=0,
+    max_size=60,
+    unique=True,
+).map(lambda ages: [Backup(f"b{age}", NOW - timedelta(minutes=age)) for age in ages])
+policies = st.builds(
+    Policy,
+    keep_last=st.integers(0, 5),
+    keep_hourly=st.integers(0, 5),
+    keep_daily=st.integers(0, 8),
+    keep_weekly=st.integers(0, 5),
+    keep_monthly=st.integers(0, 13),
+    keep_yearly=st.integers(0, 3),
+    max_age=st.one_of(st.none(), st.integers(1, 90).map(lambda d: timedelta(days=d))),
+)
+
+
+@settings(max_examples=400)
+@given(histories, policies)
+def test_policy_invariants(backups: list[Backup], policy: Policy) -> None:
+    decisions = decide(backups, policy, NOW)
+    kept = {d.backup.id for d in decisions if d.keep}
+    # Exactly the given backups are decided on: nothing outside them is touched.
+    assert sorted(d.backup.id for d in decisions) == sorted(b.id for b in backups)
+    newest_first = sorted(backups, key=lambda b: b.taken_at, reverse=True)
+    if newest_first:
+        assert newest_first[0].id in kept
+    if policy.is_empty:
+        assert kept == {b.id for b in backups}
+    assert {b.id for b in newest_first[: policy.keep_last]} <= kept
+    for name, period in PERIODS.items():
+        count = getattr(policy, f"keep_{name}")
+        newest_per_period: dict[tuple[int, ...], Backup] = {}
+        for backup in newest_first:
+            newest_per_period.setdefault(period(backup.taken_at), backup)
+        recent = sorted(newest_per_period, reverse=True)[:count]
+        for bucket in recent:  # the newest of each of the `count` latest periods stays
+            assert newest_per_period[bucket].id in kept
+    if policy.max_age is not None:
+        assert {b.id for b in backups if NOW - b.taken_at < policy.max_age} <= kept
+    for decision in decisions:  # deletions name no reason; keeps name at least one
+        assert decision.keep == bool(decision.reasons)
+
+
+@given(histories, policies)
+def test_deleted_backups_are_kept_by_no_rule(backups: list[Backup], policy: Policy) -> None:
+    """Minimality: a backup is deleted unless one of the rules above asks for it."""
+    decisions = decide(backups, policy, NOW)
+    newest_first = [d.backup for d in decisions]
+    wanted = set()
+    if newest_first:
+        wanted.add(newest_first[0].id)
+    if policy.is_empty:
+        wanted |= {b.id for b in backups}
+    wanted |= {b.id for b in newest_first[: policy.keep_last]}
+    for name, period in PERIODS.items():
+        newest_per_period: dict[tuple[int, ...], Backup] = {}
+        for backup in newest_first:
+            newest_per_period.setdefault(period(backup.taken_at), backup)
+        for bucket in sorted(newest_per_period, reverse=True)[: getattr(policy, f"keep_{name}")]:
+            wanted.add(newest_per_period[bucket].id)
+    if policy.max_age is not None:
+        wanted |= {b.id for b in backups if NOW - b.taken_at < policy.max_age}
+    assert {d.backup.id for d in decisions if d.keep} == wanted
+
+
+def test_a_worked_example_with_reasons() -> None:
+    # Three backups a day for four days, the last at 10:00 today.
+    backups = [
+        Backup(f"d{day}h{hour}", NOW - timedelta(days=day, hours=12 - hour))
+        for day in range(4)
+        for hour in (2, 6, 10)
+    ]
+    decisions = {d.backup.id: d for d in decide(backups, Policy(keep_last=2, keep_daily=3), NOW)}
+    kept = sorted(name for name, d in decisions.items() if d.keep)
+    assert kept == ["d0h10", "d0h6", "d1h10", "d2h10"]
+    assert decisions["d0h10"].reasons == ("newest", "keep_last 2", "keep_daily 3")
+    assert decisions["d0h6"].reasons == ("keep_last 2",)
+    assert decisions["d2h10"].reasons == ("keep_daily 3",)
+    assert decisions["d3h10"].reasons == ()
+
+
+def test_the_newest_is_kept_even_by_a_policy_that_keeps_nothing_else() -> None:
+    backups = [Backup("old", NOW - timedelta(days=400)), Backup("older", NOW - timedelta(days=800))]
+    decisions = decide(backups, Policy(max_age=timedelta(days=30)), NOW)
+    assert [(d.backup.id, d.keep, d.reasons) for d in decisions] == [
+        ("old", True, ("newest",)),
+        ("older", False, ()),
+    ]
