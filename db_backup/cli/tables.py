@@ -8,6 +8,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from db_backup.catalog import Entry
 from db_backup.cli.render import STATUS_STYLE
 from db_backup.model import JobResult, JobStatus, Plan, RunReport
 from db_backup.units import format_bytes, format_duration, format_rate
@@ -65,5 +66,25 @@ def plan_table(plan: Plan, failures: Sequence[JobResult] = ()) -> Table:
     table.caption = f"{len(plan.jobs)} jobs, at most {plan.concurrency} at once" + (
         f"; per server: {limits}" if limits else ""
     )
+    table.caption_justify = "left"
+    return table
+
+
+def catalog_table(entries: Sequence[Entry]) -> Table:
+    """`db-backup list`: every finished backup, newest first."""
+    table = Table(box=box.SIMPLE_HEAD, title="db-backup backups", title_justify="left")
+    for column in ("taken (UTC)", "job", "database", "size", "target"):
+        table.add_column(column, no_wrap=True, justify="right" if column == "size" else "left")
+    table.add_column("file", overflow="fold")
+    for entry in entries:
+        table.add_row(
+            entry.taken_at.strftime("%Y-%m-%d %H:%M:%S"),
+            entry.job,
+            entry.database,
+            format_bytes(entry.stored_bytes),
+            entry.target,
+            entry.file.name,
+        )
+    table.caption = f"{len(entries)} backups"
     table.caption_justify = "left"
     return table

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from db_backup.cli.app import app
+from db_backup.cli.commands import app
 from db_backup.config import parse_config
 from db_backup.config.sample import SAMPLE_CONFIG
 from db_backup.errors import ConfigError

@@ -457,6 +457,34 @@ def verify(
     raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
 
 
+# -- list ----------------------------------------------------------------------------------------
+
+
+@app.command("list")
+def list_command(
+    config: ConfigOption,
+    name: Annotated[
+        list[str] | None,
+        typer.Option("-n", "--name", help="Only this backup (repeatable).", show_default=False),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Every finished backup (one with a manifest), newest first."""
+    from db_backup.catalog import list_backups
+
+    with _errors_to_exit_codes():
+        loaded = _load_config(config, require_env=False)  # reads files only: no secrets
+        entries = asyncio.run(list_backups(loaded, tuple(name or ())))
+    if json_output:
+        import msgspec
+
+        sys.stdout.buffer.write(msgspec.json.encode(entries, enc_hook=str) + b"\n")
+        return
+    from db_backup.cli.tables import catalog_table
+
+    _print_table(catalog_table(entries))
+
+
 # -- demo ----------------------------------------------------------------------------------------
 
 
@@ -479,8 +507,17 @@ def demo(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(args=normalize_optional_values(sys.argv[1:]))
+    """Console-script entry point. A bug must not greet the user with a traceback: it gets
+    one line and exit 1 (the traceback goes to the log at --log-level debug)."""
+    try:
+        app(args=normalize_optional_values(sys.argv[1:]), standalone_mode=True)
+    except Exception as exc:  # BackupErrors were handled inside; this is a bug of ours
+        log.debug("internal error", exc_info=True)
+        sys.stderr.write(
+            f"db-backup: internal error: {type(exc).__name__}: {exc} "
+            "(run with --log-level debug for the traceback, and please report it)\n"
+        )
+        sys.exit(EXIT_FAILED)
 
 
 def normalize_optional_values(args: list[str]) -> list[str]:
