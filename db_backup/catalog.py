@@ -34,7 +34,8 @@ class Entry:
     sha256: str
 
 
-def _scan(folder: Path, backups: frozenset[str]) -> list[Entry]:
+def scan_folder(folder: Path, backups: frozenset[str]) -> list[Entry]:
+    """Finished backups of the named config backups in one folder."""
     entries: list[Entry] = []
     if not folder.is_dir():
         return entries
@@ -70,7 +71,7 @@ async def list_backups(config: Config, names: Sequence[str] = ()) -> list[Entry]
     selected = select_backups(config, names)
     wanted = frozenset(b.name for b in selected)
     folders = sorted({Path(b.storage.path) for b in selected})
-    found = await asyncio.gather(*(asyncio.to_thread(_scan, f, wanted) for f in folders))
+    found = await asyncio.gather(*(asyncio.to_thread(scan_folder, f, wanted) for f in folders))
     entries = [
         entry
         for group in found

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from db_backup import __version__, integrity, manifest
+from db_backup import __version__, integrity, manifest, prune
 from db_backup.errors import DumpError, JobTimeoutError
 from db_backup.manifest import CompressionInfo, Manifest
 from db_backup.model import JobEvent, JobKind, JobProgress, JobSpec, JobStarted
@@ -82,6 +82,8 @@ async def _run(job: JobSpec, emit: Emit, cores: int) -> Committed:
     pipeline, final = await _dump_to_file(job, command, client, password, sink, emit, cores)
     record = _manifest(job, server, client, command, pipeline, final, started, utcnow())
     await sink.write_sidecar(job.target.manifest_path, manifest.encode(record))
+    # Only now, with this backup committed, may older ones go (under the run's lock).
+    await asyncio.to_thread(prune.prune_job, backup, job.name, job.target.directory, utcnow())
     return Committed(record, final, job.target.manifest_path)
 
 

@@ -7,8 +7,7 @@ kept by any rule stays, and every rule that kept it is named. The newest backup 
 kept, whatever the policy says, and a policy with no rule keeps everything: deleting needs a
 rule that says so. Periods are UTC calendar periods; weeks are ISO weeks.
 
-Not wired to the config or the runner yet (see the storage/retention issue); applying it is
-the caller's job, per job and per target, and only to that job's own backups.
+Applying it is prune.py's job: per job and per target, only to that job's own backups.
 """
 
 from __future__ import annotations

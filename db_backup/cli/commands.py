@@ -485,6 +485,41 @@ def list_command(
     _print_table(catalog_table(entries))
 
 
+# -- prune ---------------------------------------------------------------------------------------
+
+
+@app.command("prune")
+def prune_command(
+    config: ConfigOption,
+    name: Annotated[
+        list[str] | None,
+        typer.Option("-n", "--name", help="Only this backup (repeatable).", show_default=False),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show keep/delete and why; delete nothing.")
+    ] = False,
+) -> None:
+    """Apply the retention policies now (they also apply after every backup)."""
+    from datetime import UTC, datetime
+
+    from db_backup.prune import prune_config
+
+    with _errors_to_exit_codes():
+        loaded = _load_config(config, require_env=False)  # files only: no secrets
+        verdicts = asyncio.run(
+            prune_config(loaded, tuple(name or ()), dry_run=dry_run, now=datetime.now(UTC))
+        )
+    deleted = 0
+    for verdict in verdicts:
+        if verdict.decision.keep:
+            typer.echo(f"keep    {verdict.entry.file} ({', '.join(verdict.decision.reasons)})")
+        else:
+            deleted += 1
+            typer.echo(f"{'would delete' if dry_run else 'deleted'} {verdict.entry.file}")
+    kept = len(verdicts) - deleted
+    typer.echo(f"{kept} kept, {deleted} {'to delete' if dry_run else 'deleted'}", err=True)
+
+
 # -- demo ----------------------------------------------------------------------------------------
 
 

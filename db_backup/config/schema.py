@@ -55,6 +55,21 @@ class CompressionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
         return DEFAULT_LEVELS[self.algorithm] if self.level is None else self.level
 
 
+Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class RetentionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which of a job's backups to keep (see retention.py); none set: keep everything."""
+
+    keep_last: Count = 0
+    keep_hourly: Count = 0
+    keep_daily: Count = 0
+    keep_weekly: Count = 0
+    keep_monthly: Count = 0
+    keep_yearly: Count = 0
+    max_age: Duration | None = None
+
+
 class PostgresBackup(
     msgspec.Struct,
     frozen=True,
@@ -85,6 +100,7 @@ class PostgresBackup(
         0  # extra attempts after a transient failure
     )
     retry_delay: Duration = Duration(5.0)  # first backoff; doubles per attempt, with jitter
+    retention: RetentionConfig = RetentionConfig()
 
     @property
     def is_wildcard(self) -> bool:

@@ -1,0 +1,122 @@
+"""Applying retention to local folders: after each committed backup, and by `db-backup prune`.
+
+Decisions come from retention.decide, per job, over that job's own finished backups as the
+catalog finds them in the folder (no ledger: a fresh machine prunes the same way). A backup is
+deleted manifest first, so it stops being a backup before its data file goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from db_backup.catalog import Entry, list_backups, scan_folder
+from db_backup.config.schema import BackupConfig, Config, RetentionConfig
+from db_backup.errors import StorageError
+from db_backup.lock import lock_storage
+from db_backup.plan import select_backups
+from db_backup.retention import Backup, Decision, Policy, decide
+from db_backup.sinks.local import describe_os_error
+
+log = logging.getLogger(__name__)
+
+
+def policy_of(retention: RetentionConfig) -> Policy:
+    return Policy(
+        keep_last=retention.keep_last,
+        keep_hourly=retention.keep_hourly,
+        keep_daily=retention.keep_daily,
+        keep_weekly=retention.keep_weekly,
+        keep_monthly=retention.keep_monthly,
+        keep_yearly=retention.keep_yearly,
+        max_age=None if retention.max_age is None else timedelta(seconds=retention.max_age),
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    entry: Entry
+    decision: Decision
+
+
+def plan_prune(
+    entries: Iterable[Entry], policies: dict[str, Policy], now: datetime
+) -> list[Verdict]:
+    """Keep/delete for every entry, each job judged against its own backups only. Pure."""
+    by_job: dict[str, list[Entry]] = {}
+    for entry in entries:
+        if entry.backup in policies:
+            by_job.setdefault(entry.job, []).append(entry)
+    verdicts = []
+    for job_entries in by_job.values():
+        by_id = {str(entry.file): entry for entry in job_entries}
+        policy = policies[job_entries[0].backup]
+        backups = [Backup(key, entry.taken_at) for key, entry in by_id.items()]
+        verdicts += [Verdict(by_id[d.backup.id], d) for d in decide(backups, policy, now)]
+    return verdicts
+
+
+def delete(entry: Entry) -> None:
+    """Remove one backup: its manifest, then its data file."""
+    for path in (entry.file.with_name(entry.file.name + ".json"), entry.file):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StorageError(f"cannot delete {path}: {describe_os_error(exc)}") from None
+
+
+def apply(verdicts: Sequence[Verdict]) -> list[Entry]:
+    """Delete what the verdicts do not keep; returns what was deleted."""
+    deleted = []
+    for verdict in verdicts:
+        if not verdict.decision.keep:
+            delete(verdict.entry)
+            deleted.append(verdict.entry)
+    return deleted
+
+
+def prune_job(backup: BackupConfig, job: str, folder: Path, now: datetime) -> list[Entry]:
+    """After `job` committed a backup in `folder` (under the run's lock): apply its policy.
+
+    A failure to delete is logged, not raised: the backup that just committed is fine."""
+    policy = policy_of(backup.retention)
+    if policy.is_empty:
+        return []
+    entries = [e for e in scan_folder(folder, frozenset({backup.name})) if e.job == job]
+    try:
+        deleted = apply(plan_prune(entries, {backup.name: policy}, now))
+    except StorageError as exc:
+        log.warning("retention for %s: %s", job, exc)
+        return []
+    for entry in deleted:
+        log.info("retention: deleted %s (kept by no rule)", entry.file)
+    return deleted
+
+
+async def prune_config(
+    config: Config, names: Sequence[str], *, dry_run: bool, now: datetime
+) -> list[Verdict]:
+    """`db-backup prune`: every selected backup's policy, now; deletes unless `dry_run`.
+
+    Backups without a policy are left alone. Deleting takes the storage locks, so it never
+    races a running backup (a held lock refuses at once, as for `backup`)."""
+    policies = {
+        backup.name: policy
+        for backup in select_backups(config, names)
+        if not (policy := policy_of(backup.retention)).is_empty
+    }
+    verdicts = plan_prune(await list_backups(config, names), policies, now)
+    if dry_run or all(v.decision.keep for v in verdicts):
+        return verdicts
+    locks = await lock_storage({v.entry.file.parent for v in verdicts}, wait=None)
+    try:
+        await asyncio.to_thread(apply, verdicts)
+    finally:
+        locks.release()
+    return verdicts
