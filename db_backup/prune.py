@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from db_backup.catalog import Entry, list_backups, scan_folder
@@ -19,22 +19,10 @@ from db_backup.config.schema import BackupConfig, Config, RetentionConfig
 from db_backup.errors import StorageError
 from db_backup.lock import lock_storage
 from db_backup.plan import select_backups
-from db_backup.retention import Backup, Decision, Policy, decide
+from db_backup.retention import Backup, Decision, decide
 from db_backup.sinks.local import describe_os_error
 
 log = logging.getLogger(__name__)
-
-
-def policy_of(retention: RetentionConfig) -> Policy:
-    return Policy(
-        keep_last=retention.keep_last,
-        keep_hourly=retention.keep_hourly,
-        keep_daily=retention.keep_daily,
-        keep_weekly=retention.keep_weekly,
-        keep_monthly=retention.keep_monthly,
-        keep_yearly=retention.keep_yearly,
-        max_age=None if retention.max_age is None else timedelta(seconds=retention.max_age),
-    )
 
 
 @dataclass(frozen=True)
@@ -44,7 +32,7 @@ class Verdict:
 
 
 def plan_prune(
-    entries: Iterable[Entry], policies: dict[str, Policy], now: datetime
+    entries: Iterable[Entry], policies: dict[str, RetentionConfig], now: datetime
 ) -> list[Verdict]:
     """Keep/delete for every entry, each job judged against its own backups only. Pure."""
     by_job: dict[str, list[Entry]] = {}
@@ -85,7 +73,7 @@ def prune_job(backup: BackupConfig, job: str, folder: Path, now: datetime) -> li
     """After `job` committed a backup in `folder` (under the run's lock): apply its policy.
 
     A failure to delete is logged, not raised: the backup that just committed is fine."""
-    policy = policy_of(backup.retention)
+    policy = backup.retention
     if policy.is_empty:
         return []
     entries = [e for e in scan_folder(folder, frozenset({backup.name})) if e.job == job]
@@ -107,9 +95,9 @@ async def prune_config(
     Backups without a policy are left alone. Deleting takes the storage locks, so it never
     races a running backup (a held lock refuses at once, as for `backup`)."""
     policies = {
-        backup.name: policy
+        backup.name: backup.retention
         for backup in select_backups(config, names)
-        if not (policy := policy_of(backup.retention)).is_empty
+        if not backup.retention.is_empty
     }
     verdicts = plan_prune(await list_backups(config, names), policies, now)
     if dry_run or all(v.decision.keep for v in verdicts):

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+
+from db_backup.config.schema import RetentionConfig
 
 Period = Callable[[datetime], tuple[int, ...]]
 
@@ -25,29 +27,6 @@ PERIODS: dict[str, Period] = {
     "monthly": lambda t: (t.year, t.month),
     "yearly": lambda t: (t.year,),
 }
-
-
-@dataclass(frozen=True)
-class Policy:
-    keep_last: int = 0
-    keep_hourly: int = 0
-    keep_daily: int = 0
-    keep_weekly: int = 0
-    keep_monthly: int = 0
-    keep_yearly: int = 0
-    max_age: timedelta | None = None
-
-    @property
-    def is_empty(self) -> bool:
-        counts = (
-            self.keep_last,
-            self.keep_hourly,
-            self.keep_daily,
-            self.keep_weekly,
-            self.keep_monthly,
-            self.keep_yearly,
-        )
-        return not any(counts) and self.max_age is None
 
 
 @dataclass(frozen=True)
@@ -65,7 +44,7 @@ class Decision:
     reasons: tuple[str, ...] = field(default=())  # the rules that kept it; empty when deleted
 
 
-def decide(backups: Sequence[Backup], policy: Policy, now: datetime) -> list[Decision]:
+def decide(backups: Sequence[Backup], policy: RetentionConfig, now: datetime) -> list[Decision]:
     """A decision for every backup, newest first."""
     ordered = sorted(backups, key=lambda b: (b.taken_at, b.id), reverse=True)
     reasons: dict[str, list[str]] = {b.id: [] for b in ordered}
@@ -88,6 +67,6 @@ def decide(backups: Sequence[Backup], policy: Policy, now: datetime) -> list[Dec
                 reasons[backup.id].append(f"keep_{name} {count}")
     if policy.max_age is not None:
         for backup in ordered:
-            if now - backup.taken_at < policy.max_age:
+            if (now - backup.taken_at).total_seconds() < policy.max_age:
                 reasons[backup.id].append("max_age")
     return [Decision(b, bool(reasons[b.id]), tuple(reasons[b.id])) for b in ordered]

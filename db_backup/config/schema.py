@@ -67,7 +67,20 @@ class RetentionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     keep_weekly: Count = 0
     keep_monthly: Count = 0
     keep_yearly: Count = 0
-    max_age: Duration | None = None
+    max_age: Duration | None = None  # seconds
+
+    @property
+    def is_empty(self) -> bool:
+        """No rule at all: keep everything (deleting needs a rule that says so)."""
+        counts = (
+            self.keep_last,
+            self.keep_hourly,
+            self.keep_daily,
+            self.keep_weekly,
+            self.keep_monthly,
+            self.keep_yearly,
+        )
+        return not any(counts) and self.max_age is None
 
 
 class PostgresBackup(

@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from db_backup.retention import PERIODS, Backup, Policy, decide
+from db_backup.config.schema import Duration
+from db_backup.config.schema import RetentionConfig as Policy
+from db_backup.retention import PERIODS, Backup, decide
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -25,7 +27,7 @@ policies = st.builds(
     keep_weekly=st.integers(0, 5),
     keep_monthly=st.integers(0, 13),
     keep_yearly=st.integers(0, 3),
-    max_age=st.one_of(st.none(), st.integers(1, 90).map(lambda d: timedelta(days=d))),
+    max_age=st.one_of(st.none(), st.integers(1, 90).map(lambda d: Duration(d * 86400))),
 )
 
 
@@ -51,7 +53,9 @@ def test_policy_invariants(backups: list[Backup], policy: Policy) -> None:
         for bucket in recent:  # the newest of each of the `count` latest periods stays
             assert newest_per_period[bucket].id in kept
     if policy.max_age is not None:
-        assert {b.id for b in backups if NOW - b.taken_at < policy.max_age} <= kept
+        assert {
+            b.id for b in backups if (NOW - b.taken_at).total_seconds() < policy.max_age
+        } <= kept
     for decision in decisions:  # deletions name no reason; keeps name at least one
         assert decision.keep == bool(decision.reasons)
 
@@ -74,7 +78,7 @@ def test_deleted_backups_are_kept_by_no_rule(backups: list[Backup], policy: Poli
         for bucket in sorted(newest_per_period, reverse=True)[: getattr(policy, f"keep_{name}")]:
             wanted.add(newest_per_period[bucket].id)
     if policy.max_age is not None:
-        wanted |= {b.id for b in backups if NOW - b.taken_at < policy.max_age}
+        wanted |= {b.id for b in backups if (NOW - b.taken_at).total_seconds() < policy.max_age}
     assert {d.backup.id for d in decisions if d.keep} == wanted
 
 
@@ -96,7 +100,7 @@ def test_a_worked_example_with_reasons() -> None:
 
 def test_the_newest_is_kept_even_by_a_policy_that_keeps_nothing_else() -> None:
     backups = [Backup("old", NOW - timedelta(days=400)), Backup("older", NOW - timedelta(days=800))]
-    decisions = decide(backups, Policy(max_age=timedelta(days=30)), NOW)
+    decisions = decide(backups, Policy(max_age=Duration(30 * 86400)), NOW)
     assert [(d.backup.id, d.keep, d.reasons) for d in decisions] == [
         ("old", True, ("newest",)),
         ("older", False, ()),
