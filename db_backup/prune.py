@@ -26,14 +26,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Verdict:
+class PruneVerdict:
     entry: Entry
     decision: Decision
 
 
 def plan_prune(
     entries: Iterable[Entry], policies: dict[str, RetentionConfig], now: datetime
-) -> list[Verdict]:
+) -> list[PruneVerdict]:
     """Keep/delete for every entry, each job judged against its own backups only. Pure."""
     by_job: dict[str, list[Entry]] = {}
     for entry in entries:
@@ -44,7 +44,7 @@ def plan_prune(
         by_id = {str(entry.file): entry for entry in job_entries}
         policy = policies[job_entries[0].backup]
         backups = [Backup(key, entry.taken_at) for key, entry in by_id.items()]
-        verdicts += [Verdict(by_id[d.backup.id], d) for d in decide(backups, policy, now)]
+        verdicts += [PruneVerdict(by_id[d.backup.id], d) for d in decide(backups, policy, now)]
     return verdicts
 
 
@@ -59,7 +59,7 @@ def delete(entry: Entry) -> None:
             raise StorageError(f"cannot delete {path}: {describe_os_error(exc)}") from None
 
 
-def apply(verdicts: Sequence[Verdict]) -> list[Entry]:
+def apply(verdicts: Sequence[PruneVerdict]) -> list[Entry]:
     """Delete what the verdicts do not keep; returns what was deleted."""
     deleted = []
     for verdict in verdicts:
@@ -89,7 +89,7 @@ def prune_job(backup: BackupConfig, job: str, folder: Path, now: datetime) -> li
 
 async def prune_config(
     config: Config, names: Sequence[str], *, dry_run: bool, now: datetime
-) -> list[Verdict]:
+) -> list[PruneVerdict]:
     """`db-backup prune`: every selected backup's policy, now; deletes unless `dry_run`.
 
     Backups without a policy are left alone. Deleting takes the storage locks, so it never
