@@ -58,6 +58,17 @@ ConfigOption = Annotated[
 ]
 
 
+NamesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-n",
+        "--name",
+        help='Only this backup, or <backup>.<database> for one of a "*" (repeatable).',
+        show_default=False,
+    ),
+]
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"db-backup {__version__}")
@@ -247,12 +258,7 @@ WAIT_FOREVER = "forever"
 @app.command()
 def backup(
     config: ConfigOption,
-    name: Annotated[
-        list[str] | None,
-        typer.Option(
-            "-n", "--name", help="Back up only this backup (repeatable).", show_default=False
-        ),
-    ] = None,
+    name: NamesOption = None,
     jobs: Annotated[
         int | None,
         typer.Option(
@@ -463,10 +469,7 @@ def verify(
 @app.command("list")
 def list_command(
     config: ConfigOption,
-    name: Annotated[
-        list[str] | None,
-        typer.Option("-n", "--name", help="Only this backup (repeatable).", show_default=False),
-    ] = None,
+    name: NamesOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
     """Every finished backup (one with a manifest), newest first."""
@@ -491,10 +494,7 @@ def list_command(
 @app.command("prune")
 def prune_command(
     config: ConfigOption,
-    name: Annotated[
-        list[str] | None,
-        typer.Option("-n", "--name", help="Only this backup (repeatable).", show_default=False),
-    ] = None,
+    name: NamesOption = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show keep/delete and why; delete nothing.")
     ] = False,
