@@ -59,10 +59,6 @@ class Child:
     _stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))
     _drain: asyncio.Task[None] | None = None
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
     def stderr_tail(self) -> str:
         """The last lines the child wrote to stderr, joined for an error message."""
         return " | ".join(line for line in self._stderr if line)
@@ -174,8 +170,3 @@ def kill_all_now() -> int:
     for child in children:
         child.kill_now()
     return len(children)
-
-
-def running_children() -> int:
-    """How many children are alive right now."""
-    return sum(1 for child in _live if child.process.returncode is None)
