@@ -25,10 +25,10 @@ from db_backup import manifest
 from db_backup.errors import DumpError, ToolNotFoundError
 from db_backup.process import spawn
 from db_backup.sources.postgres import plain_dump_is_complete
+from db_backup.stages import TAIL_BYTES, append_tail
 
 READ_SIZE = 1024 * 1024
 BACKUP_SUFFIXES = (".sql.gz", ".sql.zst", ".sql", ".dump")
-_TAIL = 256
 
 
 async def check_custom_dump(pg_restore: Path, path: Path) -> None:
@@ -91,7 +91,7 @@ def _read_gzip(path: Path) -> tuple[int, bytes]:
     with gzip.open(path, "rb") as stream:
         while chunk := stream.read(READ_SIZE):
             size += len(chunk)
-            tail = (tail + chunk[-_TAIL:])[-_TAIL:]
+            tail = append_tail(tail, chunk)
     return size, tail
 
 
@@ -111,7 +111,7 @@ def _read_zstd(path: Path) -> tuple[int, bytes]:
                 pending = b""
                 out = stream.decompress(chunk)
                 size += len(out)
-                tail = (tail + out[-_TAIL:])[-_TAIL:]
+                tail = append_tail(tail, out)
                 if stream.eof and stream.unused_data:  # another frame follows
                     pending = stream.unused_data
                     stream = decompressor.decompressobj()
@@ -125,7 +125,7 @@ def _read_zstd(path: Path) -> tuple[int, bytes]:
 def _read_tail(path: Path) -> tuple[int, bytes]:
     size = path.stat().st_size
     with path.open("rb") as handle:
-        handle.seek(max(0, size - _TAIL))
+        handle.seek(max(0, size - TAIL_BYTES))
         return size, handle.read()
 
 

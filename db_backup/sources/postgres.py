@@ -14,6 +14,7 @@ from pathlib import Path
 
 from db_backup.config.schema import BackupConfig
 from db_backup.errors import ClientVersionError
+from db_backup.stages import TAIL_BYTES
 
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
@@ -179,4 +180,4 @@ PLAIN_GLOBALS_COMPLETE = b"-- PostgreSQL database cluster dump complete"
 def plain_dump_is_complete(tail: bytes, *, globals_only: bool = False) -> bool:
     """Does the end of a plain dump carry pg_dump's (or pg_dumpall's) completion marker?"""
     marker = PLAIN_GLOBALS_COMPLETE if globals_only else PLAIN_DUMP_COMPLETE
-    return marker in tail[-256:]
+    return marker in tail[-TAIL_BYTES:]

@@ -12,7 +12,13 @@ from __future__ import annotations
 import hashlib
 from typing import Protocol
 
-_TAIL_BYTES = 256
+# Enough of a stream's end to hold pg_dump's completion marker, with room to spare.
+TAIL_BYTES = 256
+
+
+def append_tail(tail: bytes, chunk: bytes) -> bytes:
+    """The last TAIL_BYTES of a stream, after `chunk` was appended to it."""
+    return (tail + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
 
 
 class Stage(Protocol):
@@ -51,7 +57,7 @@ class Pipeline:
 
     def feed(self, chunk: bytes) -> bytes:
         self.raw_bytes += len(chunk)
-        self.raw_tail = (self.raw_tail + chunk[-_TAIL_BYTES:])[-_TAIL_BYTES:]
+        self.raw_tail = append_tail(self.raw_tail, chunk)
         return self._account(self._compressor.feed(chunk))
 
     def finish(self) -> bytes:
