@@ -16,6 +16,7 @@ import msgspec
 
 from db_backup import manifest
 from db_backup.config.schema import Config
+from db_backup.model import JobSpec
 from db_backup.plan import select_backups
 
 
@@ -34,35 +35,45 @@ class Entry:
     sha256: str
 
 
+def _entry(path: Path, backups: frozenset[str]) -> Entry | None:
+    """The backup a manifest file describes, if it is a finished one of these backups."""
+    try:
+        record = manifest.read(path)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None  # not one of our manifests
+    data_file = path.with_name(record.file)
+    if record.backup not in backups or path.name != f"{record.file}.json":
+        return None
+    if not data_file.is_file():
+        return None
+    return Entry(
+        job=record.job,
+        backup=record.backup,
+        database=record.database,
+        taken_at=record.started_at,
+        stored_bytes=record.stored_bytes,
+        raw_bytes=record.raw_bytes,
+        target=f"local:{path.parent}",
+        file=data_file,
+        sha256=record.sha256,
+    )
+
+
 def scan_folder(folder: Path, backups: frozenset[str]) -> list[Entry]:
     """Finished backups of the named config backups in one folder."""
-    entries: list[Entry] = []
     if not folder.is_dir():
-        return entries
-    for path in folder.glob("*.json"):
-        try:
-            record = manifest.read(path)
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-            continue  # not one of our manifests
-        data_file = path.with_name(record.file)
-        if record.backup not in backups or path.name != f"{record.file}.json":
-            continue
-        if not data_file.is_file():
-            continue
-        entries.append(
-            Entry(
-                job=record.job,
-                backup=record.backup,
-                database=record.database,
-                taken_at=record.started_at,
-                stored_bytes=record.stored_bytes,
-                raw_bytes=record.raw_bytes,
-                target=f"local:{folder}",
-                file=data_file,
-                sha256=record.sha256,
-            )
-        )
-    return entries
+        return []
+    found = (_entry(path, backups) for path in folder.glob("*.json"))
+    return [entry for entry in found if entry is not None]
+
+
+def job_entries(job: JobSpec) -> list[Entry]:
+    """Finished backups of one job in its folder, reading only that job's manifests."""
+    found = (
+        _entry(path, frozenset({job.backup.name}))
+        for path in manifest.own_manifests(job.target.directory, job.file_prefix)
+    )
+    return [entry for entry in found if entry is not None and entry.job == job.name]
 
 
 async def list_backups(config: Config, names: Sequence[str] = ()) -> list[Entry]:

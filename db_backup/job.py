@@ -83,7 +83,7 @@ async def _run(job: JobSpec, emit: Emit, cores: int) -> Committed:
     record = _manifest(job, server, client, command, pipeline, final, started, utcnow())
     await sink.write_sidecar(job.target.manifest_path, manifest.encode(record))
     # Only now, with this backup committed, may older ones go (under the run's lock).
-    await asyncio.to_thread(prune.prune_job, backup, job.name, job.target.directory, utcnow())
+    await asyncio.to_thread(prune.prune_job, job, utcnow())
     return Committed(record, final, job.target.manifest_path)
 
 

@@ -51,11 +51,13 @@ def read(path: Path) -> Manifest:
     return msgspec.json.decode(path.read_bytes(), type=Manifest)
 
 
-def latest(directory: Path, file_prefix: str) -> Manifest | None:
-    """The newest readable manifest of a job's earlier backups in `directory`, if any."""
+def own_manifests(directory: Path, file_prefix: str) -> list[Path]:
+    """The manifest files of one job (by its file prefix) in `directory`, newest first.
+
+    Only that job's names are globbed: other jobs' manifests are not even opened."""
     if not directory.is_dir():
-        return None
-    candidates = sorted(
+        return []
+    return sorted(
         (
             path
             for path in directory.glob(f"{glob_escape(file_prefix)}*.json")
@@ -63,7 +65,11 @@ def latest(directory: Path, file_prefix: str) -> Manifest | None:
         ),
         reverse=True,
     )
-    for path in candidates:
+
+
+def latest(directory: Path, file_prefix: str) -> Manifest | None:
+    """The newest readable manifest of a job's earlier backups in `directory`, if any."""
+    for path in own_manifests(directory, file_prefix):
         try:
             return read(path)
         except (OSError, msgspec.DecodeError, msgspec.ValidationError):

@@ -12,12 +12,12 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
-from db_backup.catalog import Entry, list_backups, scan_folder
-from db_backup.config.schema import BackupConfig, Config, RetentionConfig
+from db_backup.catalog import Entry, job_entries, list_backups
+from db_backup.config.schema import Config, RetentionConfig
 from db_backup.errors import StorageError
 from db_backup.lock import lock_storage
+from db_backup.model import JobSpec
 from db_backup.plan import select_backups
 from db_backup.retention import Backup, Decision, decide
 from db_backup.sinks.local import describe_os_error
@@ -40,9 +40,9 @@ def plan_prune(
         if entry.backup in policies:
             by_job.setdefault(entry.job, []).append(entry)
     verdicts = []
-    for job_entries in by_job.values():
-        by_id = {str(entry.file): entry for entry in job_entries}
-        policy = policies[job_entries[0].backup]
+    for group in by_job.values():
+        by_id = {str(entry.file): entry for entry in group}
+        policy = policies[group[0].backup]
         backups = [Backup(key, entry.taken_at) for key, entry in by_id.items()]
         verdicts += [PruneVerdict(by_id[d.backup.id], d) for d in decide(backups, policy, now)]
     return verdicts
@@ -69,18 +69,17 @@ def apply(verdicts: Sequence[PruneVerdict]) -> list[Entry]:
     return deleted
 
 
-def prune_job(backup: BackupConfig, job: str, folder: Path, now: datetime) -> list[Entry]:
-    """After `job` committed a backup in `folder` (under the run's lock): apply its policy.
-
-    A failure to delete is logged, not raised: the backup that just committed is fine."""
-    policy = backup.retention
+def prune_job(job: JobSpec, now: datetime) -> list[Entry]:
+    """After `job` committed a backup (under the run's lock): apply its policy to its own
+    backups in that folder. A failure to delete is logged, not raised: the backup that just
+    committed is fine."""
+    policy = job.backup.retention
     if policy.is_empty:
         return []
-    entries = [e for e in scan_folder(folder, frozenset({backup.name})) if e.job == job]
     try:
-        deleted = apply(plan_prune(entries, {backup.name: policy}, now))
+        deleted = apply(plan_prune(job_entries(job), {job.backup.name: policy}, now))
     except StorageError as exc:
-        log.warning("retention for %s: %s", job, exc)
+        log.warning("retention for %s: %s", job.name, exc)
         return []
     for entry in deleted:
         log.info("retention: deleted %s (kept by no rule)", entry.file)
