@@ -1,28 +1,31 @@
-"""The catalog: every finished backup of a config, read from the manifests beside them.
+"""The catalog: every finished backup of a config on every target, read from the manifests.
 
-A backup is a file with a readable manifest naming it; partial files, foreign files and files
-without a manifest are not backups. Local folders today; other targets list the same way.
+A backup is a file with a readable manifest beside it naming it; partial files, foreign files,
+uploads in progress and files without a manifest are not backups. Targets are listed, not a
+local ledger, so the catalog is the same from any machine that can reach them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 import msgspec
 
 from db_backup import manifest
-from db_backup.config.schema import Config
-from db_backup.model import JobSpec
-from db_backup.plan import select_backups
+from db_backup.config.schema import BackupConfig, Config, StorageConfig
+from db_backup.errors import StorageError
+from db_backup.manifest import Manifest
+from db_backup.model import Target
+from db_backup.plan import is_own_file, select_backups
+from db_backup.storage import Store, open_store
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One finished backup, as `list` shows it."""
+    """One finished backup on one target, as `list` shows it."""
 
     job: str
     backup: str
@@ -30,22 +33,42 @@ class Entry:
     taken_at: datetime
     stored_bytes: int
     raw_bytes: int
-    target: str  # "local:<folder>"
-    file: Path
+    target: str  # the target's label, e.g. "local:/var/backups" or "s3://bucket/folder/"
+    name: str  # the file's name on that target
+    location: str  # where it is: a path or an s3:// URL
     sha256: str
+    checks: tuple[str, ...]  # what was verified before it was committed
+    store: Store = field(compare=False, repr=False)
+
+    @property
+    def manifest_name(self) -> str:
+        return f"{self.name}.json"
 
 
-def _entry(path: Path, backups: frozenset[str]) -> Entry | None:
-    """The backup a manifest file describes, if it is a finished one of these backups."""
-    try:
-        record = manifest.read(path)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-        return None  # not one of our manifests
-    data_file = path.with_name(record.file)
-    if record.backup not in backups or path.name != f"{record.file}.json":
-        return None
-    if not data_file.is_file():
-        return None
+@dataclass(frozen=True)
+class Catalog:
+    """What listing found: the backups, and the targets that could not be listed."""
+
+    entries: list[Entry]
+    errors: dict[str, str]  # target label → why it could not be listed
+
+
+def _records(store: Store, prefix: str) -> Iterable[tuple[str, Manifest]]:
+    """(file name, manifest) for every file under `prefix` with a readable manifest."""
+    names = set(store.names(prefix))
+    for name in sorted(names):
+        data_name = name.removesuffix(".json")
+        if data_name == name or data_name not in names:
+            continue
+        try:
+            record = manifest.decode(store.read(name))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue  # not one of our manifests
+        if record.file == data_name:
+            yield data_name, record
+
+
+def _entry(store: Store, name: str, record: Manifest) -> Entry:
     return Entry(
         job=record.job,
         backup=record.backup,
@@ -53,40 +76,69 @@ def _entry(path: Path, backups: frozenset[str]) -> Entry | None:
         taken_at=record.started_at,
         stored_bytes=record.stored_bytes,
         raw_bytes=record.raw_bytes,
-        target=f"local:{path.parent}",
-        file=data_file,
+        target=store.label,
+        name=name,
+        location=store.location(name),
         sha256=record.sha256,
+        checks=record.checks,
+        store=store,
     )
 
 
-def scan_folder(folder: Path, backups: frozenset[str]) -> list[Entry]:
-    """Finished backups of the named config backups in one folder."""
-    if not folder.is_dir():
-        return []
-    found = (_entry(path, backups) for path in folder.glob("*.json"))
-    return [entry for entry in found if entry is not None]
-
-
-def job_entries(job: JobSpec) -> list[Entry]:
-    """Finished backups of one job in its folder, reading only that job's manifests."""
-    found = (
-        _entry(path, frozenset({job.backup.name}))
-        for path in manifest.own_manifests(job.target.directory, job.file_prefix)
-    )
-    return [entry for entry in found if entry is not None and entry.job == job.name]
-
-
-async def list_backups(config: Config, names: Sequence[str] = ()) -> list[Entry]:
-    """The finished backups of the config's backups, newest first; `names` selects as
-    `backup -n` does (a backup's name, or `<backup>.<database>` for one of a "*")."""
-    selected = select_backups(config, names)
-    wanted = frozenset(b.name for b in selected)
-    folders = sorted({Path(b.storage.path) for b in selected})
-    found = await asyncio.gather(*(asyncio.to_thread(scan_folder, f, wanted) for f in folders))
-    entries = [
-        entry
-        for group in found
-        for entry in group
-        if not names or entry.backup in names or entry.job in names
+def scan(store: Store, backups: frozenset[str]) -> list[Entry]:
+    """Finished backups of the named config backups on one target."""
+    return [
+        _entry(store, name, record)
+        for name, record in _records(store, "")
+        if record.backup in backups
     ]
-    return sorted(entries, key=lambda e: (e.taken_at, e.job), reverse=True)
+
+
+def job_entries(target: Target, job_name: str, backup: str) -> list[Entry]:
+    """Finished backups of one job on one target, reading only that job's manifests."""
+    store = open_store(target.storage)
+    return [
+        _entry(store, name, record)
+        for name, record in _records(store, target.file_prefix)
+        if is_own_file(name, target.file_prefix)
+        and record.job == job_name
+        and record.backup == backup
+    ]
+
+
+def latest(target: Target, job_name: str, backup: str) -> Entry | None:
+    """The newest finished backup of a job on a target, if any."""
+    entries = job_entries(target, job_name, backup)
+    return max(entries, key=lambda e: e.taken_at) if entries else None
+
+
+def targets_of(backups: Iterable[BackupConfig]) -> dict[StorageConfig, frozenset[str]]:
+    """Each target of these backups, with the names of the backups stored there."""
+    found: dict[StorageConfig, set[str]] = {}
+    for backup in backups:
+        for storage in backup.targets:
+            found.setdefault(storage, set()).add(backup.name)
+    return {storage: frozenset(names) for storage, names in found.items()}
+
+
+async def list_backups(config: Config, names: Sequence[str] = ()) -> Catalog:
+    """The finished backups of the config's backups on all their targets, newest first;
+    `names` selects as `backup -n` does (a backup's name, or `<backup>.<database>` for one
+    of a "*"). A target that cannot be listed is reported, and the others still are."""
+    wanted = targets_of(select_backups(config, names))
+
+    async def one(storage: StorageConfig, backups: frozenset[str]) -> list[Entry]:
+        return await asyncio.to_thread(scan, open_store(storage), backups)
+
+    found = await asyncio.gather(*(one(s, b) for s, b in wanted.items()), return_exceptions=True)
+    entries: list[Entry] = []
+    errors: dict[str, str] = {}
+    for storage, result in zip(wanted, found, strict=True):
+        if isinstance(result, StorageError):
+            errors[storage.label] = str(result)
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            entries += [e for e in result if not names or e.backup in names or e.job in names]
+    entries.sort(key=lambda e: (e.taken_at, e.job, e.target), reverse=True)
+    return Catalog(entries, errors)

@@ -251,8 +251,9 @@ class DemoSite:
         if result is None or result.status is not JobStatus.SUCCEEDED or result.file is None:
             raise DemoError(f"the {RESTORE_SOURCE!r} backup did not succeed; nothing to restore")
         restored = f"{RESTORE_SOURCE}_restored"
-        say(f"\n[bold]4.[/bold] Restoring {result.file.name} into a new database {restored!r} ...")
-        restore_plain_dump(self.cluster, result.file, restored)
+        dump = Path(result.file)
+        say(f"\n[bold]4.[/bold] Restoring {dump.name} into a new database {restored!r} ...")
+        restore_plain_dump(self.cluster, dump, restored)
         original = fingerprint(self.cluster.conninfo(RESTORE_SOURCE))
         copy = fingerprint(self.cluster.conninfo(restored))
         for table, (rows, digest) in original.tables.items():

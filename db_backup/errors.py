@@ -13,7 +13,8 @@ exit codes; no traceback reaches a user.
     ├── CredentialsError       a password_file cannot be read
     ├── ConnectionCheckError   the pre-dump connection check failed; `.kind` says how
     ├── DumpError              pg_dump (or pg_dumpall) failed or its output is incomplete
-    ├── StorageError           the storage folder or a file in it could not be written
+    ├── StorageError           a target could not be written, read or listed
+    │   └── TargetsFailedError one or more of a job's targets failed (others may hold it)
     ├── LockHeldError          another run holds a storage folder's lock
     ├── JobTimeoutError        a job ran past its `timeout`
     └── DemoError              the demo could not complete one of its steps
@@ -21,9 +22,13 @@ exit codes; no traceback reaches a user.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from db_backup.job import Committed
 
 
 class BackupError(Exception):
@@ -107,7 +112,20 @@ class DumpError(BackupError):
 
 
 class StorageError(BackupError):
-    """Writing to the storage folder failed; the message names the path and the reason."""
+    """A target could not be written, read or listed; the message names it and the reason."""
+
+
+class TargetsFailedError(StorageError):
+    """Some (or all) of a job's targets failed. `failures`: target label → why; `committed`:
+    what the other targets did store (None when none did)."""
+
+    def __init__(self, failures: Mapping[str, str], committed: Committed | None = None) -> None:
+        self.failures = dict(failures)
+        self.committed = committed
+        reasons = "; ".join(f"target {label} failed: {why}" for label, why in failures.items())
+        stored = [copy.file for copy in committed.copies] if committed else []
+        kept = f"; stored on the other targets as {', '.join(stored)}" if stored else ""
+        super().__init__(reasons + kept)
 
 
 class LockHeldError(BackupError):

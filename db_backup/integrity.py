@@ -10,12 +10,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import os
 import shutil
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import msgspec
 
 from db_backup import manifest
 from db_backup.errors import DumpError, ToolNotFoundError
-from db_backup.process import spawn
+from db_backup.process import Child, spawn
 from db_backup.sources.postgres import plain_dump_is_complete
 from db_backup.stages import TAIL_BYTES, append_tail
 
@@ -44,6 +45,48 @@ async def check_custom_dump(pg_restore: Path, path: Path) -> None:
             exit_code=code,
             stderr_tail=tail,
         )
+
+
+class RestoreCheck:
+    """`pg_restore --file=/dev/null` reading a custom-format dump as it is being stored,
+    fed on the job's pump thread: the check needs no local copy (the only target may be S3)
+    and costs no second pass."""
+
+    def __init__(self, child: Child) -> None:
+        self._child = child
+        self._stopped_reading = False
+
+    def write(self, data: bytes) -> None:
+        """Feed the next stored bytes; blocks while pg_restore is behind."""
+        fd = self._child.stdin_fd
+        if self._stopped_reading or fd is None:
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except BrokenPipeError:
+            self._stopped_reading = True  # it exited early: its exit code says why
+
+    async def finish(self) -> None:
+        """Send EOF; raise DumpError unless pg_restore read the whole dump."""
+        self._child.close_stdin()
+        code = await self._child.wait()
+        if code != 0:
+            raise DumpError(
+                "the custom-format dump is incomplete or unreadable (pg_restore could not "
+                "read it through)",
+                exit_code=code,
+                stderr_tail=self._child.stderr_tail(),
+            )
+
+
+@contextlib.asynccontextmanager
+async def restore_check(pg_restore: Path) -> AsyncIterator[RestoreCheck]:
+    """A running RestoreCheck; on leaving the block pg_restore is gone."""
+    argv = [str(pg_restore), "--file=/dev/null"]
+    async with spawn(argv, os.environ, capture_stdout=False, feed_stdin=True) as child:
+        yield RestoreCheck(child)
 
 
 def find_pg_restore() -> Path:
@@ -137,7 +180,7 @@ def _check_stored_file(path: Path, verdict: Verdict) -> tuple[bool, manifest.Man
         return False, None
     record: manifest.Manifest | None = None
     try:
-        record = manifest.read(manifest_path)
+        record = manifest.decode(manifest_path.read_bytes())
     except FileNotFoundError:
         verdict.problems.append(f"no manifest ({manifest_path.name}): not a finished backup")
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -1,8 +1,9 @@
-"""One job, start to finish: check → pg_dump → compress → `.partial` → commit → manifest.
+"""One job, start to finish: check → pg_dump → compress → every target → commit → manifests.
 
-A backup is committed only when the dump program exited 0 and, for plain SQL, its output ends
-with the completion marker; in every other case (error, timeout, cancellation) the child is
-stopped and the partial file removed, and the error propagates for the orchestrator to record.
+A backup is committed only when the dump program exited 0 and its output is complete (plain
+SQL ends with the completion marker; custom format is read through by pg_restore as it is
+stored); in every other case (error, timeout, cancellation) the child is stopped and every
+upload aborted, and the error propagates for the orchestrator to record.
 """
 
 from __future__ import annotations
@@ -12,23 +13,34 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from db_backup import __version__, integrity, manifest, prune
-from db_backup.errors import DumpError, JobTimeoutError
+import msgspec
+
+from db_backup import __version__, catalog, integrity, manifest, prune
+from db_backup.errors import DumpError, JobTimeoutError, StorageError, TargetsFailedError
+from db_backup.integrity import RestoreCheck
 from db_backup.manifest import CompressionInfo, Manifest
-from db_backup.model import JobEvent, JobKind, JobProgress, JobSpec, JobStarted
+from db_backup.model import (
+    JobEvent,
+    JobKind,
+    JobProgress,
+    JobSpec,
+    JobStarted,
+    StoredCopy,
+    Target,
+)
 from db_backup.process import Child, spawn
 from db_backup.redact import redact
-from db_backup.sinks.local import LocalSink
 from db_backup.sources import pg_server, postgres
 from db_backup.sources.pg_server import ServerInfo
 from db_backup.sources.postgres import ClientBinary, DumpCommand
 from db_backup.stages import Pipeline
 from db_backup.stages.compress import compressor_for
+from db_backup.storage import Upload, open_store
 from db_backup.units import format_duration
 
 # Large reads keep per-chunk overhead (system call, write call) negligible.
@@ -40,11 +52,29 @@ Emit = Callable[[JobEvent], None]
 
 @dataclass(frozen=True)
 class Committed:
-    """What a successful job produced."""
+    """What a successful job produced: its manifest and a copy on every target."""
 
     manifest: Manifest
-    file_path: Path
-    manifest_path: Path
+    copies: tuple[StoredCopy, ...]
+
+
+@dataclass
+class Delivery:
+    """One target of a running job: its store, the upload in progress, and how it ended."""
+
+    target: Target
+    upload: Upload | None = None
+    error: str | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.upload is not None and self.error is None
+
+    def fail(self, error: StorageError) -> None:
+        """Drop this target from the job: the others go on (see the commit rule in _run)."""
+        self.error = str(error)
+        if self.upload is not None:
+            self.upload.abort()
 
 
 def utcnow() -> datetime:
@@ -52,7 +82,8 @@ def utcnow() -> datetime:
 
 
 async def run_job(job: JobSpec, emit: Emit, *, cores: int = 1) -> Committed:
-    """Run one job; raises a BackupError (or CancelledError) when it does not commit.
+    """Run one job; raises a BackupError (or CancelledError) when it does not commit on every
+    target (TargetsFailedError says which failed, and where it was stored nonetheless).
 
     `cores`: the CPU cores this job may use for compression, by default."""
     timeout = job.backup.timeout
@@ -68,7 +99,16 @@ async def run_job(job: JobSpec, emit: Emit, *, cores: int = 1) -> Committed:
 
 
 async def _run(job: JobSpec, emit: Emit, cores: int) -> Committed:
+    """The commit rule: the job succeeds only if every target committed. A target that fails
+    is dropped and the others carry on, so the backup is kept wherever it could be; the job
+    then fails naming each failed target. Retention runs on a target only after the backup
+    committed there, so a failing target never deletes anything, anywhere."""
     backup = job.backup
+    deliveries = [Delivery(target) for target in job.targets]
+    for delivery in deliveries:
+        delivery.error = dict(job.unusable).get(delivery.target.label)
+    if not any(d.error is None for d in deliveries):
+        raise _targets_failed(deliveries)
     password = pg_server.resolve_password(backup)
     server = await pg_server.check_connection(backup, job.database, password)
     client = await pg_server.client_for(backup, server.version_num)
@@ -77,14 +117,41 @@ async def _run(job: JobSpec, emit: Emit, cores: int) -> Committed:
     )
     emit(JobStarted(job, await asyncio.to_thread(_estimate, job, server.database_size)))
 
-    sink = LocalSink(job.target)
     started = utcnow()
-    pipeline, final = await _dump_to_file(job, command, client, password, sink, emit, cores)
-    record = _manifest(job, server, client, command, pipeline, final, started, utcnow())
-    await sink.write_sidecar(job.target.manifest_path, manifest.encode(record))
-    # Only now, with this backup committed, may older ones go (under the run's lock).
-    await asyncio.to_thread(prune.prune_job, job, utcnow())
-    return Committed(record, final, job.target.manifest_path)
+    pipeline = await _dump(job, command, client, password, deliveries, emit, cores)
+    checks = ("sha256", "end marker" if command.plain else "pg_restore read-through")
+    record = _manifest(job, server, client, command, pipeline, started, utcnow(), checks)
+    copies = await asyncio.gather(*(_finish_target(job, d, record) for d in deliveries if d.live))
+    committed = Committed(record, tuple(copy for copy in copies if copy is not None))
+    if any(d.error is not None for d in deliveries):
+        raise _targets_failed(deliveries, committed if committed.copies else None)
+    return committed
+
+
+def _targets_failed(
+    deliveries: Sequence[Delivery], committed: Committed | None = None
+) -> TargetsFailedError:
+    failures = {d.target.label: d.error for d in deliveries if d.error is not None}
+    return TargetsFailedError(failures, committed)
+
+
+async def _finish_target(job: JobSpec, delivery: Delivery, record: Manifest) -> StoredCopy | None:
+    """Upload the manifest (last: only now is the file a backup), then apply retention."""
+    target = delivery.target
+    store = open_store(target.storage)
+    own = msgspec.structs.replace(record, file=target.filename)
+    try:
+        await asyncio.to_thread(store.put, target.manifest_name, manifest.encode(own))
+    except StorageError as exc:
+        delivery.error = f"{exc} (the dump was stored without it and is removed)"
+        with contextlib.suppress(StorageError):
+            await asyncio.to_thread(store.delete, target.filename)
+        return None
+    # Only now, with this backup committed here, may older ones here go.
+    await asyncio.to_thread(prune.prune_job, job, target, utcnow())
+    return StoredCopy(
+        target.label, store.location(target.filename), store.location(target.manifest_name)
+    )
 
 
 async def _pg_restore(client: ClientBinary) -> Path:
@@ -92,38 +159,101 @@ async def _pg_restore(client: ClientBinary) -> Path:
     return beside if beside.exists() else await asyncio.to_thread(integrity.find_pg_restore)
 
 
-async def _dump_to_file(
+async def _open_uploads(deliveries: Sequence[Delivery]) -> None:
+    """Start an upload on every usable target, at once; a target that refuses is dropped."""
+
+    async def one(delivery: Delivery) -> None:
+        store = open_store(delivery.target.storage)
+        try:
+            delivery.upload = await asyncio.to_thread(store.open_upload, delivery.target.filename)
+        except StorageError as exc:
+            delivery.error = str(exc)
+
+    await asyncio.gather(*(one(d) for d in deliveries if d.error is None))
+
+
+def _deliver(deliveries: Sequence[Delivery], data: bytes) -> None:
+    """Write to every live target (on the pump thread); none left: stop the dump."""
+    for delivery in deliveries:
+        if delivery.live:
+            assert delivery.upload is not None
+            try:
+                delivery.upload.write(data)
+            except StorageError as exc:
+                delivery.fail(exc)
+    if not any(d.live for d in deliveries):
+        raise _targets_failed(deliveries)
+
+
+async def _commit_all(deliveries: Sequence[Delivery]) -> None:
+    async def one(delivery: Delivery) -> None:
+        assert delivery.upload is not None
+        try:
+            await asyncio.to_thread(delivery.upload.commit)
+        except StorageError as exc:
+            await asyncio.to_thread(delivery.fail, exc)
+
+    await asyncio.gather(*(one(d) for d in deliveries if d.live))
+    if not any(d.live for d in deliveries):
+        raise _targets_failed(deliveries)
+
+
+async def _abort_all(deliveries: Sequence[Delivery]) -> None:
+    await asyncio.gather(
+        *(asyncio.to_thread(d.upload.abort) for d in deliveries if d.upload is not None)
+    )
+
+
+async def _dump(
     job: JobSpec,
     command: DumpCommand,
     client: ClientBinary,
     password: str | None,
-    sink: LocalSink,
+    deliveries: Sequence[Delivery],
     emit: Emit,
     cores: int,
-) -> tuple[Pipeline, Path]:
-    """Stream the dump through the pipeline into `sink`; commit only a complete dump."""
+) -> Pipeline:
+    """Stream the dump through the pipeline to every target at once (no second dump, no
+    local copy first); commit only a complete dump, and only where nothing failed."""
     compressor = compressor_for(
         job.backup.compression, dump_compresses_itself=not command.plain, cores_per_job=cores
     )
     pipeline = Pipeline(compressor)
     env = postgres.child_env(os.environ, job.backup, password)
-    await sink.open()  # before spawning: an unwritable folder fails without touching the server
+    # Before spawning: an unwritable target fails without touching the server.
+    await _open_uploads(deliveries)
     try:
-        async with spawn(command.argv, env) as child:
-            await _pump(child, pipeline, sink, lambda: emit(_progress(job, pipeline)))
+        if not any(d.live for d in deliveries):
+            raise _targets_failed(deliveries)
+        async with contextlib.AsyncExitStack() as stack:
+            check = None
+            if not command.plain:  # no end marker in this format: read it through instead
+                check = await stack.enter_async_context(
+                    integrity.restore_check(await _pg_restore(client))
+                )
+            child = await stack.enter_async_context(spawn(command.argv, env))
+            await _pump(child, pipeline, deliveries, check, lambda: emit(_progress(job, pipeline)))
             exit_code = await child.wait()
             stderr_tail = redact(child.stderr_tail(), password)
-        _check_outcome(command, exit_code, stderr_tail, pipeline)
-        await sink.write(await asyncio.to_thread(pipeline.finish))
-        if not command.plain:  # no end marker in this format: read it through instead
-            await sink.flush()
-            await integrity.check_custom_dump(await _pg_restore(client), sink.target.partial_path)
-        return pipeline, await sink.commit()
+            _check_outcome(command, exit_code, stderr_tail, pipeline)
+            rest = await asyncio.to_thread(pipeline.finish)
+            await asyncio.to_thread(_deliver_all, deliveries, check, rest)
+            if check is not None:
+                await check.finish()
+        await _commit_all(deliveries)
+        return pipeline
     except BaseException:
-        await asyncio.shield(sink.abort())
+        await asyncio.shield(_abort_all(deliveries))
         raise
     finally:
         pipeline.close()
+
+
+def _deliver_all(deliveries: Sequence[Delivery], check: RestoreCheck | None, data: bytes) -> None:
+    if data:
+        if check is not None:
+            check.write(data)
+        _deliver(deliveries, data)
 
 
 def _progress(job: JobSpec, pipeline: Pipeline) -> JobProgress:
@@ -131,14 +261,19 @@ def _progress(job: JobSpec, pipeline: Pipeline) -> JobProgress:
 
 
 async def _pump(
-    child: Child, pipeline: Pipeline, sink: LocalSink, on_progress: Callable[[], None]
+    child: Child,
+    pipeline: Pipeline,
+    deliveries: Sequence[Delivery],
+    check: RestoreCheck | None,
+    on_progress: Callable[[], None],
 ) -> None:
-    """Move the child's whole output through the pipeline into the sink, on a worker thread.
+    """Move the child's whole output through the pipeline to the targets, on a worker thread.
 
     The data path never touches the event loop: one thread reads the pipe, compresses and
-    writes (measured on pgbench rows: 1.52 s against 2.13 s for reads on the event loop with
-    compression handed to threads per chunk; `pg_dump > /dev/null` took 1.65 s). The loop
-    only hears about progress, at most every PROGRESS_SECONDS.
+    hands the bytes to every target (measured on pgbench rows: 1.52 s against 2.13 s for
+    reads on the event loop with compression handed to threads per chunk; `pg_dump >
+    /dev/null` took 1.65 s). A target that is behind blocks this thread, and so the dump:
+    back-pressure, not memory. The loop only hears about progress, every PROGRESS_SECONDS.
     """
     loop = asyncio.get_running_loop()
     assert child.stdout_fd is not None
@@ -152,17 +287,15 @@ async def _pump(
 
     def pump(source: int) -> None:
         while chunk := os.read(source, CHUNK_SIZE):
-            stored = pipeline.feed(chunk)
-            if stored:
-                sink.write_blocking(stored)
+            _deliver_all(deliveries, check, pipeline.feed(chunk))
             report()
 
     worker = _in_own_thread(pump, child.stdout_fd, name=f"pump {child.command.split()[0]}")
     try:
         await asyncio.shield(worker)
     except asyncio.CancelledError:
-        # The thread may still be using the sink: end the child (the pump then reads EOF)
-        # and let the thread finish before the sink is closed and removed.
+        # The thread may still be using the uploads: end the child (the pump then reads EOF)
+        # and let the thread finish before the uploads are aborted.
         await child.terminate()
         with contextlib.suppress(Exception):
             await worker
@@ -225,9 +358,9 @@ def _manifest(
     client: ClientBinary,
     command: DumpCommand,
     pipeline: Pipeline,
-    final: Path,
     started: datetime,
     finished: datetime,
+    checks: tuple[str, ...],
 ) -> Manifest:
     return Manifest(
         tool_version=__version__,
@@ -240,13 +373,14 @@ def _manifest(
         client=f"{command.tool} {client.version}",
         format=command.format,
         compression=_compression_info(job, command.plain),
-        file=final.name,
+        file=job.filename,  # each target's manifest names its own file (_finish_target)
         raw_bytes=pipeline.raw_bytes,
         stored_bytes=pipeline.stored_bytes,
         sha256=pipeline.sha256,
         started_at=started,
         finished_at=finished,
         duration_seconds=round((finished - started).total_seconds(), 3),
+        checks=checks,
     )
 
 
@@ -263,7 +397,10 @@ def _estimate(job: JobSpec, database_size: int | None) -> int | None:
     """Expected bytes of dump output: the previous backup's, else (for plain SQL) the
     database's size on disk. Custom-format output is compressed by pg_dump, so its size on
     disk says nothing about it."""
-    previous = manifest.latest(job.target.directory, job.file_prefix)
+    try:
+        previous = catalog.latest(job.targets[0], job.name, job.backup.name)
+    except StorageError:
+        previous = None  # only an estimate; the upload will say what is wrong
     if previous is not None:
         return previous.raw_bytes
     plain_database = job.kind is JobKind.DATABASE and job.backup.format == "plain"

@@ -1,4 +1,8 @@
-"""One run at a time per storage folder: `.db-backup.lock`, held with flock for the whole run.
+"""One run at a time per storage target: `.db-backup.lock`, held with flock for the whole run.
+
+A local folder holds its own lock file. A remote target (S3) is locked through a folder of
+its own under this machine's state directory, which keeps runs on this machine apart (runs on
+other machines writing to the same bucket are not seen; give each machine its own prefix).
 
 flock is released by the kernel when its holder dies, so a lock left by a killed run is free to
 take; the file still names that run, which tells us to say so and to clean up what it left
@@ -10,19 +14,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from db_backup.config.schema import LocalStorage, StorageConfig
 from db_backup.errors import LockHeldError, StorageError
-from db_backup.plan import is_own_file
-from db_backup.sinks.local import FILE_MODE, describe_os_error, ensure_directory
+from db_backup.plan import safe_component
+from db_backup.storage.local import FILE_MODE, describe_os_error, ensure_directory
 
 LOCK_NAME = ".db-backup.lock"
 POLL_SECONDS = 0.5
@@ -129,12 +135,20 @@ async def lock_storage(folders: Iterable[Path], wait: float | None) -> StorageLo
     return locks
 
 
-def remove_stale_partials(directory: Path, file_prefixes: Sequence[str]) -> list[Path]:
-    """Delete `.partial` files of these jobs: under our lock, no live run can be writing them."""
-    removed = []
-    for path in directory.glob("*.partial"):
-        if any(is_own_file(path.name, prefix) for prefix in file_prefixes):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                removed.append(path)
-    return removed
+def state_directory() -> Path:
+    """Where db-backup keeps per-machine state: $DB_BACKUP_STATE_DIR, else
+    $XDG_STATE_HOME/db-backup, else ~/.local/state/db-backup."""
+    explicit = os.environ.get("DB_BACKUP_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "db-backup"
+
+
+def lock_folder(storage: StorageConfig) -> Path:
+    """The folder whose lock file guards a target."""
+    if isinstance(storage, LocalStorage):
+        return Path(storage.path)
+    digest = hashlib.sha256(storage.label.encode()).hexdigest()[:16]
+    kind = storage.label.split(":", 1)[0]
+    return state_directory() / "locks" / f"{kind}-{safe_component(storage.bucket)}-{digest}"

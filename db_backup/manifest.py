@@ -7,11 +7,8 @@ verification and the catalog read these.
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 
 import msgspec
-
-from db_backup.plan import is_own_file
 
 MANIFEST_VERSION = 1
 
@@ -41,41 +38,15 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     started_at: datetime
     finished_at: datetime
     duration_seconds: float
+    # What was checked before the backup was committed: "sha256" of the stored bytes, and
+    # "end marker" (plain SQL) or "pg_restore read-through" (custom format).
+    checks: tuple[str, ...] = ()
+
+
+def decode(data: bytes) -> Manifest:
+    """A manifest from its JSON; raises msgspec.DecodeError / ValidationError when it is not."""
+    return msgspec.json.decode(data, type=Manifest)
 
 
 def encode(manifest: Manifest) -> bytes:
     return msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n"
-
-
-def read(path: Path) -> Manifest:
-    return msgspec.json.decode(path.read_bytes(), type=Manifest)
-
-
-def own_manifests(directory: Path, file_prefix: str) -> list[Path]:
-    """The manifest files of one job (by its file prefix) in `directory`, newest first.
-
-    Only that job's names are globbed: other jobs' manifests are not even opened."""
-    if not directory.is_dir():
-        return []
-    return sorted(
-        (
-            path
-            for path in directory.glob(f"{glob_escape(file_prefix)}*.json")
-            if is_own_file(path.name, file_prefix)
-        ),
-        reverse=True,
-    )
-
-
-def latest(directory: Path, file_prefix: str) -> Manifest | None:
-    """The newest readable manifest of a job's earlier backups in `directory`, if any."""
-    for path in own_manifests(directory, file_prefix):
-        try:
-            return read(path)
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-            continue
-    return None
-
-
-def glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)

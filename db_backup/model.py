@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from pathlib import Path
 
-from db_backup.config.schema import BackupConfig
+from db_backup.config.schema import BackupConfig, StorageConfig
 
 
 @dataclass(frozen=True, order=True)
@@ -28,35 +27,38 @@ class JobKind(StrEnum):
 
 @dataclass(frozen=True)
 class Target:
-    """Where one job's output lands: `<directory>/<filename>` (+ `.partial` while written)."""
+    """One place a job's backup goes: a configured storage, and the file's name there."""
 
-    directory: Path
-    filename: str
-
-    @property
-    def final_path(self) -> Path:
-        return self.directory / self.filename
+    storage: StorageConfig
+    filename: str  # the same on every target of a job
+    file_prefix: str  # `[<prefix>_]<job>_`: how earlier backups of this job are recognised
 
     @property
-    def partial_path(self) -> Path:
-        return self.directory / f"{self.filename}.partial"
+    def label(self) -> str:
+        return self.storage.label
 
     @property
-    def manifest_path(self) -> Path:
-        return self.directory / f"{self.filename}.json"
+    def manifest_name(self) -> str:
+        return f"{self.filename}.json"
 
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One unit of work: dump one database (or one server's globals) to one target."""
+    """One unit of work: dump one database (or one server's globals) to its targets."""
 
     name: str  # unique in the run; the config name, or `<config name>.<database>` for "*"
     kind: JobKind
     backup: BackupConfig  # the merged config entry it came from
     database: str
     server: Server
-    target: Target
-    file_prefix: str  # `<prefix>_<name>_` — how earlier backups of this job are recognised
+    targets: tuple[Target, ...]
+    # Targets found unusable before the run (label → why), e.g. a folder that cannot be
+    # locked: the job counts them as failed and still writes to the others.
+    unusable: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def filename(self) -> str:
+        return self.targets[0].filename
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,15 @@ class Plan:
     jobs: tuple[JobSpec, ...]
     concurrency: int
     host_limits: dict[Server, int]
+
+
+@dataclass(frozen=True)
+class StoredCopy:
+    """A committed backup on one target: its file and manifest (paths or URLs)."""
+
+    target: str
+    file: str
+    manifest: str
 
 
 class JobStatus(StrEnum):
@@ -86,12 +97,18 @@ class JobResult:
     raw_bytes: int = 0
     stored_bytes: int = 0
     error: str | None = None
-    file: Path | None = None
-    manifest: Path | None = None
+    # Where the backup was stored (also when another target failed), in config order.
+    copies: tuple[StoredCopy, ...] = ()
+    failed_targets: tuple[tuple[str, str], ...] = ()  # (target label, why) for each that failed
     sha256: str | None = None
     # When the dump program itself ran (from the manifest): shows how jobs overlapped.
     dump_started_at: datetime | None = None
     dump_finished_at: datetime | None = None
+
+    @property
+    def file(self) -> str | None:
+        """The backup on its first target that took it: a path or URL."""
+        return self.copies[0].file if self.copies else None
 
     @property
     def duration(self) -> float:

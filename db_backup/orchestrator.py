@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from db_backup.errors import BackupError
+from db_backup.errors import BackupError, TargetsFailedError
 from db_backup.job import Committed, run_job
 from db_backup.model import (
     JobEvent,
@@ -114,6 +115,11 @@ class Orchestrator:
             if self.interrupted_by is None:
                 raise  # cancelled from outside the orchestrator: let it propagate
             return result
+        except TargetsFailedError as exc:  # kept on some targets, perhaps: say where
+            result = dataclasses.replace(
+                self._failed(job, tries, str(exc), exc.committed),
+                failed_targets=tuple(exc.failures.items()),
+            )
         except BackupError as exc:
             gave_up = f" (gave up after {len(tries)} attempts)" if len(tries) > 1 else ""
             result = self._failed(job, tries, f"{exc}{gave_up}")
@@ -129,8 +135,7 @@ class Orchestrator:
                 finished_at=datetime.now(UTC),
                 raw_bytes=record.raw_bytes,
                 stored_bytes=record.stored_bytes,
-                file=committed.file_path,
-                manifest=committed.manifest_path,
+                copies=committed.copies,
                 sha256=record.sha256,
                 dump_started_at=record.started_at,
                 dump_finished_at=record.finished_at,
@@ -139,11 +144,17 @@ class Orchestrator:
         return result
 
     @staticmethod
-    def _failed(job: JobSpec, tries: list[datetime], error: str) -> JobResult:
+    def _failed(
+        job: JobSpec, tries: list[datetime], error: str, committed: Committed | None = None
+    ) -> JobResult:
         return JobResult(
             job,
             JobStatus.FAILED,
             started_at=tries[0] if tries else None,
             finished_at=datetime.now(UTC),
             error=error,
+            raw_bytes=committed.manifest.raw_bytes if committed else 0,
+            stored_bytes=committed.manifest.stored_bytes if committed else 0,
+            copies=committed.copies if committed else (),
+            sha256=committed.manifest.sha256 if committed else None,
         )

@@ -14,9 +14,8 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
-from db_backup.config.schema import NAME_PATTERN, BackupConfig, Config
+from db_backup.config.schema import NAME_PATTERN, BackupConfig, Config, LocalStorage, StorageConfig
 from db_backup.errors import ConfigError, ConfigIssue, SelectionError
 from db_backup.model import JobKind, JobSpec, Plan, Server, Target
 
@@ -59,9 +58,10 @@ def extension(backup: BackupConfig, kind: JobKind = JobKind.DATABASE) -> str:
     return {"gzip": ".sql.gz", "zstd": ".sql.zst"}.get(backup.compression.algorithm, ".sql")
 
 
-def file_prefix(backup: BackupConfig, job_name: str) -> str:
-    """The start every file of this job shares: `<prefix>_<job>_`."""
-    prefix = backup.storage.prefix
+def file_prefix(storage: StorageConfig, job_name: str) -> str:
+    """The start every file of this job shares on a target: `<prefix>_<job>_` in a local
+    folder with a prefix, else `<job>_` (an S3 prefix is a folder, not part of the name)."""
+    prefix = storage.prefix if isinstance(storage, LocalStorage) else ""
     return f"{prefix}_{job_name}_" if prefix else f"{job_name}_"
 
 
@@ -158,20 +158,22 @@ def _maintenance_db(backup: BackupConfig) -> str:
 
 
 def _job(backup: BackupConfig, kind: JobKind, name: str, database: str, stamp: str) -> JobSpec:
-    directory = Path(backup.storage.path)
-    prefix = file_prefix(backup, name)
-    target = Target(directory, f"{prefix}{stamp}{extension(backup, kind)}")
-    # Names are validated and made safe above; this is the last line of defence.
-    if Path(os.path.normpath(target.final_path)).parent != Path(os.path.normpath(directory)):
-        raise ConfigError([ConfigIssue("<plan>", None, None, name, "file name escapes storage")])
+    targets = []
+    for storage in backup.targets:
+        prefix = file_prefix(storage, name)
+        filename = f"{prefix}{stamp}{extension(backup, kind)}"
+        # Names are validated and made safe above; this is the last line of defence.
+        if os.path.basename(filename) != filename or filename.startswith("."):
+            issue = ConfigIssue("<plan>", None, None, name, "file name escapes storage")
+            raise ConfigError([issue])
+        targets.append(Target(storage, filename, prefix))
     return JobSpec(
         name=name,
         kind=kind,
         backup=backup,
         database=database,
         server=server_of(backup),
-        target=target,
-        file_prefix=prefix,
+        targets=tuple(targets),
     )
 
 

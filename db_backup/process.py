@@ -56,6 +56,9 @@ class Child:
     # The read end of the child's stdout, for a blocking reader thread (see job.py); None
     # when the output is discarded. Closed by `spawn` when the block ends.
     stdout_fd: int | None = None
+    # The write end of the child's stdin when it was asked for (`feed_stdin`); writes block
+    # while the child is behind. `close_stdin()` sends EOF.
+    stdin_fd: int | None = None
     _stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))
     _drain: asyncio.Task[None] | None = None
 
@@ -85,6 +88,12 @@ class Child:
         except asyncio.CancelledError:
             self._signal(signal.SIGKILL)  # cancelled again while stopping: no more grace
             raise
+
+    def close_stdin(self) -> None:
+        """Send EOF on the child's stdin (if it has one from us); safe to call twice."""
+        if self.stdin_fd is not None:
+            fd, self.stdin_fd = self.stdin_fd, None
+            os.close(fd)
 
     def kill_now(self) -> None:
         """SIGKILL without waiting; for an immediate exit of the whole runner."""
@@ -119,10 +128,15 @@ def _stdout_pipe() -> tuple[int, int]:
 
 @contextlib.asynccontextmanager
 async def spawn(
-    argv: Sequence[str], env: Mapping[str, str], *, capture_stdout: bool = True
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    capture_stdout: bool = True,
+    feed_stdin: bool = False,
 ) -> AsyncIterator[Child]:
-    """Start `argv`, its stdout piped to `child.stdout_fd` (or discarded); on leaving the
-    block the child is gone and the pipe closed.
+    """Start `argv`, its stdout piped to `child.stdout_fd` (or discarded) and, with
+    `feed_stdin`, its stdin from `child.stdin_fd`; on leaving the block the child is gone
+    and the pipes closed.
 
     If the block raises (or is cancelled) while the child still runs, the child is terminated
     and reaped before the exception continues.
@@ -130,31 +144,35 @@ async def spawn(
     command = mask_command(argv)
     log.debug("spawning %s", command)
     read_end, write_end = _stdout_pipe() if capture_stdout else (None, None)
+    stdin_read, stdin_write = os.pipe2(os.O_CLOEXEC) if feed_stdin else (None, None)
     try:
         process = await asyncio.create_subprocess_exec(
             *with_death_signal(argv),
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=stdin_read if stdin_read is not None else asyncio.subprocess.DEVNULL,
             stdout=write_end if write_end is not None else asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             env=dict(env),
             start_new_session=True,
         )
     except BaseException as exc:  # also cancellation: never leak the read end
-        if read_end is not None:
-            os.close(read_end)
+        for fd in (read_end, stdin_write):
+            if fd is not None:
+                os.close(fd)
         if isinstance(exc, OSError):
             raise ToolNotFoundError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
         raise
     finally:
-        if write_end is not None:
-            os.close(write_end)  # the child has its copy; ours would keep EOF from coming
-    child = Child(process, command, read_end)
+        for fd in (write_end, stdin_read):  # the child has its copies; ours would keep
+            if fd is not None:  # EOF (or EPIPE) from coming
+                os.close(fd)
+    child = Child(process, command, read_end, stdin_write)
     child._drain = asyncio.create_task(child._read_stderr())
     _live.add(child)
     try:
         yield child
     finally:
         try:
+            child.close_stdin()
             await child.terminate()
         finally:
             _live.discard(child)

@@ -1,28 +1,32 @@
-"""Applying retention to local folders: after each committed backup, and by `db-backup prune`.
+"""Applying retention on every target: after each committed backup, and by `db-backup prune`.
 
-Decisions come from retention.decide, per job, over that job's own finished backups as the
-catalog finds them in the folder (no ledger: a fresh machine prunes the same way). A backup is
-deleted manifest first, so it stops being a backup before its data file goes.
+Decisions come from retention.decide, per job and per target, over that job's own finished
+backups as the catalog finds them there (no ledger: a fresh machine prunes the same way). A
+target never judges, or deletes, what another holds. A backup is deleted manifest first, so it
+stops being a backup before its data file goes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from db_backup.catalog import Entry, job_entries, list_backups
+from db_backup.catalog import Entry, job_entries, list_backups, targets_of
 from db_backup.config.schema import Config, RetentionConfig
 from db_backup.errors import StorageError
-from db_backup.lock import lock_storage
-from db_backup.model import JobSpec
-from db_backup.plan import select_backups
+from db_backup.lock import lock_folder, lock_storage
+from db_backup.model import JobSpec, Target
+from db_backup.plan import file_prefix, select_backups
 from db_backup.retention import Backup, Decision, decide
-from db_backup.sinks.local import describe_os_error
+from db_backup.storage import open_store
 
 log = logging.getLogger(__name__)
+
+# (backup name, target label) → the policy that applies there
+Policies = Mapping[tuple[str, str], RetentionConfig]
 
 
 @dataclass(frozen=True)
@@ -31,18 +35,27 @@ class PruneVerdict:
     decision: Decision
 
 
-def plan_prune(
-    entries: Iterable[Entry], policies: dict[str, RetentionConfig], now: datetime
-) -> list[PruneVerdict]:
-    """Keep/delete for every entry, each job judged against its own backups only. Pure."""
-    by_job: dict[str, list[Entry]] = {}
+@dataclass
+class PruneReport:
+    """What `db-backup prune` decided and did."""
+
+    verdicts: list[PruneVerdict]
+    errors: dict[str, str] = field(default_factory=dict)  # target label → what went wrong
+    deleted: list[Entry] = field(default_factory=list)
+    cleaned: list[str] = field(default_factory=list)  # incomplete uploads / partials removed
+
+
+def plan_prune(entries: Iterable[Entry], policies: Policies, now: datetime) -> list[PruneVerdict]:
+    """Keep/delete for every entry, each job on each target judged against its own backups
+    there only. Entries without a policy are not judged. Pure."""
+    groups: dict[tuple[str, str], list[Entry]] = {}
     for entry in entries:
-        if entry.backup in policies:
-            by_job.setdefault(entry.job, []).append(entry)
+        if (entry.backup, entry.target) in policies:
+            groups.setdefault((entry.job, entry.target), []).append(entry)
     verdicts = []
-    for group in by_job.values():
-        by_id = {str(entry.file): entry for entry in group}
-        policy = policies[group[0].backup]
+    for group in groups.values():
+        by_id = {entry.location: entry for entry in group}
+        policy = policies[group[0].backup, group[0].target]
         backups = [Backup(key, entry.taken_at) for key, entry in by_id.items()]
         verdicts += [PruneVerdict(by_id[d.backup.id], d) for d in decide(backups, policy, now)]
     return verdicts
@@ -50,60 +63,89 @@ def plan_prune(
 
 def delete(entry: Entry) -> None:
     """Remove one backup: its manifest, then its data file."""
-    for path in (entry.file.with_name(entry.file.name + ".json"), entry.file):
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise StorageError(f"cannot delete {path}: {describe_os_error(exc)}") from None
+    entry.store.delete(entry.manifest_name)
+    entry.store.delete(entry.name)
 
 
-def apply(verdicts: Sequence[PruneVerdict]) -> list[Entry]:
-    """Delete what the verdicts do not keep; returns what was deleted."""
-    deleted = []
+def apply(verdicts: Sequence[PruneVerdict]) -> tuple[list[Entry], dict[str, str]]:
+    """Delete what the verdicts do not keep; returns what was deleted, and per target the
+    first error (a target that fails stops there; the others go on)."""
+    deleted: list[Entry] = []
+    errors: dict[str, str] = {}
     for verdict in verdicts:
-        if not verdict.decision.keep:
-            delete(verdict.entry)
-            deleted.append(verdict.entry)
-    return deleted
+        entry = verdict.entry
+        if verdict.decision.keep or entry.target in errors:
+            continue
+        try:
+            delete(entry)
+        except StorageError as exc:
+            errors[entry.target] = str(exc)
+        else:
+            deleted.append(entry)
+    return deleted, errors
 
 
-def prune_job(job: JobSpec, now: datetime) -> list[Entry]:
-    """After `job` committed a backup (under the run's lock): apply its policy to its own
-    backups in that folder. A failure to delete is logged, not raised: the backup that just
-    committed is fine."""
-    policy = job.backup.retention
+def prune_job(job: JobSpec, target: Target, now: datetime) -> list[Entry]:
+    """After `job` committed a backup on `target` (under the run's lock): apply the policy
+    for that target to the job's own backups there. A failure to delete is logged, not
+    raised: the backup that just committed is fine."""
+    policy = job.backup.retention_for(target.storage)
     if policy.is_empty:
         return []
     try:
-        deleted = apply(plan_prune(job_entries(job), {job.backup.name: policy}, now))
+        entries = job_entries(target, job.name, job.backup.name)
+        policies = {(job.backup.name, target.label): policy}
+        deleted, errors = apply(plan_prune(entries, policies, now))
     except StorageError as exc:
-        log.warning("retention for %s: %s", job.name, exc)
-        return []
+        deleted, errors = [], {target.label: str(exc)}
+    for error in errors.values():
+        log.warning("retention for %s: %s", job.name, error)
     for entry in deleted:
-        log.info("retention: deleted %s (kept by no rule)", entry.file)
+        log.info("retention: deleted %s (kept by no rule)", entry.location)
     return deleted
+
+
+def policies_of(config: Config, names: Sequence[str]) -> dict[tuple[str, str], RetentionConfig]:
+    """The non-empty policies of the selected backups, per (backup, target)."""
+    return {
+        (backup.name, storage.label): policy
+        for backup in select_backups(config, names)
+        for storage in backup.targets
+        if not (policy := backup.retention_for(storage)).is_empty
+    }
 
 
 async def prune_config(
     config: Config, names: Sequence[str], *, dry_run: bool, now: datetime
-) -> list[PruneVerdict]:
-    """`db-backup prune`: every selected backup's policy, now; deletes unless `dry_run`.
+) -> PruneReport:
+    """`db-backup prune`: every selected backup's policies, now; deletes unless `dry_run`.
 
-    Backups without a policy are left alone. Deleting takes the storage locks, so it never
-    races a running backup (a held lock refuses at once, as for `backup`)."""
-    policies = {
-        backup.name: backup.retention
-        for backup in select_backups(config, names)
-        if not backup.retention.is_empty
-    }
-    verdicts = plan_prune(await list_backups(config, names), policies, now)
-    if dry_run or all(v.decision.keep for v in verdicts):
-        return verdicts
-    locks = await lock_storage({v.entry.file.parent for v in verdicts}, wait=None)
+    Backups without a policy are left alone. Deleting takes the targets' locks, so it never
+    races a running backup (a held lock refuses at once, as for `backup`); under them, the
+    incomplete uploads and partial files of the listed jobs are removed too."""
+    catalog = await list_backups(config, names)
+    report = PruneReport(plan_prune(catalog.entries, policies_of(config, names), now))
+    report.errors.update(catalog.errors)
+    if dry_run:
+        return report
+    targets = targets_of(select_backups(config, names))
+    locks = await lock_storage({lock_folder(storage) for storage in targets}, wait=None)
     try:
-        await asyncio.to_thread(apply, verdicts)
+        report.deleted, errors = await asyncio.to_thread(apply, report.verdicts)
+        report.errors.update(errors)
+        jobs = {(e.target, e.job) for e in catalog.entries}
+        for storage, backups in targets.items():
+            if lock_folder(storage) not in locks.held or storage.label in report.errors:
+                continue
+            prefixes = sorted(
+                {file_prefix(storage, job) for label, job in jobs if label == storage.label}
+                | {file_prefix(storage, name) for name in backups}
+            )
+            try:
+                store = open_store(storage)
+                report.cleaned += await asyncio.to_thread(store.clean_incomplete, prefixes)
+            except StorageError as exc:
+                report.errors[storage.label] = str(exc)
     finally:
         locks.release()
-    return verdicts
+    return report

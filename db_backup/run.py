@@ -1,4 +1,4 @@
-"""One `backup` run's life: lock storage → discover → plan → clean leftovers → orchestrate.
+"""One `backup` run's life: lock targets → discover → plan → clean leftovers → orchestrate.
 
 The CLI drives this and renders its events; signals arrive through `cancel()`.
 """
@@ -8,16 +8,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
-from db_backup.config.schema import BackupConfig, Config
-from db_backup.lock import lock_storage, remove_stale_partials
-from db_backup.model import JobResult, JobStatus, Plan, RunReport
+from db_backup.config.schema import BackupConfig, Config, LocalStorage, StorageConfig
+from db_backup.errors import StorageError
+from db_backup.lock import lock_folder, lock_storage
+from db_backup.model import JobResult, JobSpec, JobStatus, Plan, RunReport
 from db_backup.orchestrator import Orchestrator, Subscriber
 from db_backup.plan import build_plan, wildcard_job
 from db_backup.preflight import discover
+from db_backup.storage import open_store
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,41 @@ async def prepare_plan(
 
 
 def _names_taken(plan: Plan) -> bool:
-    return any(job.target.final_path.exists() for job in plan.jobs)
+    """Is a planned file name in use on a local target? (An S3 upload checks its own key.)"""
+    return any(
+        open_store(target.storage).exists(target.filename)
+        for job in plan.jobs
+        for target in job.targets
+        if isinstance(target.storage, LocalStorage)
+    )
+
+
+def _with_unusable(job: JobSpec, unusable: Mapping[str, str]) -> JobSpec:
+    mine = tuple((t.label, unusable[t.label]) for t in job.targets if t.label in unusable)
+    return dataclasses.replace(job, unusable=mine) if mine else job
+
+
+async def _clean_leftovers(jobs: Sequence[JobSpec], unusable: Mapping[str, str]) -> None:
+    """Under the locks: remove what killed runs of these jobs left on each target (partial
+    files, incomplete multipart uploads). A target that cannot be cleaned is only logged —
+    its upload will report the real trouble."""
+    prefixes: dict[StorageConfig, set[str]] = {}
+    for job in jobs:
+        for target in job.targets:
+            if target.label not in unusable:
+                prefixes.setdefault(target.storage, set()).add(target.file_prefix)
+
+    async def one(storage: StorageConfig, wanted: set[str]) -> None:
+        store = open_store(storage)
+        try:
+            removed = await asyncio.to_thread(store.clean_incomplete, sorted(wanted))
+        except StorageError as exc:
+            log.warning("could not look for leftovers on %s: %s", storage.label, exc)
+            return
+        for leftover in removed:
+            log.warning("removed %s, left behind by an interrupted run", leftover)
+
+    await asyncio.gather(*(one(storage, wanted) for storage, wanted in prefixes.items()))
 
 
 class BackupRun:
@@ -99,25 +134,21 @@ class BackupRun:
     ) -> RunReport:
         """Lock the storage folders, then plan (file names carry the time the lock was won,
         so a run that waited never collides with the one it waited for) and run."""
-        folders = {Path(backup.storage.path) for backup in selected}
+        folders = {lock_folder(storage) for backup in selected for storage in backup.targets}
         locks = await lock_storage(folders, self._wait)
         try:
             plan, failures = await self._plan_unused_names(config, selected, names, concurrency)
-            results = list(failures)
-            for folder, error in locks.unusable.items():
-                results += [
-                    JobResult(job, JobStatus.FAILED, error=str(error))
-                    for job in plan.jobs
-                    if job.target.directory == folder
-                ]
-            runnable = tuple(job for job in plan.jobs if job.target.directory in locks.held)
-            for folder in locks.held:
-                prefixes = [job.file_prefix for job in runnable if job.target.directory == folder]
-                for stale in await asyncio.to_thread(remove_stale_partials, folder, prefixes):
-                    log.warning("removed %s, left behind by an interrupted run", stale)
+            unusable = {
+                storage.label: str(locks.unusable[lock_folder(storage)])
+                for backup in selected
+                for storage in backup.targets
+                if lock_folder(storage) in locks.unusable
+            }
+            runnable = tuple(_with_unusable(job, unusable) for job in plan.jobs)
+            await _clean_leftovers(runnable, unusable)
             self._orchestrator = Orchestrator(
                 dataclasses.replace(plan, jobs=runnable), self._subscribers
             )
-            return await self._orchestrator.run(results)
+            return await self._orchestrator.run(failures)
         finally:
             locks.release()

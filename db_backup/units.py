@@ -32,6 +32,34 @@ def parse_duration(value: str | int | float) -> float:
     return seconds
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?", re.IGNORECASE)
+_UNIT_BYTES = {"": 1, "B": 1} | {
+    f"{letter}{infix}B": (1024 if infix else 1000) ** (power + 1)
+    for power, letter in enumerate("KMGT")
+    for infix in ("", "I")
+}
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes from `16777216`, `"16MiB"`, `"16MB"` (10^6) or `"1GiB"`.
+
+    Raises ValueError with the accepted syntax when the value is not a positive size.
+    """
+    example = "a size such as 16MiB, 64MB or 1GiB"
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"expected {example}, got {value!r}")
+    if isinstance(value, int):
+        count = value
+    else:
+        match = _SIZE.fullmatch(value.strip())
+        if match is None:
+            raise ValueError(f"expected {example}, got {value!r}")
+        count = int(float(match[1]) * _UNIT_BYTES[(match[2] or "").upper()])
+    if count <= 0:
+        raise ValueError(f"expected a positive size, got {value!r}")
+    return count
+
+
 def format_bytes(count: float) -> str:
     """`1.5 MiB`-style sizes, binary units as `ls -h` and pg_size_pretty use."""
     size = float(count)

@@ -349,7 +349,7 @@ async def _backup_main(
     from db_backup.cli.render import Renderer, json_report
     from db_backup.process import kill_all_now
     from db_backup.run import BackupRun, prepare_plan
-    from db_backup.sinks.local import remove_open_partials_now
+    from db_backup.storage.local import remove_open_partials_now
 
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
@@ -435,13 +435,17 @@ def verify(
     ] = None,
 ) -> None:
     """Re-read backups: size and sha256 against the manifest, complete stream and dump."""
+    from db_backup.config.schema import LocalStorage
     from db_backup.integrity import backups_in, verify_all
 
     with _errors_to_exit_codes():
         targets = list(paths or ())
         if config is not None:
             loaded = _load_config(config, require_env=False)  # no connection, no secrets
-            targets += sorted({Path(b.storage.path) for b in loaded.backups})
+            storages = {storage for b in loaded.backups for storage in b.targets}
+            targets += sorted({Path(s.path) for s in storages if isinstance(s, LocalStorage)})
+            for remote in sorted(s.label for s in storages if not isinstance(s, LocalStorage)):
+                typer.echo(f"skipped {remote}: verify reads local folders only", err=True)
         if not targets:
             _fail_usage("name backup files or folders to verify, or a config with -c")
         missing = [str(path) for path in targets if not path.exists() and path.suffix != ".json"]
@@ -476,16 +480,42 @@ def list_command(
     from db_backup.catalog import list_backups
 
     with _errors_to_exit_codes():
-        loaded = _load_config(config, require_env=False)  # reads files only: no secrets
-        entries = asyncio.run(list_backups(loaded, tuple(name or ())))
+        loaded = _load_config(config, require_env=False)  # reads targets only: no DB secrets
+        catalog = asyncio.run(list_backups(loaded, tuple(name or ())))
     if json_output:
         import msgspec
 
-        sys.stdout.buffer.write(msgspec.json.encode(entries, enc_hook=str) + b"\n")
-        return
-    from db_backup.cli.tables import catalog_table
+        entries = [
+            {
+                "job": e.job,
+                "backup": e.backup,
+                "database": e.database,
+                "taken_at": e.taken_at,
+                "stored_bytes": e.stored_bytes,
+                "raw_bytes": e.raw_bytes,
+                "target": e.target,
+                "file": e.location,
+                "sha256": e.sha256,
+                "verified": bool(e.checks),
+                "checks": e.checks,
+            }
+            for e in catalog.entries
+        ]
+        body = {"backups": entries, "errors": catalog.errors}
+        sys.stdout.buffer.write(msgspec.json.encode(body) + b"\n")
+    else:
+        from db_backup.cli.tables import catalog_table
 
-    _print_table(catalog_table(entries))
+        _print_table(catalog_table(catalog.entries))
+    _exit_for_target_errors(catalog.errors)
+
+
+def _exit_for_target_errors(errors: dict[str, str]) -> None:
+    """Name every target that could not be read or changed; exit 1 if there was one."""
+    for label, error in errors.items():
+        typer.echo(f"error: target {label}: {error}", err=True)
+    if errors:
+        raise typer.Exit(EXIT_FAILED)
 
 
 # -- prune ---------------------------------------------------------------------------------------
@@ -506,18 +536,24 @@ def prune_command(
 
     with _errors_to_exit_codes():
         loaded = _load_config(config, require_env=False)  # files only: no secrets
-        verdicts = asyncio.run(
+        report = asyncio.run(
             prune_config(loaded, tuple(name or ()), dry_run=dry_run, now=datetime.now(UTC))
         )
     deleted = 0
-    for verdict in verdicts:
+    for verdict in report.verdicts:
+        where = verdict.entry.location
         if verdict.decision.keep:
-            typer.echo(f"keep    {verdict.entry.file} ({', '.join(verdict.decision.reasons)})")
+            typer.echo(f"keep    {where} ({', '.join(verdict.decision.reasons)})")
+        elif not dry_run and verdict.entry not in report.deleted:
+            typer.echo(f"not deleted {where} (see the error below)")
         else:
             deleted += 1
-            typer.echo(f"{'would delete' if dry_run else 'deleted'} {verdict.entry.file}")
-    kept = len(verdicts) - deleted
+            typer.echo(f"{'would delete' if dry_run else 'deleted'} {where}")
+    for leftover in report.cleaned:
+        typer.echo(f"removed {leftover}, left behind by an interrupted run")
+    kept = len(report.verdicts) - deleted
     typer.echo(f"{kept} kept, {deleted} {'to delete' if dry_run else 'deleted'}", err=True)
+    _exit_for_target_errors(report.errors)
 
 
 # -- demo ----------------------------------------------------------------------------------------

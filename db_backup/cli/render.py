@@ -70,7 +70,7 @@ def finish_line(result: JobResult) -> str:
         return (
             f"done     {job.name}: {format_bytes(result.stored_bytes)} "
             f"({format_bytes(result.raw_bytes)} raw) in {format_duration(result.duration)} "
-            f"→ {result.file}"
+            f"→ {', '.join(copy.file for copy in result.copies)}"
         )
     if result.status is JobStatus.CANCELLED:
         return f"cancelled {job.name}: {result.error}"
@@ -115,6 +115,32 @@ class PlainRenderer:
         self._stream.flush()
 
 
+class _TargetReport(msgspec.Struct, kw_only=True):
+    target: str
+    stored: bool
+    file: str | None
+    manifest: str | None
+    error: str | None
+
+
+def _target_reports(result: JobResult) -> list[_TargetReport]:
+    copies = {copy.target: copy for copy in result.copies}
+    failures = dict(result.failed_targets)
+    reports = []
+    for target in result.job.targets:
+        copy = copies.get(target.label)
+        reports.append(
+            _TargetReport(
+                target=target.label,
+                stored=copy is not None,
+                file=copy.file if copy else None,
+                manifest=copy.manifest if copy else None,
+                error=failures.get(target.label),
+            )
+        )
+    return reports
+
+
 class _JobReport(msgspec.Struct, kw_only=True):
     job: str
     backup: str
@@ -123,8 +149,9 @@ class _JobReport(msgspec.Struct, kw_only=True):
     server: str
     status: str
     error: str | None
-    file: str | None
+    file: str | None  # on the first target that stored it
     manifest: str | None
+    targets: list[_TargetReport]
     raw_bytes: int
     stored_bytes: int
     sha256: str | None
@@ -156,8 +183,9 @@ def json_report(report: RunReport, exit_code: int) -> bytes:
             server=str(r.job.server),
             status=r.status.value,
             error=r.error,
-            file=str(r.file) if r.file else None,
-            manifest=str(r.manifest) if r.manifest else None,
+            file=r.copies[0].file if r.copies else None,
+            manifest=r.copies[0].manifest if r.copies else None,
+            targets=_target_reports(r),
             raw_bytes=r.raw_bytes,
             stored_bytes=r.stored_bytes,
             sha256=r.sha256,

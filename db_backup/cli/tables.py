@@ -11,6 +11,7 @@ from rich.text import Text
 from db_backup.catalog import Entry
 from db_backup.cli.render import STATUS_STYLE
 from db_backup.model import JobResult, JobStatus, Plan, RunReport
+from db_backup.storage import open_store
 from db_backup.units import format_bytes, format_duration, format_rate
 
 
@@ -30,7 +31,7 @@ def summary_table(report: RunReport) -> Table:
             format_bytes(result.stored_bytes) if succeeded else "-",
             format_duration(result.duration) if result.started_at else "-",
             format_rate(result.raw_bytes, result.duration) if succeeded else "-",
-            str(result.file) if succeeded else (result.error or ""),
+            "\n".join(c.file for c in result.copies) if succeeded else (result.error or ""),
         )
     counts = {status: 0 for status in JobStatus}
     for result in report.results:
@@ -53,7 +54,8 @@ def plan_table(plan: Plan, failures: Sequence[JobResult] = ()) -> Table:
     table.add_column("target file", overflow="fold")
     for job in plan.jobs:
         fmt = "globals" if job.kind == "globals" else job.backup.format
-        table.add_row(job.name, job.database, str(job.server), fmt, str(job.target.final_path))
+        where = "\n".join(open_store(t.storage).location(t.filename) for t in job.targets)
+        table.add_row(job.name, job.database, str(job.server), fmt, where)
     for result in failures:
         table.add_row(
             result.job.name,
@@ -73,8 +75,9 @@ def plan_table(plan: Plan, failures: Sequence[JobResult] = ()) -> Table:
 def catalog_table(entries: Sequence[Entry]) -> Table:
     """`db-backup list`: every finished backup, newest first."""
     table = Table(box=box.SIMPLE_HEAD, title="db-backup backups", title_justify="left")
-    for column in ("taken (UTC)", "job", "database", "size", "target"):
+    for column in ("taken (UTC)", "job", "database", "size", "verified"):
         table.add_column(column, no_wrap=True, justify="right" if column == "size" else "left")
+    table.add_column("target", overflow="fold")
     table.add_column("file", overflow="fold")
     for entry in entries:
         table.add_row(
@@ -82,8 +85,9 @@ def catalog_table(entries: Sequence[Entry]) -> Table:
             entry.job,
             entry.database,
             format_bytes(entry.stored_bytes),
+            ", ".join(entry.checks) or "no",
             entry.target,
-            entry.file.name,
+            entry.name,
         )
     table.caption = f"{len(entries)} backups"
     table.caption_justify = "left"

@@ -12,7 +12,7 @@ import difflib
 import os
 import re
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,15 +26,19 @@ from db_backup.config.schema import (
     ALL_DATABASES,
     LEVEL_RANGES,
     MAX_NAME_LENGTH,
+    MIN_PART_SIZE,
     NAME_PATTERN,
     NAME_RULE,
     BackupConfig,
+    ByteSize,
     Config,
     Duration,
+    LocalStorage,
     RawConfig,
+    StorageConfig,
 )
 from db_backup.errors import ConfigError, ConfigIssue
-from db_backup.units import parse_duration
+from db_backup.units import parse_duration, parse_size
 
 KeyPath = tuple[str | int, ...]
 Position = tuple[int, int]  # 0-based line, column as ruamel reports them
@@ -42,7 +46,7 @@ Position = tuple[int, int]  # 0-based line, column as ruamel reports them
 _ENV_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _MSGSPEC_PATH = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
 _PATH_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
-_SECRET_KEYS = frozenset({"password"})
+_SECRET_KEYS = frozenset({"password", "secret_access_key"})
 # Keys whose relative paths are taken relative to the config file, not the working directory
 # (cron runs in /, and a config should mean the same thing wherever it is run from).
 _PATH_KEYS = ("password_file", "pg_dump_path")
@@ -57,7 +61,8 @@ def load_config(
     """Read and validate a config file; raises ConfigError listing every problem found.
 
     `require_env=False` lets unset ${VAR}s expand to "" — for commands that never connect
-    (verify), which should not need the backup's secrets."""
+    to a database (list, prune, verify), which should not need its secrets. Under `storage:`
+    they are required all the same: those commands read the targets."""
     source = Path(path)
     display = str(path)
     try:
@@ -86,7 +91,7 @@ def _exposed_password_warnings(source: Path, config: Config) -> list[str]:
     where = ", ".join(str(n) for n in config.literal_password_lines)
     display = config.source
     return [
-        f"{display} is readable by other users (mode {mode:04o}) and holds a literal password "
+        f"{display} is readable by other users (mode {mode:04o}) and holds a literal secret "
         f"(line {where}); chmod 600 it, or use ${{VAR}} or password_file"
     ]
 
@@ -302,12 +307,12 @@ class _Loader:
         if isinstance(node, list):
             return [self._expand(value, (*path, index)) for index, value in enumerate(node)]
         if isinstance(node, str):
-            if path and path[-1] == "password" and node and "${" not in node:
+            if path and path[-1] in _SECRET_KEYS and node and "${" not in node:
                 line = self.document.value_positions.get(path, (None, 0))[0]
                 if line is not None:
                     self.literal_password_lines.append(line + 1)
             text, missing = expand_env(node, self.environ)
-            for name in missing if self.require_env else ():
+            for name in missing if self.require_env or "storage" in path else ():
                 self._add(
                     self.document.issue(
                         path, f"environment variable {name} is not set (use ${{{name}:-default}})"
@@ -335,7 +340,14 @@ class _Loader:
                 )
                 self._add(self.document.issue(where, message, at_key=True))
                 continue
-            nested = _nested_struct(known[key])
+            if isinstance(value, list):
+                item_type = _item_type(known[key])
+                for index, item in enumerate(value if item_type is not None else ()):
+                    nested = _nested_struct(item_type, item)
+                    if nested is not None:
+                        self._check_keys(item, nested, (*path, key, index), origin)
+                continue
+            nested = _nested_struct(known[key], value)
             if nested is not None:
                 self._check_keys(value, nested, (*path, key), origin)
 
@@ -358,6 +370,8 @@ class _Loader:
             if own in entry:
                 defaults.pop(inherited, None)
         merged = deep_merge({"type": "postgres", **defaults}, entry)
+        if "storage" in merged:
+            merged["storage"] = _default_storage_kind(merged["storage"])
         origin = _Origin(entry, raw.defaults, entry_path, ("defaults",))
         before = len(self.issues)
         self._check_keys(merged, BackupConfig, (), origin)
@@ -383,11 +397,12 @@ class _Loader:
                 ("name",),
                 f"invalid name {backup.name!r}: use {NAME_RULE}, at most {MAX_NAME_LENGTH}",
             )
-        prefix = backup.storage.prefix
-        if prefix and (not NAME_PATTERN.fullmatch(prefix) or len(prefix) > MAX_NAME_LENGTH):
-            problem(("storage", "prefix"), f"invalid prefix {prefix!r}: use {NAME_RULE}")
-        if not backup.storage.path.strip():
-            problem(("storage", "path"), "storage path is empty")
+        for index, target in enumerate(backup.targets):
+            where: KeyPath = (
+                ("storage", index) if isinstance(backup.storage, tuple) else ("storage",)
+            )
+            for key, message in _storage_problems(target, backup.targets[:index]):
+                problem((*where, key), message)
         if backup.password is not None and backup.password_file is not None:
             problem(("password_file",), "give either password or password_file, not both")
         if backup.exclude and not backup.is_wildcard:
@@ -411,15 +426,18 @@ class _Loader:
             return None
         return msgspec.structs.replace(
             backup,
-            storage=msgspec.structs.replace(
-                backup.storage, path=self._absolute(backup.storage.path)
-            ),
+            storage=tuple(self._absolute_storage(target) for target in backup.targets),
             **{
                 key: self._absolute(value)
                 for key in _PATH_KEYS
                 if (value := getattr(backup, key)) is not None
             },
         )
+
+    def _absolute_storage(self, target: StorageConfig) -> StorageConfig:
+        if isinstance(target, LocalStorage):
+            return msgspec.structs.replace(target, path=self._absolute(target.path))
+        return target
 
     def _check_names(self) -> None:
         seen: dict[str, int] = {}
@@ -477,6 +495,8 @@ class _Loader:
 def _decode_custom(target: type[Any], value: Any) -> Any:
     if target is Duration:
         return Duration(parse_duration(value))
+    if target is ByteSize:
+        return ByteSize(parse_size(value))
     raise NotImplementedError(target)
 
 
@@ -491,16 +511,76 @@ def _struct_fields(struct: type[Any]) -> dict[str, Any]:
     return fields
 
 
-def _nested_struct(type_info: Any) -> type[Any] | None:
+def _nested_struct(type_info: Any, value: Any) -> type[Any] | None:
+    """The struct a mapping `value` will become: for a tagged union, the member its tag
+    names (the first member when the tag is missing or unknown; conversion reports that)."""
     if isinstance(type_info, msgspec.inspect.StructType):
         cls: type[Any] = type_info.cls
         return cls
     if isinstance(type_info, msgspec.inspect.UnionType):
-        for member in type_info.types:
-            if isinstance(member, msgspec.inspect.StructType):
-                member_cls: type[Any] = member.cls
-                return member_cls
+        members = [t for t in type_info.types if isinstance(t, msgspec.inspect.StructType)]
+        tag = value.get(members[0].tag_field) if members and isinstance(value, dict) else None
+        chosen = next((m for m in members if m.tag == tag), members[0] if members else None)
+        return None if chosen is None else chosen.cls
     return None
+
+
+def _item_type(type_info: Any) -> Any:
+    """The element type of a list-like field (or list-like member of a union), if any."""
+    candidates = (
+        type_info.types if isinstance(type_info, msgspec.inspect.UnionType) else (type_info,)
+    )
+    for candidate in candidates:
+        if isinstance(candidate, msgspec.inspect.VarTupleType | msgspec.inspect.ListType):
+            return candidate.item_type
+    return None
+
+
+def _default_storage_kind(storage: Any) -> Any:
+    """`kind: local` is implied when a storage mapping names no kind."""
+    if isinstance(storage, dict) and "kind" not in storage:
+        return {"kind": "local", **storage}
+    if isinstance(storage, list):
+        return [_default_storage_kind(item) for item in storage]
+    return storage
+
+
+_STORAGE_KINDS = tuple(
+    msgspec.inspect.type_info(kind).tag  # type: ignore[attr-defined]
+    for kind in typing.get_args(StorageConfig)
+)
+_SAFE_KEY_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/-]*")
+_MAX_PART_SIZE = 5 * 1024**3
+
+
+def _storage_problems(
+    target: StorageConfig, earlier: Sequence[StorageConfig]
+) -> Iterator[tuple[str, str]]:
+    """(key, message) for each fault in one storage entry; `earlier`: the backup's others."""
+    if target.label in {other.label for other in earlier}:
+        yield "kind", f"the same target is listed twice: {target.label}"
+    if isinstance(target, LocalStorage):
+        prefix = target.prefix
+        if prefix and (not NAME_PATTERN.fullmatch(prefix) or len(prefix) > MAX_NAME_LENGTH):
+            yield "prefix", f"invalid prefix {prefix!r}: use {NAME_RULE}"
+        if not target.path.strip():
+            yield "path", "storage path is empty"
+        return
+    if not target.bucket.strip():
+        yield "bucket", "bucket name is empty"
+    parts = target.prefix.strip("/").split("/")
+    if not _SAFE_KEY_PREFIX.fullmatch(target.prefix) or any(p in {".", ".."} for p in parts):
+        yield (
+            "prefix",
+            f"invalid prefix {target.prefix!r}: use letters, digits and !_.*'()-, "
+            "folders separated by '/', no '.' or '..' folders",
+        )
+    if target.part_size < MIN_PART_SIZE or target.part_size > _MAX_PART_SIZE:
+        yield "part_size", "S3 parts must be between 5MiB and 5GiB"
+    if (target.access_key_id is None) != (target.secret_access_key is None):
+        yield "access_key_id", "give both access_key_id and secret_access_key, or neither"
+    if target.endpoint_url is not None and not re.match(r"https?://[^/]", target.endpoint_url):
+        yield "endpoint_url", f"expected an http:// or https:// URL, got {target.endpoint_url!r}"
 
 
 def _lookup(data: Any, path: KeyPath) -> Any:
@@ -534,7 +614,7 @@ def _humanize(message: str, path: KeyPath, value: Any, target: type[Any]) -> str
     text = message.replace("`", "")
     text = text[:1].lower() + text[1:]
     if text.startswith("invalid enum value") or text.startswith("invalid value"):
-        choices = _choices(target, path)
+        choices = _choices(target, path) or (_STORAGE_KINDS if path[-1:] == ("kind",) else ())
         text = f"invalid value {shown}"
         if choices:
             text += f"; expected one of: {', '.join(str(c) for c in choices)}"

@@ -27,12 +27,8 @@ class Duration(float):
     """Seconds, written in config as 30, "30s", "5m", "2h" or "1h30m" (see units.parse_duration)."""
 
 
-class StorageConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Where dumps go: a local folder (S3 and other kinds arrive as a tagged union)."""
-
-    path: str
-    # Put in front of every file name: <prefix>_<job>_<timestamp>.sql.gz.
-    prefix: str = ""
+class ByteSize(int):
+    """Bytes, written in config as 16777216, "16MiB", "16MB" or "1GiB" (see units.parse_size)."""
 
 
 # Chosen by the benchmark (README): gzip level 1 runs on isal's igzip, ~10x as fast as gzip -6
@@ -83,6 +79,72 @@ class RetentionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         return not any(counts) and self.max_age is None
 
 
+class LocalStorage(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag="local",
+    tag_field="kind",
+):
+    """A folder on this machine (or a mounted file system). `kind: local` may be left out."""
+
+    path: str
+    # Put in front of every file name: <prefix>_<job>_<timestamp>.sql.gz.
+    prefix: str = ""
+    retention: RetentionConfig | None = None  # this target only; else the backup's
+
+    @property
+    def label(self) -> str:
+        """How messages and `list` name this target."""
+        return f"local:{self.path}"
+
+
+# S3 allows 10,000 parts per upload, each (but the last) at least 5 MiB.
+MIN_PART_SIZE = 5 * 1024 * 1024
+DEFAULT_PART_SIZE = 16 * 1024 * 1024
+
+
+class S3Storage(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag="s3",
+    tag_field="kind",
+):
+    """A bucket on AWS S3 or an S3-compatible server (SeaweedFS, MinIO, Ceph, R2, ...)."""
+
+    bucket: str
+    prefix: str = ""  # the "folder" inside the bucket, e.g. "postgres/nightly"
+    endpoint_url: str | None = None  # None: AWS itself
+    region: str | None = None  # None: from the AWS configuration, else us-east-1
+    # Both or neither; neither: the standard AWS chain (AWS_ACCESS_KEY_ID..., AWS_PROFILE,
+    # ~/.aws/credentials, instance roles). Write them as ${VAR}, never literally.
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    profile: str | None = None  # a named profile of ~/.aws/config
+    path_style: bool = False  # bucket in the path, not the host name (most S3-compatible servers)
+    part_size: ByteSize = ByteSize(DEFAULT_PART_SIZE)  # doubled every 1,000 parts
+    upload_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4  # parts in flight
+    retention: RetentionConfig | None = None  # this target only; else the backup's
+
+    @property
+    def folder(self) -> str:
+        """The key prefix objects go under: "" or "some/folder/"."""
+        stripped = self.prefix.strip("/")
+        return f"{stripped}/" if stripped else ""
+
+    @property
+    def label(self) -> str:
+        endpoint = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        return f"s3://{self.bucket}/{self.folder}{endpoint}"
+
+
+# The union every storage entry converts to; GCS, Azure, SFTP slot in beside these.
+StorageConfig = LocalStorage | S3Storage
+
+
 class PostgresBackup(
     msgspec.Struct,
     frozen=True,
@@ -102,7 +164,8 @@ class PostgresBackup(
     password_file: str | None = None
     exclude: tuple[str, ...] = ()
     format: Literal["plain", "custom"] = "plain"
-    storage: StorageConfig
+    # One target or a list; the loader always leaves a tuple here (see `targets`).
+    storage: StorageConfig | tuple[StorageConfig, ...]
     compression: CompressionConfig = CompressionConfig()
     max_per_host: Positive | None = None
     globals: bool = False
@@ -114,6 +177,15 @@ class PostgresBackup(
     )
     retry_delay: Duration = Duration(5.0)  # first backoff; doubles per attempt, with jitter
     retention: RetentionConfig = RetentionConfig()
+
+    @property
+    def targets(self) -> tuple[StorageConfig, ...]:
+        """Every place this backup is stored, in config order."""
+        return self.storage if isinstance(self.storage, tuple) else (self.storage,)
+
+    def retention_for(self, target: StorageConfig) -> RetentionConfig:
+        """The policy on one target: its own if it has one, else the backup's."""
+        return target.retention if target.retention is not None else self.retention
 
     @property
     def is_wildcard(self) -> bool:

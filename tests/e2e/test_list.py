@@ -37,13 +37,13 @@ def test_list_shows_finished_backups_newest_first_and_ignores_the_rest(
 
     listed = run_cli("list", "-c", str(config), "--json")  # no secrets needed
     assert listed.returncode == 0, listed.stderr
-    entries = json.loads(listed.stdout)
+    entries = json.loads(listed.stdout)["backups"]
     assert sorted(e["file"] for e in entries) == sorted(files[1:])
     taken = [e["taken_at"] for e in entries]
     assert taken == sorted(taken, reverse=True)
     assert {e["target"] for e in entries} == {f"local:{out}"}
 
-    only_b = json.loads(run_cli("list", "-c", str(config), "-n", "b", "--json").stdout)
+    only_b = json.loads(run_cli("list", "-c", str(config), "-n", "b", "--json").stdout)["backups"]
     assert {e["job"] for e in only_b} == {"b"}
     assert len(only_b) == 2
     table = run_cli("list", "-c", str(config))

@@ -96,7 +96,7 @@ def test_a_full_disk_fails_that_job_cleanly_and_others_finish(
     code, jobs = run(config, pg, **popen)
     assert code == 1
     error = jobs["too-big"]["error"]
-    assert error.startswith(f"writing {small}/t_too-big_")
+    assert error.startswith(f"target local:{small} failed: writing {small}/t_too-big_")
     assert error.endswith(
         ".sql.gz.partial: " + ("No space left on device" if not popen else "File too large")
     )
@@ -123,8 +123,21 @@ def test_an_unwritable_folder_fails_its_jobs_before_any_dump(
     )
     code, jobs = run(config, pg)
     assert code == 1
-    assert jobs["nowhere"]["error"].startswith(f"cannot create storage folder {read_only}/sub: ")
-    assert jobs["nowhere"]["started_at"] is None  # refused before its dump was started
+    assert jobs["nowhere"]["error"].startswith(
+        f"target local:{read_only}/sub failed: cannot create storage folder {read_only}/sub: "
+    )
+    assert jobs["nowhere"]["raw_bytes"] == 0  # refused before its dump was started
+    assert jobs["nowhere"]["targets"] == [
+        {
+            "target": f"local:{read_only}/sub",
+            "stored": False,
+            "file": None,
+            "manifest": None,
+            "error": jobs["nowhere"]["error"].removeprefix(
+                f"target local:{read_only}/sub failed: "
+            ),
+        }
+    ]
     assert jobs["fine"]["status"] == "succeeded"
 
 

@@ -46,9 +46,9 @@ def test_defaults_merge_under_each_backup_and_nested_keys_merge_key_by_key() -> 
     assert (shop.host, shop.username, shop.port) == ("db1.internal", "backup", 5432)
     assert analytics.host == "db2.internal"
     assert analytics.username == "backup"
-    assert (analytics.storage.path, analytics.storage.prefix) == ("/var/backups/db", "hourly")
+    assert (analytics.targets[0].path, analytics.targets[0].prefix) == ("/var/backups/db", "hourly")
     assert (analytics.compression.algorithm, analytics.compression.level) == ("gzip", 9)
-    assert shop.storage.prefix == "nightly"
+    assert shop.targets[0].prefix == "nightly"
 
 
 def test_expand_env_forms() -> None:
@@ -251,7 +251,7 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
         "    pg_dump_path: bin/pg_dump\n"
     )
     backup = load_config(config_file).backups[0]
-    assert backup.storage.path == str(tmp_path / "conf" / "out")
+    assert backup.targets[0].path == str(tmp_path / "conf" / "out")
     assert backup.pg_dump_path == str(tmp_path / "conf" / "bin" / "pg_dump")
 
 
@@ -285,14 +285,17 @@ def test_literal_password_in_a_file_others_can_read_is_warned_about(tmp_path: Pa
         BASE.replace("/var/backups/db", str(tmp_path))
         + "  - {name: a, database: a, password: hunter2}\n"
         "  - name: b\n    database: b\n    password: ${PW}\n"
+        "  - name: c\n    database: c\n    storage:\n"
+        "      - {kind: s3, bucket: vault, access_key_id: AKIA1, secret_access_key: s3cr3t}\n"
     )
     config_file.chmod(0o644)
     warnings = load_config(config_file, environ={"PW": "x"}).warnings
     assert warnings == (
-        f"{config_file} is readable by other users (mode 0644) and holds a literal password "
-        "(line 7); chmod 600 it, or use ${VAR} or password_file",
+        f"{config_file} is readable by other users (mode 0644) and holds a literal secret "
+        "(line 7, 14); chmod 600 it, or use ${VAR} or password_file",
     )
     assert "hunter2" not in warnings[0]
+    assert "s3cr3t" not in warnings[0]
     config_file.chmod(0o600)
     assert load_config(config_file, environ={"PW": "x"}).warnings == ()
 

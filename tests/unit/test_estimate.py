@@ -39,11 +39,12 @@ def write_manifest(directory: Path, job: str, stamp: str, raw: int) -> None:
         raw_bytes=raw,
         stored_bytes=1,
         sha256="0" * 64,
-        started_at=NOW,
+        started_at=datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC),
         finished_at=NOW,
         duration_seconds=0.0,
     )
     (directory / f"n_{job}_{stamp}.sql.gz.json").write_bytes(manifest.encode(record))
+    (directory / f"n_{job}_{stamp}.sql.gz").write_bytes(b"")  # a manifest needs its file
 
 
 def test_without_history_plain_uses_the_database_size_and_custom_has_none(tmp_path: Path) -> None:
@@ -57,4 +58,5 @@ def test_the_newest_own_manifest_wins(tmp_path: Path) -> None:
     write_manifest(tmp_path, "shop", "20261125T030000Z", 200)
     write_manifest(tmp_path, "shop_eu", "20261126T010000Z", 999)  # another job, same start
     (tmp_path / "n_shop_20261126T020000Z.sql.gz.json").write_text("{not json")  # ignored
+    (tmp_path / "n_shop_20261126T020000Z.sql.gz").write_bytes(b"")
     assert _estimate(jobs(tmp_path)["shop"], 12345) == 200

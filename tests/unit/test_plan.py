@@ -49,16 +49,39 @@ def config():  # type: ignore[no-untyped-def]
 
 def test_file_names_follow_prefix_name_utc_timestamp_and_format() -> None:
     plan = build_plan(config(), NOW, discovered={"all": ["crm"]})
-    names = {job.name: job.target.filename for job in plan.jobs}
+    names = {job.name: job.filename for job in plan.jobs}
     assert names == {
         "shop": "nightly_shop_20261126T030405Z.sql.gz",
         "analytics": "nightly_analytics_20261126T030405Z.dump",
         "globals-db1-5432": "nightly_globals-db1-5432_20261126T030405Z.sql.gz",
         "all.crm": "nightly_all.crm_20261126T030405Z.sql",
     }
-    shop = plan.jobs[0]
-    assert shop.target.partial_path == Path("/backups/nightly_shop_20261126T030405Z.sql.gz.partial")
-    assert shop.target.manifest_path == Path("/backups/nightly_shop_20261126T030405Z.sql.gz.json")
+    (shop_target,) = plan.jobs[0].targets
+    assert shop_target.label == "local:/backups"
+    assert shop_target.manifest_name == "nightly_shop_20261126T030405Z.sql.gz.json"
+    assert shop_target.file_prefix == "nightly_shop_"
+
+
+def test_each_target_names_the_file_its_own_way_with_one_timestamp() -> None:
+    config = parse_config(
+        """\
+backups:
+  - name: shop
+    database: shop
+    storage:
+      - {path: /backups, prefix: nightly}
+      - {kind: s3, bucket: vault, prefix: pg/nightly/}
+""",
+        environ={},
+    )
+    local, remote = build_plan(config, NOW).jobs[0].targets
+    assert (local.filename, local.file_prefix) == (
+        "nightly_shop_20261126T030405Z.sql.gz",
+        "nightly_shop_",
+    )
+    # An S3 prefix is a folder: it is not repeated in the name.
+    assert (remote.filename, remote.file_prefix) == ("shop_20261126T030405Z.sql.gz", "shop_")
+    assert remote.label == "s3://vault/pg/nightly/"
 
 
 def test_timestamp_is_utc() -> None:

@@ -32,7 +32,7 @@ def test_hundreds_of_jobs_show_running_rows_plus_counts() -> None:
             renderer(JobStarted(job, estimated_bytes=1000))
             renderer(JobProgress(job, raw_bytes=500, stored_bytes=100))
         for job in jobs[:2]:
-            renderer(JobFinished(JobResult(job, JobStatus.SUCCEEDED, file=None)))
+            renderer(JobFinished(JobResult(job, JobStatus.SUCCEEDED)))
         renderer(JobFinished(JobResult(jobs[2], JobStatus.FAILED, error="boom")))
         rows = renderer.rows
     finally:

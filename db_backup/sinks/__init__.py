@@ -1,1 +1,0 @@
-"""Where stored bytes go: open, write, then commit or abort. Local folders today; S3 next."""

@@ -1,0 +1,73 @@
+"""Where backups live: one `Store` per configured target (a local folder, an S3 bucket).
+
+A store holds flat files by name — dumps and their `.json` manifests — and every operation
+is blocking (call it from a worker thread). A dump is written through an `Upload`: bytes go in
+on the job's pump thread, then `commit()` makes the file appear under its final name, or
+`abort()` leaves nothing behind. Errors leave a store as StorageError naming the target, so
+third-party errors (OSError, botocore's) are translated once, here.
+
+Adding a kind (GCS, Azure, SFTP) means a config struct in config.schema, a module here with
+its Store and Upload, and a line in `open_store`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Protocol
+
+from db_backup.config.schema import LocalStorage, StorageConfig
+
+
+class Upload(Protocol):
+    """One backup file being written. Not thread-safe: one writer (the pump thread)."""
+
+    def write(self, data: bytes) -> None:
+        """Append; blocks while the target is behind (bounded buffers, back-pressure)."""
+
+    def commit(self) -> None:
+        """Make the whole file appear under its final name, or raise StorageError."""
+
+    def abort(self) -> None:
+        """Discard what was written; safe in any state and more than once. Never raises."""
+
+
+class Store(Protocol):
+    """A flat namespace of files on one target."""
+
+    label: str  # how messages and `list` name the target, e.g. "local:/var/backups"
+
+    def location(self, name: str) -> str:
+        """Where file `name` is, for people: a path or an s3:// URL."""
+
+    def names(self, prefix: str) -> list[str]:
+        """The finished files whose names start with `prefix` (not uploads in progress)."""
+
+    def read(self, name: str) -> bytes:
+        """A small file's whole content (a manifest)."""
+
+    def exists(self, name: str) -> bool: ...
+
+    def put(self, name: str, data: bytes) -> None:
+        """Store a small file atomically: readers see all of it or nothing."""
+
+    def delete(self, name: str) -> None:
+        """Remove a file; a file already gone is not an error."""
+
+    def open_upload(self, name: str) -> Upload:
+        """Start writing `name`; refuses when a file of that name exists."""
+
+    def clean_incomplete(self, file_prefixes: list[str]) -> list[str]:
+        """Remove what interrupted runs of these jobs left: partial files, incomplete
+        multipart uploads. Only under the target's lock. Returns what was removed."""
+
+
+@functools.cache
+def open_store(storage: StorageConfig) -> Store:
+    """The store for a target; one per target per process (an S3 client is costly to make)."""
+    if isinstance(storage, LocalStorage):
+        from db_backup.storage.local import LocalStore
+
+        return LocalStore(storage)
+    from db_backup.storage.s3 import S3Store  # imports botocore: only when S3 is configured
+
+    return S3Store(storage)

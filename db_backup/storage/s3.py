@@ -1,0 +1,315 @@
+"""An S3 bucket (AWS or an S3-compatible server) as a backup target, through botocore.
+
+A dump goes up as a multipart upload fed straight from the job's pump thread: bytes collect
+into one part (`part_size`, doubled every 1,000 parts so 10,000 parts reach far), full parts
+go to a small pool of uploader threads, and at most `upload_concurrency` parts are in flight —
+a slow server blocks the pump (back-pressure) instead of growing memory, which stays near
+(upload_concurrency + 1) x part_size per upload. Every part carries its SHA-256
+(x-amz-checksum-sha256), which the server checks. The object exists only after
+CompleteMultipartUpload; any failure aborts the upload, and uploads a killed run could not
+abort are found and aborted by the next run of that job (ListMultipartUploads), or by `prune`.
+
+botocore rather than obstore: cleaning up after a crash needs ListMultipartUploads and
+AbortMultipartUpload by upload ID, which obstore does not expose; botocore also brings the
+standard credential chain (AWS_* variables, profiles, instance roles). It is imported only
+when a config has an S3 target.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from db_backup.config.schema import S3Storage
+from db_backup.errors import StorageError
+from db_backup.plan import is_own_file
+
+log = logging.getLogger(__name__)
+
+MAX_PARTS = 10_000
+PARTS_PER_SIZE_STEP = 1_000
+# Error codes whose meaning is worth spelling out for the person reading the message.
+_HINTS = {
+    "InvalidAccessKeyId": "the access key is not known to the server (wrong credentials?)",
+    "SignatureDoesNotMatch": "the secret key does not match the access key (wrong credentials?)",
+    "AccessDenied": "these credentials may not do this",
+    "NoSuchBucket": "the bucket does not exist",
+}
+
+
+def _sha256_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
+
+
+def _describe(exc: Exception) -> str:
+    """botocore's error as one line: the code, the server's message, and a hint."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        error = response.get("Error", {})
+        code = error.get("Code", "")
+        message = error.get("Message") or ""
+        hint = _HINTS.get(code)
+        text = f"{code}: {message}".strip(": ")
+        return f"{text} — {hint}" if hint else text
+    return str(exc)
+
+
+def _make_client(config: S3Storage) -> Any:
+    import botocore.session
+    from botocore.config import Config as ClientConfig
+
+    session = botocore.session.Session(profile=config.profile)
+    region = config.region or session.get_config_variable("region") or "us-east-1"
+    return session.create_client(
+        "s3",
+        endpoint_url=config.endpoint_url,
+        region_name=region,
+        config=ClientConfig(
+            s3={"addressing_style": "path" if config.path_style else "auto"},
+            retries={"mode": "standard", "max_attempts": 3},
+            connect_timeout=10,
+            read_timeout=60,
+            max_pool_connections=max(10, 4 * config.upload_concurrency),
+        ),
+        aws_access_key_id=config.access_key_id,  # None: the standard chain
+        aws_secret_access_key=config.secret_access_key,
+    )
+
+
+class S3Store:
+    """One bucket + prefix (see storage.Store). Thread-safe: uploads share one client."""
+
+    def __init__(self, config: S3Storage) -> None:
+        self.config = config
+        self.label = config.label
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+
+    def call(
+        self, action: str, name: str, operation: str, *, missing_ok: bool = False, **arguments: Any
+    ) -> Any:
+        """Run one S3 operation on this bucket; any failure becomes StorageError naming the
+        target, what was being done, and why. `missing_ok`: None for a key not found."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = _make_client(self.config)
+            method: Callable[..., Any] = getattr(self._client, operation)
+            return method(Bucket=self.config.bucket, **arguments)
+        except (BotoCoreError, ClientError) as exc:
+            if missing_ok and _describe(exc).split(":")[0] in {"404", "NoSuchKey"}:
+                return None
+            raise StorageError(f"{action} {name}: {_describe(exc)}") from None
+
+    def key(self, name: str) -> str:
+        return f"{self.config.folder}{name}"
+
+    def location(self, name: str) -> str:
+        return f"s3://{self.config.bucket}/{self.key(name)}"
+
+    def names(self, prefix: str) -> list[str]:
+        found: list[str] = []
+        token: dict[str, Any] = {}
+        while True:
+            page = self.call(
+                "listing",
+                self.key(prefix) + "*",
+                "list_objects_v2",
+                Prefix=self.key(prefix),
+                **token,
+            )
+            for item in page.get("Contents", ()):
+                name = item["Key"][len(self.config.folder) :]
+                if "/" not in name:  # objects in deeper "folders" belong to other targets
+                    found.append(name)
+            if not page.get("IsTruncated"):
+                return found
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def read(self, name: str) -> bytes:
+        body = self.call("reading", self.location(name), "get_object", Key=self.key(name))["Body"]
+        with body:
+            data: bytes = body.read()
+        return data
+
+    def exists(self, name: str) -> bool:
+        found = self.call(
+            "checking", self.location(name), "head_object", Key=self.key(name), missing_ok=True
+        )
+        return found is not None
+
+    def put(self, name: str, data: bytes) -> None:
+        self.call(
+            "writing",
+            self.location(name),
+            "put_object",
+            Key=self.key(name),
+            Body=data,
+            ChecksumSHA256=_sha256_b64(data),
+        )
+
+    def delete(self, name: str) -> None:
+        self.call("deleting", self.location(name), "delete_object", Key=self.key(name))
+
+    def open_upload(self, name: str) -> S3Upload:
+        if self.exists(name):
+            raise StorageError(
+                f"{self.location(name)} already exists; refusing to overwrite a backup"
+            )
+        return S3Upload(self, name)
+
+    def clean_incomplete(self, file_prefixes: list[str]) -> list[str]:
+        removed = []
+        for prefix in file_prefixes:
+            for key, upload_id in self._incomplete_uploads(self.key(prefix)):
+                name = key[len(self.config.folder) :]
+                if is_own_file(name, prefix):
+                    self.call(
+                        "aborting upload of",
+                        self.location(name),
+                        "abort_multipart_upload",
+                        Key=key,
+                        UploadId=upload_id,
+                    )
+                    removed.append(f"{self.location(name)} (incomplete upload {upload_id})")
+        return removed
+
+    def _incomplete_uploads(self, key_prefix: str) -> list[tuple[str, str]]:
+        found = []
+        markers: dict[str, Any] = {}
+        while True:
+            page = self.call(
+                "listing uploads under",
+                key_prefix,
+                "list_multipart_uploads",
+                Prefix=key_prefix,
+                **markers,
+            )
+            found += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", ())]
+            if not page.get("IsTruncated"):
+                return found
+            markers = {
+                "KeyMarker": page["NextKeyMarker"],
+                "UploadIdMarker": page["NextUploadIdMarker"],
+            }
+
+
+class S3Upload:
+    """One multipart upload fed by one writer thread (see the module's docstring)."""
+
+    def __init__(self, store: S3Store, name: str) -> None:
+        self._store = store
+        self._name = name
+        self._key = store.key(name)
+        self._where = store.location(name)
+        started = store.call(
+            "starting upload of",
+            self._where,
+            "create_multipart_upload",
+            Key=self._key,
+            ChecksumAlgorithm="SHA256",
+        )
+        self._upload_id: str = started["UploadId"]
+        concurrency = store.config.upload_concurrency
+        self._part_size = int(store.config.part_size)
+        self._buffer = bytearray()
+        self._in_flight = threading.BoundedSemaphore(concurrency)
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="s3-part")
+        self._sent: list[Future[None]] = []
+        self._parts: dict[int, dict[str, Any]] = {}
+        self._failure: StorageError | None = None
+        self._finished = False
+
+    def write(self, data: bytes) -> None:
+        self._raise_if_failed()
+        self._buffer += data
+        while len(self._buffer) >= self._part_size:
+            with memoryview(self._buffer) as view:
+                part = bytes(view[: self._part_size])
+            del self._buffer[: self._part_size]
+            self._send(part)
+
+    def commit(self) -> None:
+        if self._buffer or not self._sent:  # the last part may be short (or empty)
+            self._send(bytes(self._buffer))
+            self._buffer.clear()
+        for future in self._sent:
+            future.result()  # the first failed part's StorageError
+        self._pool.shutdown()
+        parts = [self._parts[number] for number in sorted(self._parts)]
+        self._store.call(
+            "completing upload of",
+            self._where,
+            "complete_multipart_upload",
+            Key=self._key,
+            UploadId=self._upload_id,
+            MultipartUpload={"Parts": parts},
+        )
+        self._finished = True
+
+    def abort(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self._store.call(
+                "aborting upload of",
+                self._where,
+                "abort_multipart_upload",
+                Key=self._key,
+                UploadId=self._upload_id,
+            )
+        except StorageError as exc:
+            log.warning("%s; the next run of this job will remove it", exc)
+
+    def _send(self, part: bytes) -> None:
+        number = len(self._sent) + 1
+        if number > MAX_PARTS:
+            raise StorageError(
+                f"{self._where}: more than {MAX_PARTS} parts; raise part_size for this target"
+            )
+        self._in_flight.acquire()  # blocks the pump while `upload_concurrency` parts are out
+        try:
+            self._raise_if_failed()
+            future = self._pool.submit(self._upload_part, number, part)
+        except BaseException:
+            self._in_flight.release()
+            raise
+        future.add_done_callback(lambda _: self._in_flight.release())
+        self._sent.append(future)
+        if number % PARTS_PER_SIZE_STEP == 0:
+            self._part_size *= 2
+
+    def _upload_part(self, number: int, data: bytes) -> None:
+        checksum = _sha256_b64(data)
+        try:
+            response = self._store.call(
+                f"uploading part {number} of",
+                self._where,
+                "upload_part",
+                Key=self._key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=data,
+                ChecksumSHA256=checksum,
+            )
+        except StorageError as exc:
+            self._failure = self._failure or exc
+            raise
+        self._parts[number] = {
+            "PartNumber": number,
+            "ETag": response["ETag"],
+            "ChecksumSHA256": checksum,
+        }
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise self._failure
