@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,16 @@ import pytest
 from psycopg import sql
 
 from db_backup.pgcluster import ThrowawayCluster
+from tests.seaweed import SeaweedServer
 
 REPO = Path(__file__).resolve().parent.parent
+# Per-machine state of the CLIs the suite runs (the locks of S3 targets): the suite's own.
+STATE_DIR = Path(tempfile.mkdtemp(prefix="db-backup-test-state-"))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """In CI a skipped test is a failure: nothing may be skipped silently."""
+    shutil.rmtree(STATE_DIR, ignore_errors=True)
     if os.environ.get("CI") != "true":
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -48,6 +53,32 @@ def pg() -> Iterator[ThrowawayCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[SeaweedServer]:
+    """The session's S3-compatible server (SeaweedFS) with an empty bucket `backups`."""
+    server = SeaweedServer(parent=memory_folder()).start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+def s3_storage(server: SeaweedServer, prefix: str, **extra: Any) -> dict[str, Any]:
+    """A `kind: s3` target on the session's server; credentials come from the environment
+    (see `cli_env(..., s3=server)`), as a real config should take them."""
+    return {
+        "kind": "s3",
+        "bucket": server.bucket,
+        "prefix": prefix,
+        "endpoint_url": server.endpoint,
+        "path_style": True,
+        "access_key_id": "${AWS_ACCESS_KEY_ID}",
+        "secret_access_key": "${AWS_SECRET_ACCESS_KEY}",
+        "part_size": "5MiB",
+        **extra,
+    }
 
 
 def create_database(cluster: ThrowawayCluster, name: str, script: str = "") -> None:
@@ -140,11 +171,16 @@ def server_defaults(cluster: ThrowawayCluster, storage: Path, **extra: Any) -> d
     }
 
 
-def cli_env(cluster: ThrowawayCluster | None = None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_BACKUP_", "PG"))}
+def cli_env(
+    cluster: ThrowawayCluster | None = None, *, s3: SeaweedServer | None = None, **extra: str
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_BACKUP_", "PG", "AWS_"))}
     env["NO_COLOR"] = "1"
+    env["DB_BACKUP_STATE_DIR"] = str(STATE_DIR)
     if cluster is not None:
         env["TEST_PG_PASSWORD"] = cluster.password
+    if s3 is not None:
+        env.update(s3.environment())
     env.update(extra)
     return env
 

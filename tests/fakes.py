@@ -58,6 +58,23 @@ announce(os.environ["FAKE_STARTED_FILE"])
 while True:
     time.sleep(3600)
 """,
+    # A whole, valid-looking dump in two halves of 6 MiB (random hex: it does not compress):
+    # after the first it announces itself and waits for $FAKE_GATE to exist.
+    "pauses-halfway": """
+import secrets
+def half():
+    for _ in range(6 * 1024):
+        out.write(b"-- " + secrets.token_hex(510).encode() + b"\\n")
+out.write(b"--\\n-- PostgreSQL database dump\\n--\\n")
+half()
+out.flush()
+announce(os.environ["FAKE_STARTED_FILE"])
+while not os.path.exists(os.environ["FAKE_GATE"]):
+    time.sleep(0.02)
+half()
+out.write(b"--\\n-- PostgreSQL database dump complete\\n--\\n")
+sys.exit(0)
+""",
     # Floods stderr (10 MiB) before failing: the runner must neither block nor keep it all.
     "floods-stderr": """
 line = "pg_dump: warning: " + "x" * 200 + "\\n"

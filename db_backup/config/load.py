@@ -365,6 +365,8 @@ class _Loader:
             )
             return None
         defaults = dict(raw.defaults)
+        if not _same_storage_kind(defaults.get("storage"), entry.get("storage")):
+            defaults.pop("storage", None)  # a target of another kind, or a list, replaces
         # A backup's own secret replaces the inherited one of the other kind.
         for own, inherited in (("password", "password_file"), ("password_file", "password")):
             if own in entry:
@@ -534,6 +536,16 @@ def _item_type(type_info: Any) -> Any:
         if isinstance(candidate, msgspec.inspect.VarTupleType | msgspec.inspect.ListType):
             return candidate.item_type
     return None
+
+
+def _same_storage_kind(inherited: Any, own: Any) -> bool:
+    """May `own` storage settings merge key by key over `inherited` ones? Only one target
+    each, of the same kind; anything else (a list, another kind) replaces what is inherited."""
+    if own is None:
+        return True
+    if not isinstance(inherited, dict) or not isinstance(own, dict):
+        return False
+    return bool(inherited.get("kind", "local") == own.get("kind", "local"))
 
 
 def _default_storage_kind(storage: Any) -> Any:

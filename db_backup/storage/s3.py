@@ -90,11 +90,9 @@ class S3Store:
         self._client: Any = None
         self._client_lock = threading.Lock()
 
-    def call(
-        self, action: str, name: str, operation: str, *, missing_ok: bool = False, **arguments: Any
-    ) -> Any:
-        """Run one S3 operation on this bucket; any failure becomes StorageError naming the
-        target, what was being done, and why. `missing_ok`: None for a key not found."""
+    def call(self, action: str, name: str, operation: str, **arguments: Any) -> Any:
+        """Run one S3 operation on this bucket; any failure becomes StorageError saying what
+        was being done where, and why."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -104,8 +102,6 @@ class S3Store:
             method: Callable[..., Any] = getattr(self._client, operation)
             return method(Bucket=self.config.bucket, **arguments)
         except (BotoCoreError, ClientError) as exc:
-            if missing_ok and _describe(exc).split(":")[0] in {"404", "NoSuchKey"}:
-                return None
             raise StorageError(f"{action} {name}: {_describe(exc)}") from None
 
     def key(self, name: str) -> str:
@@ -140,10 +136,11 @@ class S3Store:
         return data
 
     def exists(self, name: str) -> bool:
-        found = self.call(
-            "checking", self.location(name), "head_object", Key=self.key(name), missing_ok=True
-        )
-        return found is not None
+        # A listing, not HEAD: HEAD's errors carry no body, so a wrong secret would read
+        # "403 Forbidden" instead of SignatureDoesNotMatch.
+        key = self.key(name)
+        page = self.call("checking", self.location(name), "list_objects_v2", Prefix=key, MaxKeys=1)
+        return any(item["Key"] == key for item in page.get("Contents", ()))
 
     def put(self, name: str, data: bytes) -> None:
         self.call(

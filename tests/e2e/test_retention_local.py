@@ -73,7 +73,9 @@ def test_retention_after_backups_never_after_failures_and_prune(
     assert pruned.returncode == 0, pruned.stderr
     assert files_of(out, "kept") == [made[3]["kept"]]
     assert len(files_of(out, "all")) == 4
-    listed = json.loads(run_cli("list", "-c", str(strict), "-n", "kept", "--json").stdout)["backups"]
+    listed = json.loads(run_cli("list", "-c", str(strict), "-n", "kept", "--json").stdout)[
+        "backups"
+    ]
     assert [Path(e["file"]).name for e in listed] == [made[3]["kept"]]
 
 

@@ -1,0 +1,300 @@
+"""S3 targets against a real S3-compatible server (SeaweedFS): fan-out, restore, faults.
+
+The server enforces credentials and per-part checksums as S3 does; nothing here is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from db_backup.demo import fingerprint
+from db_backup.pgcluster import ThrowawayCluster
+from tests.conftest import (
+    cli_env,
+    create_database,
+    run_cli,
+    s3_storage,
+    server_defaults,
+    write_config,
+)
+from tests.e2e.test_backup_restore import VARIED, restore
+from tests.fakes import fake_pg_dump
+from tests.seaweed import SeaweedServer
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def varied_s3_db(pg: ThrowawayCluster) -> str:
+    create_database(pg, "varied_s3", VARIED)
+    return "varied_s3"
+
+
+def backup_config(
+    pg: ThrowawayCluster, tmp_path: Path, backups: list[dict[str, Any]], **defaults: Any
+) -> Path:
+    return write_config(
+        tmp_path / "backup.yml",
+        {"defaults": server_defaults(pg, tmp_path / "out", **defaults), "backups": backups},
+    )
+
+
+def run_json(config: Path, env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:
+    result = run_cli("backup", "-c", str(config), "--json", *args, env=env)
+    assert result.stdout, result.stderr
+    report = json.loads(result.stdout)
+    return result.returncode, {job["job"]: job for job in report["jobs"]}
+
+
+def key_of(s3: SeaweedServer, url: str) -> str:
+    prefix = f"s3://{s3.bucket}/"
+    assert url.startswith(prefix), url
+    return url.removeprefix(prefix)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "compression", "pipeline"),
+    [("plain", {"algorithm": "gzip"}, ["gunzip"]), ("custom", {}, ["pg_restore"])],
+)
+def test_one_dump_goes_to_a_folder_and_a_bucket_at_once_and_restores_from_the_bucket(
+    pg: ThrowawayCluster,
+    s3: SeaweedServer,
+    varied_s3_db: str,
+    tmp_path: Path,
+    fmt: str,
+    compression: dict[str, Any],
+    pipeline: list[str],
+) -> None:
+    folder = tmp_path / "out"
+    prefix = f"fanout-{fmt}"
+    storage = [{"path": str(folder)}, s3_storage(s3, prefix)]
+    backup = {
+        "name": "varied",
+        "database": varied_s3_db,
+        "format": fmt,
+        "compression": compression,
+        "storage": storage,
+    }
+    config = backup_config(pg, tmp_path, [backup])
+    code, jobs = run_json(config, cli_env(pg, s3=s3))
+    job = jobs["varied"]
+    assert code == 0, job["error"]
+    local, remote = job["targets"]
+    assert local["stored"]
+    assert remote["stored"]
+    assert remote["file"].startswith(f"s3://{s3.bucket}/{prefix}/varied_")
+
+    # Both copies are byte for byte the dump the manifest describes.
+    key = key_of(s3, remote["file"])
+    downloaded = s3.download(key, tmp_path / Path(key).name)
+    assert downloaded.read_bytes() == Path(local["file"]).read_bytes()
+    manifest = json.loads(
+        s3.client().get_object(Bucket=s3.bucket, Key=key + ".json")["Body"].read()
+    )
+    assert manifest["file"] == Path(key).name
+    assert manifest["stored_bytes"] == downloaded.stat().st_size
+    assert set(manifest["checks"]) == {
+        "sha256",
+        "end marker" if fmt == "plain" else "pg_restore read-through",
+    }
+    assert s3.objects(f"{prefix}/") == sorted([key, key + ".json"])
+    assert s3.incomplete_uploads(f"{prefix}/") == []
+
+    restored = f"restored_s3_{fmt}"
+    restore(pg, pipeline, restored, downloaded)
+    assert fingerprint(pg.conninfo(restored)) == fingerprint(pg.conninfo(varied_s3_db))
+
+
+def test_a_dump_larger_than_several_parts_arrives_whole(
+    pg: ThrowawayCluster, s3: SeaweedServer, big_db: str, tmp_path: Path
+) -> None:
+    """~110 MB of SQL, uncompressed, in 5 MiB parts: many parts, several in flight."""
+    backup = {
+        "name": "big",
+        "database": big_db,
+        "compression": {"algorithm": "none"},
+        "storage": s3_storage(s3, "multipart", upload_concurrency=3),
+    }
+    code, jobs = run_json(backup_config(pg, tmp_path, [backup]), cli_env(pg, s3=s3))
+    assert code == 0, jobs["big"]["error"]
+    key = key_of(s3, jobs["big"]["file"])
+    head = s3.client().head_object(Bucket=s3.bucket, Key=key)
+    parts = int(head["ETag"].strip('"').rsplit("-", 1)[1])  # multipart ETags end in -<parts>
+    assert parts == -(-jobs["big"]["stored_bytes"] // (5 * 1024 * 1024)) > 10
+    downloaded = s3.download(key, tmp_path / "big.sql")
+    import hashlib
+
+    assert hashlib.sha256(downloaded.read_bytes()).hexdigest() == jobs["big"]["sha256"]
+
+
+def test_wrong_credentials_fail_that_target_by_name_and_the_folder_keeps_the_backup(
+    pg: ThrowawayCluster, s3: SeaweedServer, tmp_path: Path
+) -> None:
+    folder = tmp_path / "out"
+    backup = {
+        "name": "pg",
+        "database": "postgres",
+        "storage": [{"path": str(folder)}, s3_storage(s3, "wrong-credentials")],
+    }
+    env = cli_env(pg, s3=s3, AWS_SECRET_ACCESS_KEY="not-the-secret")
+    code, jobs = run_json(backup_config(pg, tmp_path, [backup]), env)
+    job = jobs["pg"]
+    assert code == 1
+    assert job["status"] == "failed"
+    label = f"s3://{s3.bucket}/wrong-credentials/ at {s3.endpoint}"
+    assert job["error"].startswith(f"target {label} failed: checking s3://{s3.bucket}/")
+    assert "SignatureDoesNotMatch" in job["error"]
+    assert "wrong credentials" in job["error"]
+    assert "not-the-secret" not in job["error"]
+    assert job["error"].endswith(f"stored on the other targets as {job['targets'][0]['file']}")
+    local, remote = job["targets"]
+    assert local["stored"]
+    assert Path(local["file"]).is_file()
+    assert Path(local["manifest"]).is_file()
+    assert not remote["stored"]
+    assert "SignatureDoesNotMatch" in remote["error"]
+    assert s3.objects("wrong-credentials/") == []
+
+    # The plain summary names the failed target too.
+    text = run_cli("backup", "-c", str(backup_config(pg, tmp_path, [backup])), env=env)
+    assert text.returncode == 1
+    assert f"target {label} failed" in text.stdout + text.stderr
+
+
+def test_server_stopped_mid_upload_leaves_no_object_and_the_next_run_removes_the_upload(
+    pg: ThrowawayCluster, s3: SeaweedServer, tmp_path: Path, start_cli: Any
+) -> None:
+    """Part 1 is on the server, the dump is held; the server dies (SIGKILL); the dump goes on.
+    The local copy commits, the S3 target fails, and the upload it could not abort (the
+    server was gone) is aborted by the next run of the job."""
+    folder, prefix = tmp_path / "out", "crash"
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    backup = {
+        "name": "pg",
+        "database": "postgres",
+        "pg_dump_path": str(fake_pg_dump(tmp_path, "pauses-halfway")),
+        "compression": {"algorithm": "none"},
+        "storage": [{"path": str(folder)}, s3_storage(s3, prefix)],
+    }
+    config = backup_config(pg, tmp_path, [backup])
+    env = cli_env(pg, s3=s3, FAKE_STARTED_FILE=str(started), FAKE_GATE=str(gate))
+    process = start_cli("backup", "-c", str(config), "--json", env=env)
+    wait_for(started.exists, what="the dump's first half", process=process)
+
+    def first_part_uploaded() -> bool:
+        uploads = s3.incomplete_uploads(f"{prefix}/")
+        if not uploads:
+            return False
+        (key, upload_id), *_ = uploads
+        parts = s3.client().list_parts(Bucket=s3.bucket, Key=key, UploadId=upload_id)
+        return bool(parts.get("Parts"))
+
+    wait_for(first_part_uploaded, what="part 1 on the server", process=process)
+    (key, upload_id), *_ = s3.incomplete_uploads(f"{prefix}/")
+    s3.stop(crash=True)
+    gate.touch()
+    stdout, stderr = process.communicate(timeout=120)
+    s3.start()
+
+    assert process.returncode == 1, stderr
+    job = json.loads(stdout)["jobs"][0]
+    local, remote = job["targets"]
+    assert local["stored"]
+    assert Path(local["file"]).is_file()
+    assert not remote["stored"]
+    assert job["error"].startswith(f"target s3://{s3.bucket}/{prefix}/ at {s3.endpoint} failed: ")
+    assert s3.objects(f"{prefix}/") == []  # nothing under the final key, no manifest
+    assert s3.incomplete_uploads(f"{prefix}/") == [(key, upload_id)]  # the abort could not reach it
+
+    gate.unlink()
+    gate.touch()  # the next run's fake runs straight through
+    started.unlink()
+    code, jobs = run_json(config, env)
+    assert code == 0, jobs["pg"]["error"]
+    assert s3.incomplete_uploads(f"{prefix}/") == []
+    assert key not in s3.objects(f"{prefix}/")
+    assert len(s3.objects(f"{prefix}/")) == 2  # the new backup and its manifest
+
+
+def test_list_and_retention_work_per_target(
+    pg: ThrowawayCluster, s3: SeaweedServer, tmp_path: Path
+) -> None:
+    """Three runs; the folder keeps 1, the bucket keeps 2 (its own policy); a run whose
+    bucket target fails deletes nothing from the bucket. `list` and `prune` see both."""
+    folder, prefix = tmp_path / "out", "retention"
+    backup = {
+        "name": "pg",
+        "database": "postgres",
+        "retention": {"keep_last": 1},
+        "storage": [{"path": str(folder)}, s3_storage(s3, prefix, retention={"keep_last": 2})],
+    }
+    config = backup_config(pg, tmp_path, [backup])
+    env = cli_env(pg, s3=s3)
+    made = []
+    for _ in range(3):
+        code, jobs = run_json(config, env)
+        assert code == 0, jobs["pg"]["error"]
+        made.append(jobs["pg"]["targets"])
+    locals_left = sorted(p.name for p in folder.glob("pg_*") if p.suffix != ".json")
+    assert locals_left == [Path(made[2][0]["file"]).name]
+    remote_left = [k for k in s3.objects(f"{prefix}/") if not k.endswith(".json")]
+    assert remote_left == sorted(key_of(s3, m[1]["file"]) for m in made[1:])
+
+    listed = run_cli("list", "-c", str(config), "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    entries = json.loads(listed.stdout)["backups"]
+    assert sorted((e["target"].split(":")[0], e["file"]) for e in entries) == sorted(
+        [("local", made[2][0]["file"]), ("s3", made[1][1]["file"]), ("s3", made[2][1]["file"])]
+    )
+    assert all(e["verified"] for e in entries)
+    taken = [e["taken_at"] for e in entries]
+    assert taken == sorted(taken, reverse=True)
+
+    # A run with wrong credentials and a stricter policy: the folder prunes, the bucket keeps.
+    stricter = dict(backup, storage=[{"path": str(folder)}, s3_storage(s3, prefix)])
+    stricter["retention"] = {"keep_last": 1}
+    strict_config = write_config(
+        tmp_path / "strict.yml",
+        {"defaults": server_defaults(pg, tmp_path / "out"), "backups": [stricter]},
+    )
+    code, _ = run_json(strict_config, cli_env(pg, s3=s3, AWS_SECRET_ACCESS_KEY="wrong"))
+    assert code == 1
+    assert [k for k in s3.objects(f"{prefix}/") if not k.endswith(".json")] == remote_left
+
+    dry = run_cli("prune", "-c", str(strict_config), "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    oldest = f"s3://{s3.bucket}/{remote_left[0]}"
+    assert f"would delete {oldest}" in dry.stdout
+    assert s3.objects(f"{prefix}/").count(remote_left[0]) == 1
+    pruned = run_cli("prune", "-c", str(strict_config), env=env)
+    assert pruned.returncode == 0, pruned.stderr
+    assert f"deleted {oldest}" in pruned.stdout
+    assert [k for k in s3.objects(f"{prefix}/") if not k.endswith(".json")] == remote_left[1:]
+    assert remote_left[0] + ".json" not in s3.objects(f"{prefix}/")
+
+
+def test_list_names_a_target_it_cannot_read_and_still_lists_the_others(
+    pg: ThrowawayCluster, s3: SeaweedServer, tmp_path: Path
+) -> None:
+    backup = {
+        "name": "pg",
+        "database": "postgres",
+        "storage": [{"path": str(tmp_path / "out")}, s3_storage(s3, "listing")],
+    }
+    config = backup_config(pg, tmp_path, [backup])
+    code, _ = run_json(config, cli_env(pg, s3=s3))
+    assert code == 0
+    listed = run_cli(
+        "list", "-c", str(config), "--json", env=cli_env(s3=s3, AWS_SECRET_ACCESS_KEY="x")
+    )
+    assert listed.returncode == 1
+    body = json.loads(listed.stdout)
+    assert [e["target"] for e in body["backups"]] == [f"local:{tmp_path / 'out'}"]
+    label = f"s3://{s3.bucket}/listing/ at {s3.endpoint}"
+    assert "SignatureDoesNotMatch" in body["errors"][label]
+    assert f"error: target {label}: " in listed.stderr
