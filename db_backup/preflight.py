@@ -1,4 +1,5 @@
-"""Talking to servers before any dump: `database: "*"` discovery and connection checks."""
+"""Talking to servers before any dump: `database: "*"` discovery, connection and target
+checks."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from db_backup.config.schema import BackupConfig
-from db_backup.errors import BackupError
+from db_backup.config.schema import BackupConfig, StorageConfig
+from db_backup.errors import BackupError, StorageError
 from db_backup.model import JobSpec
 from db_backup.sources import pg_server
 from db_backup.sources.pg_server import ServerInfo
+from db_backup.storage import open_store
 
 
 @dataclass(frozen=True)
@@ -62,3 +64,18 @@ async def check_jobs(jobs: Sequence[JobSpec], concurrency: int) -> list[CheckOut
             return CheckOutcome(job, info, None)
 
     return list(await asyncio.gather(*(check(job) for job in jobs)))
+
+
+async def check_targets(backups: Sequence[BackupConfig]) -> dict[str, StorageError | None]:
+    """Every target of these backups, checked at once: label → None (usable) or the error."""
+    storages = list(dict.fromkeys(storage for backup in backups for storage in backup.targets))
+
+    async def check(storage: StorageConfig) -> StorageError | None:
+        try:
+            await asyncio.to_thread(open_store(storage).check)
+        except StorageError as exc:
+            return exc
+        return None
+
+    outcomes = await asyncio.gather(*(check(storage) for storage in storages))
+    return {storage.label: outcome for storage, outcome in zip(storages, outcomes, strict=True)}

@@ -217,12 +217,12 @@ def validate(
         bool,
         typer.Option(
             "--connect",
-            help="Also connect to every database and report per job.",
+            help="Also connect to every database and target, and report on each.",
             show_default=False,
         ),
     ] = False,
 ) -> None:
-    """Check a config file; with --connect, also reach every database it names."""
+    """Check a config file; with --connect, also reach every database and target it names."""
     with _errors_to_exit_codes():
         loaded = _load_config(config)
         wildcards = sum(1 for b in loaded.backups if b.is_wildcard)
@@ -233,21 +233,27 @@ def validate(
             return
         from db_backup.cli.render import check_line
 
-        failures, outcomes = asyncio.run(_check_connections(loaded))
+        failures, outcomes, targets = asyncio.run(_check_connections(loaded))
         for failure in failures:
             typer.echo(f"  {failure.job.name}: {failure.error}")
         for outcome in outcomes:
             typer.echo(f"  {check_line(outcome)}")
-        if failures or any(outcome.error is not None for outcome in outcomes):
+        for label, error in targets.items():
+            typer.echo(f"  target {label}: {error or 'OK'}")
+        unreachable = [o for o in outcomes if o.error is not None]
+        if failures or unreachable or any(targets.values()):
             raise typer.Exit(EXIT_FAILED)
 
 
-async def _check_connections(loaded: Any) -> tuple[list[Any], list[Any]]:
-    from db_backup.preflight import check_jobs
+async def _check_connections(loaded: Any) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    from db_backup.preflight import check_jobs, check_targets
     from db_backup.run import prepare_plan
 
     plan, failures = await prepare_plan(loaded, loaded.backups)
-    return failures, await check_jobs(plan.jobs, plan.concurrency)
+    outcomes, targets = await asyncio.gather(
+        check_jobs(plan.jobs, plan.concurrency), check_targets(loaded.backups)
+    )
+    return failures, outcomes, targets
 
 
 # -- backup --------------------------------------------------------------------------------------

@@ -39,6 +39,10 @@ class Store(Protocol):
     def location(self, name: str) -> str:
         """Where file `name` is, for people: a path or an s3:// URL."""
 
+    def check(self) -> None:
+        """Raise StorageError unless the target looks usable (`validate --connect`): a folder
+        that is or can be made writable; a bucket these credentials may list."""
+
     def names(self, prefix: str) -> list[str]:
         """The finished files whose names start with `prefix` (not uploads in progress)."""
 

@@ -138,6 +138,16 @@ class LocalStore:
     def location(self, name: str) -> str:
         return str(self.directory / name)
 
+    def check(self) -> None:
+        existing = self.directory
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise StorageError(f"{existing} is not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            what = "storage folder" if existing == self.directory else "parent folder"
+            raise StorageError(f"{what} {existing} is not writable by this user")
+
     def names(self, prefix: str) -> list[str]:
         if not self.directory.is_dir():
             return []

@@ -110,6 +110,9 @@ class S3Store:
     def location(self, name: str) -> str:
         return f"s3://{self.config.bucket}/{self.key(name)}"
 
+    def check(self) -> None:
+        self.call("listing", self.location(""), "list_objects_v2", Prefix=self.key(""), MaxKeys=1)
+
     def names(self, prefix: str) -> list[str]:
         found: list[str] = []
         token: dict[str, Any] = {}

@@ -6,6 +6,7 @@ The server enforces credentials and per-part checksums as S3 does; nothing here 
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -298,3 +299,59 @@ def test_list_names_a_target_it_cannot_read_and_still_lists_the_others(
     label = f"s3://{s3.bucket}/listing/ at {s3.endpoint}"
     assert "SignatureDoesNotMatch" in body["errors"][label]
     assert f"error: target {label}: " in listed.stderr
+
+
+def test_validate_connect_checks_every_target(
+    pg: ThrowawayCluster, s3: SeaweedServer, tmp_path: Path
+) -> None:
+    good = s3_storage(s3, "validate")
+    wrong = s3_storage(s3, "validate-wrong", secret_access_key="not-the-secret")
+    missing = s3_storage(s3, "validate", bucket="no-such-bucket")
+    backup = {"name": "pg", "database": "postgres", "storage": [good, wrong, missing]}
+    config = backup_config(pg, tmp_path, [backup])
+    config.chmod(0o600)
+    result = run_cli("validate", "-c", str(config), "--connect", env=cli_env(pg, s3=s3))
+    assert result.returncode == 1
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    at = f" at {s3.endpoint}"
+    assert f"target s3://{s3.bucket}/validate/{at}: OK" in lines
+    wrong_line = next(line for line in lines if "validate-wrong" in line)
+    assert "SignatureDoesNotMatch" in wrong_line
+    assert "not-the-secret" not in result.stdout + result.stderr
+    missing_line = next(line for line in lines if "no-such-bucket" in line)
+    assert "NoSuchBucket" in missing_line
+
+
+def test_interrupted_upload_is_aborted_and_a_second_run_is_refused_meanwhile(
+    pg: ThrowawayCluster, s3: SeaweedServer, tmp_path: Path, start_cli: Any
+) -> None:
+    """SIGINT with part 1 on the server: the upload is aborted at once (the server is up),
+    nothing is left under the key; while the first run held the target, a second was refused."""
+    prefix = "interrupted"
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    backup = {
+        "name": "pg",
+        "database": "postgres",
+        "pg_dump_path": str(fake_pg_dump(tmp_path, "pauses-halfway")),
+        "compression": {"algorithm": "none"},
+        "storage": s3_storage(s3, prefix),
+    }
+    config = backup_config(pg, tmp_path, [backup])
+    env = cli_env(pg, s3=s3, FAKE_STARTED_FILE=str(started), FAKE_GATE=str(gate))
+    process = start_cli("backup", "-c", str(config), "--json", env=env)
+    wait_for(started.exists, what="the dump's first half", process=process)
+    wait_for(
+        lambda: s3.incomplete_uploads(f"{prefix}/"), what="the upload to start", process=process
+    )
+
+    second = run_cli("backup", "-c", str(config), env=env)
+    assert second.returncode != 0
+    assert "another db-backup run holds" in second.stderr
+    assert f"PID {process.pid}" in second.stderr
+
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert json.loads(stdout)["jobs"][0]["status"] == "cancelled"
+    assert s3.incomplete_uploads(f"{prefix}/") == []
+    assert s3.objects(f"{prefix}/") == []
