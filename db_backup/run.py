@@ -11,10 +11,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from db_backup.config.schema import BackupConfig, Config, LocalStorage, StorageConfig
+from db_backup.config.schema import BackupConfig, Config, StorageConfig
 from db_backup.errors import StorageError
 from db_backup.lock import lock_folder, lock_storage
-from db_backup.model import JobResult, JobSpec, JobStatus, Plan, RunReport
+from db_backup.model import JobResult, JobSpec, JobStatus, Plan, RunReport, Target
 from db_backup.orchestrator import Orchestrator, Subscriber
 from db_backup.plan import build_plan, wildcard_job
 from db_backup.preflight import discover
@@ -50,13 +50,21 @@ async def prepare_plan(
 
 
 def _names_taken(plan: Plan) -> bool:
-    """Is a planned file name in use on a local target? (An S3 upload checks its own key.)"""
-    return any(
-        open_store(target.storage).exists(target.filename)
-        for job in plan.jobs
-        for target in job.targets
-        if isinstance(target.storage, LocalStorage)
-    )
+    """Is a planned file name in use on a target? One that cannot be asked counts as free:
+    its upload will report what is wrong with it, and refuses to overwrite in any case."""
+
+    unreachable: set[str] = set()  # asked once: a target that is down is not asked per job
+
+    def taken(target: Target) -> bool:
+        if target.label in unreachable:
+            return False
+        try:
+            return open_store(target.storage).exists(target.filename)
+        except StorageError:
+            unreachable.add(target.label)
+            return False
+
+    return any(taken(target) for job in plan.jobs for target in job.targets)
 
 
 def _with_unusable(job: JobSpec, unusable: Mapping[str, str]) -> JobSpec:

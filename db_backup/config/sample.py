@@ -21,9 +21,17 @@ defaults:
   max_per_host: 2                     # dumps at once against one server
   connect_timeout: 10s                # bound on the connection check (30s, 5m, 1h30m ...)
   # timeout: 6h                       # stop a dump that runs longer than this
-  storage:
+  storage:                            # one target, or a list of targets (see "shop")
+    kind: local                       # local (the default) | s3
     path: /var/backups/db             # created 0700 if missing; files are written 0600
     prefix: nightly                   # files: nightly_<name>_<UTC time>.sql.gz
+  retention:                          # which backups to keep; none set: keep all
+    keep_last: 3                      # a backup kept by any rule stays; the newest always
+    keep_daily: 7
+    keep_weekly: 4
+    keep_monthly: 6
+    # keep_hourly, keep_yearly: 0
+    # max_age: 90d                    # also keep everything younger than this
   compression:
     algorithm: gzip                   # gzip (.sql.gz) | zstd (.sql.zst) | none
     level: 1                          # gzip 1-9 (1-3: fast isal), zstd 1-19 (default 3)
@@ -34,6 +42,24 @@ backups:
   - name: shop                        # letters, digits, . _ -; unique; used in file names
     database: shop
     format: plain                     # plain: .sql.gz (psql restores) | custom: .dump (pg_restore)
+    storage:                          # one dump, streamed to every target at once
+      - path: /var/backups/db
+        prefix: nightly
+      - kind: s3
+        bucket: company-db-backups
+        prefix: postgres/shop         # a folder in the bucket
+        region: eu-central-1
+        # endpoint_url: https://s3.example.internal:9000   # S3-compatible servers
+        # path_style: true            # most S3-compatible servers want this
+        # Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE / instance
+        # role, as for the aws CLI; or name them here (never write the secret itself):
+        # access_key_id: ${S3_KEY_ID}
+        # secret_access_key: ${S3_SECRET}
+        # part_size: 16MiB            # multipart part size (5MiB-5GiB); doubles every 1000
+        # upload_concurrency: 4       # parts in flight; memory ~ (this + 1) x part_size
+        retention:                    # this target only: keep more in the bucket
+          keep_daily: 30
+          keep_monthly: 12
 
   - name: analytics
     host: db2.internal

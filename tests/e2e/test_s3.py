@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,36 @@ def run_json(config: Path, env: dict[str, str], *args: str) -> tuple[int, dict[s
     assert result.stdout, result.stderr
     report = json.loads(result.stdout)
     return result.returncode, {job["job"]: job for job in report["jobs"]}
+
+
+@dataclass(frozen=True)
+class HeldRun:
+    """A backup run in the background whose (fake) dump has written its first 6 MiB and
+    waits for `gate` to exist before it writes the rest."""
+
+    config: Path
+    env: dict[str, str]
+    process: subprocess.Popen[str]
+    started: Path
+    gate: Path
+
+    @classmethod
+    def start(
+        cls, pg: ThrowawayCluster, s3: SeaweedServer, tmp_path: Path, storage: Any, start_cli: Any
+    ) -> HeldRun:
+        started, gate = tmp_path / "started", tmp_path / "gate"
+        backup = {
+            "name": "pg",
+            "database": "postgres",
+            "pg_dump_path": str(fake_pg_dump(tmp_path, "pauses-halfway")),
+            "compression": {"algorithm": "none"},  # 6 MiB stay 6 MiB: more than a part
+            "storage": storage,
+        }
+        config = backup_config(pg, tmp_path, [backup])
+        env = cli_env(pg, s3=s3, FAKE_STARTED_FILE=str(started), FAKE_GATE=str(gate))
+        process = start_cli("backup", "-c", str(config), "--json", env=env)
+        wait_for(started.exists, what="the dump's first half", process=process)
+        return cls(config, env, process, started, gate)
 
 
 def key_of(s3: SeaweedServer, url: str) -> str:
@@ -174,18 +206,9 @@ def test_server_stopped_mid_upload_leaves_no_object_and_the_next_run_removes_the
     The local copy commits, the S3 target fails, and the upload it could not abort (the
     server was gone) is aborted by the next run of the job."""
     folder, prefix = tmp_path / "out", "crash"
-    started, gate = tmp_path / "started", tmp_path / "gate"
-    backup = {
-        "name": "pg",
-        "database": "postgres",
-        "pg_dump_path": str(fake_pg_dump(tmp_path, "pauses-halfway")),
-        "compression": {"algorithm": "none"},
-        "storage": [{"path": str(folder)}, s3_storage(s3, prefix)],
-    }
-    config = backup_config(pg, tmp_path, [backup])
-    env = cli_env(pg, s3=s3, FAKE_STARTED_FILE=str(started), FAKE_GATE=str(gate))
-    process = start_cli("backup", "-c", str(config), "--json", env=env)
-    wait_for(started.exists, what="the dump's first half", process=process)
+    storage = [{"path": str(folder)}, s3_storage(s3, prefix)]
+    held = HeldRun.start(pg, s3, tmp_path, storage, start_cli)
+    process = held.process
 
     def first_part_uploaded() -> bool:
         uploads = s3.incomplete_uploads(f"{prefix}/")
@@ -198,7 +221,7 @@ def test_server_stopped_mid_upload_leaves_no_object_and_the_next_run_removes_the
     wait_for(first_part_uploaded, what="part 1 on the server", process=process)
     (key, upload_id), *_ = s3.incomplete_uploads(f"{prefix}/")
     s3.stop(crash=True)
-    gate.touch()
+    held.gate.touch()
     stdout, stderr = process.communicate(timeout=120)
     s3.start()
 
@@ -212,10 +235,8 @@ def test_server_stopped_mid_upload_leaves_no_object_and_the_next_run_removes_the
     assert s3.objects(f"{prefix}/") == []  # nothing under the final key, no manifest
     assert s3.incomplete_uploads(f"{prefix}/") == [(key, upload_id)]  # the abort could not reach it
 
-    gate.unlink()
-    gate.touch()  # the next run's fake runs straight through
-    started.unlink()
-    code, jobs = run_json(config, env)
+    held.started.unlink()  # the gate stays open: the next run's fake runs straight through
+    code, jobs = run_json(held.config, held.env)
     assert code == 0, jobs["pg"]["error"]
     assert s3.incomplete_uploads(f"{prefix}/") == []
     assert key not in s3.objects(f"{prefix}/")
@@ -325,21 +346,11 @@ def test_validate_connect_checks_every_target(
 def test_interrupted_upload_is_aborted_and_a_second_run_is_refused_meanwhile(
     pg: ThrowawayCluster, s3: SeaweedServer, tmp_path: Path, start_cli: Any
 ) -> None:
-    """SIGINT with part 1 on the server: the upload is aborted at once (the server is up),
+    """SIGINT with the upload under way: it is aborted at once (the server is up),
     nothing is left under the key; while the first run held the target, a second was refused."""
     prefix = "interrupted"
-    started, gate = tmp_path / "started", tmp_path / "gate"
-    backup = {
-        "name": "pg",
-        "database": "postgres",
-        "pg_dump_path": str(fake_pg_dump(tmp_path, "pauses-halfway")),
-        "compression": {"algorithm": "none"},
-        "storage": s3_storage(s3, prefix),
-    }
-    config = backup_config(pg, tmp_path, [backup])
-    env = cli_env(pg, s3=s3, FAKE_STARTED_FILE=str(started), FAKE_GATE=str(gate))
-    process = start_cli("backup", "-c", str(config), "--json", env=env)
-    wait_for(started.exists, what="the dump's first half", process=process)
+    held = HeldRun.start(pg, s3, tmp_path, s3_storage(s3, prefix), start_cli)
+    config, env, process = held.config, held.env, held.process
     wait_for(
         lambda: s3.incomplete_uploads(f"{prefix}/"), what="the upload to start", process=process
     )
