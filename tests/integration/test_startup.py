@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "backup.yml"
-HEAVY = ("isal", "zstandard", "psycopg", "rich.progress", "rich.live", "pydantic")
+HEAVY = ("isal", "zstandard", "psycopg", "rich.progress", "rich.live", "pydantic", "botocore")
 
 
 def imported_modules(*args: str) -> set[str]:
