@@ -1,6 +1,7 @@
 """db-backup against shell pipelines, measured in one run on this machine.
 
     nox -s bench -- [--size-mb 600] [--pgbench-scale 40] [--pairs 3] [--many-size 1.0]
+                    [--two-targets-mb 1000] [--only two-targets]
 
 Starts its own throwaway PostgreSQL (data on /dev/shm when there is room), creates a large
 database of realistic rows, a pgbench database, 20 databases of 20-50 MB and 200 small ones,
@@ -8,6 +9,10 @@ then measures alternating A/B pairs (A then B, then B then A, ...) and reports t
 the per-pair time ratios. Machines here are shared and noisy: single timings mean little.
 Results go to benchmarks/results/ (JSON and Markdown) and into the README between the
 `bench:start` / `bench:end` markers.
+
+The two-targets case streams one dump to a local folder and an S3 bucket at once (SeaweedFS,
+started here as in the test suite) at two sizes, to show the runner's peak memory does not grow
+with the dump, and times it against the same dump to the folder alone.
 
 Shell baselines are real pipelines of the same programs a cron line would use (pg_dump, gzip,
 pigz, zstd), connected with pipes by this script rather than by a shell.
@@ -36,6 +41,9 @@ import psycopg
 from psycopg import sql
 
 from db_backup.pgcluster import ThrowawayCluster
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.seaweed import SeaweedServer
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -92,6 +100,17 @@ class Bench:
         self.pairs = pairs
         self.env = {**os.environ, "PGPASSWORD": cluster.password}
         self.raw_size: dict[str, int] = {}
+        self.s3: SeaweedServer | None = None  # set when a case writes to S3
+
+    def s3_target(self, prefix: str) -> dict[str, Any]:
+        assert self.s3 is not None
+        return {
+            "kind": "s3",
+            "bucket": self.s3.bucket,
+            "prefix": prefix,
+            "endpoint_url": self.s3.endpoint,
+            "path_style": True,
+        }
 
     # -- the contenders -------------------------------------------------------------------------
 
@@ -148,19 +167,28 @@ class Bench:
         return Sample(seconds, size)
 
     def db_backup(
-        self, databases: list[str], compression: dict[str, Any], jobs: int = 1, **extra: Any
+        self,
+        databases: list[str],
+        compression: dict[str, Any],
+        jobs: int = 1,
+        s3_prefix: str | None = None,
+        **extra: Any,
     ) -> Sample:
-        """The real CLI, timed from the outside (start-up and connection checks included)."""
+        """The real CLI, timed from the outside (start-up and connection checks included).
+        With `s3_prefix`, every dump also goes to the bucket, under that prefix."""
         storage = self.out / "db-backup"
         config = self.out / "bench.yml"
         c = self.cluster
+        targets: Any = {"path": str(storage)}
+        if s3_prefix is not None:
+            targets = [targets, self.s3_target(s3_prefix)]
         document = {
             "concurrency": jobs,
             "defaults": {
                 "host": c.host,
                 "port": c.port,
                 "username": c.superuser,
-                "storage": {"path": str(storage)},
+                "storage": targets,
                 "compression": compression,
                 **extra,
             },
@@ -169,11 +197,12 @@ class Bench:
         config.write_text(json.dumps(document))
         config.chmod(0o600)
         started = time.perf_counter()
+        env = {**self.env, **(self.s3.environment() if self.s3 else {})}
         result = subprocess.run(
             [sys.executable, "-m", "db_backup", "backup", "-c", str(config), "--json"],
             capture_output=True,
             text=True,
-            env=self.env,
+            env=env,
             check=False,
         )
         seconds = time.perf_counter() - started
@@ -181,6 +210,11 @@ class Bench:
             raise RuntimeError(f"db-backup failed: {result.stderr[-2000:]}")
         report = json.loads(result.stdout)
         shutil.rmtree(storage)
+        if s3_prefix is not None:
+            assert self.s3 is not None
+            client = self.s3.client()
+            for key in self.s3.objects(f"{s3_prefix}/"):
+                client.delete_object(Bucket=self.s3.bucket, Key=key)
         return Sample(
             seconds,
             sum(job["stored_bytes"] for job in report["jobs"]),
@@ -292,8 +326,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ThrowawayCluster(parent=parent) as cluster,
         tempfile.TemporaryDirectory(dir=parent) as scratch,
     ):
-        made = create_databases(cluster, args)
         bench = Bench(cluster, Path(scratch), args.pairs)
+        result: dict[str, Any] = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": machine(),
+            "settings": vars(args),
+            "rows": [],
+        }
+        with SeaweedServer(parent=parent) as bench.s3:
+            result["two_targets"] = two_targets(bench, cluster, args)
+        if args.only == "two-targets":
+            return result
+        made = create_databases(cluster, args)
         rows: list[Row] = []
 
         for database, label, default_target in (
@@ -448,10 +492,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             help_times.append(time.perf_counter() - started)
 
-        return {
-            "when": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": machine(),
-            "settings": vars(args),
+        return result | {
             "rows": [asdict(row) | {"met": row.met} for row in rows],
             "load_200_small": {
                 "seconds": round(load.seconds, 2),
@@ -460,6 +501,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             },
             "help_seconds_median": round(statistics.median(help_times), 3),
         }
+
+
+def two_targets(
+    bench: Bench, cluster: ThrowawayCluster, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One dump to a folder and a bucket at once, at two sizes: peak RSS of the runner, and
+    time against the same dump to the folder alone (uncompressed, so every byte of the dump
+    goes through both targets)."""
+    sizes = {"quarter": args.two_targets_mb // 4, "full": args.two_targets_mb}
+    for label, mb in sizes.items():
+        rows = int(mb * 1e6 / BYTES_PER_ROW)
+        print(f"creating 'two_{label}' ({rows} rows, ~{mb} MB of SQL) ...", flush=True)
+        with psycopg.connect(**cluster.conninfo(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE two_{label}")
+        with psycopg.connect(**cluster.conninfo(f"two_{label}"), autocommit=True) as conn:
+            conn.execute(REALISTIC.format(rows=rows).encode())
+    cases = {}
+    plain: dict[str, Any] = {"algorithm": "none"}
+    for label in sizes:
+        database = f"two_{label}"
+        row = bench.pair(
+            f"{database}: folder + S3 vs folder",
+            ("db-backup local+S3", lambda db=database: bench.db_backup([db], plain, s3_prefix="b")),
+            ("db-backup local", lambda db=database: bench.db_backup([db], plain)),
+            None,
+            None,
+        )
+        alone = bench.db_backup([database], plain)
+        both = bench.db_backup([database], plain, s3_prefix="b")
+        cases[label] = {
+            "raw_mb": round(both.raw_bytes / 1e6, 1),
+            "peak_rss_mb_two_targets": row.peak_rss_mb,
+            "peak_rss_mb_one_target": round((alone.peak_rss_bytes or 0) / 2**20, 1),
+            "peak_rss_mb_two_targets_again": round((both.peak_rss_bytes or 0) / 2**20, 1),
+            "time_ratio_vs_folder_alone": row.ratio,
+            "ratios": row.ratios,
+        }
+        print(f"  {database}: {cases[label]}", flush=True)
+    return cases
 
 
 def machine() -> str:
@@ -497,6 +577,24 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {row['contender_mb_per_s'] or ''} | {row['stored_mb'] or ''} "
             f"| {row['peak_rss_mb'] or ''} |"
         )
+    two = result["two_targets"]
+    lines += [
+        "",
+        "One dump to a folder and an S3 bucket (SeaweedFS on loopback) at once, uncompressed, "
+        "default part size 16 MiB and 4 parts in flight:",
+        "",
+        "| dump | peak RSS, folder + S3 (MiB) | peak RSS, folder alone (MiB) "
+        "| time, folder + S3 / folder alone |",
+        "|---|---|---|---|",
+        *(
+            f"| {case['raw_mb']} MB | {case['peak_rss_mb_two_targets']}, "
+            f"{case['peak_rss_mb_two_targets_again']} | {case['peak_rss_mb_one_target']} "
+            f"| {case['time_ratio_vs_folder_alone']:.3f} |"
+            for case in two.values()
+        ),
+    ]
+    if "load_200_small" not in result:
+        return "\n".join(lines) + "\n"
     load = result["load_200_small"]
     lines += [
         "",
@@ -513,6 +611,8 @@ def main() -> None:
     parser.add_argument("--pgbench-scale", type=int, default=40)
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--many-size", type=float, default=1.0, help="scale of the 20 DBs")
+    parser.add_argument("--two-targets-mb", type=int, default=1000, help="the larger dump")
+    parser.add_argument("--only", choices=["all", "two-targets"], default="all")
     args = parser.parse_args()
     for tool in ("gzip", "pigz", "zstd"):
         if shutil.which(tool) is None:
@@ -523,6 +623,9 @@ def main() -> None:
     (RESULTS / f"{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
     (RESULTS / f"{stamp}.md").write_text(table)
+    print("\n" + table)
+    if args.only != "all":
+        return  # a partial run: the README and latest.md keep the last full one
     (RESULTS / "latest.md").write_text(table)
     readme = REPO / "README.md"
     text = readme.read_text()
@@ -530,7 +633,6 @@ def main() -> None:
     if start in text and end in text:
         head, rest = text.split(start, 1)
         readme.write_text(head + start + "\n" + table + end + rest.split(end, 1)[1])
-    print("\n" + table)
 
 
 if __name__ == "__main__":

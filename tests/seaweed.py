@@ -176,3 +176,9 @@ class SeaweedServer:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> SeaweedServer:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.remove()
