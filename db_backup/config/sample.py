@@ -55,8 +55,8 @@ backups:
         # role, as for the aws CLI; or name them here (never write the secret itself):
         # access_key_id: ${S3_KEY_ID}
         # secret_access_key: ${S3_SECRET}
-        # part_size: 16MiB            # multipart part size (5MiB-5GiB); doubles every 1000
-        # upload_concurrency: 4       # parts in flight; memory ~ (this + 1) x part_size
+        # part_size: 8MiB             # multipart part size (5MiB-5GiB); doubles every 1000
+        # upload_concurrency: 4       # parts in flight; memory ~ (this + 2) x part_size
         retention:                    # this target only: keep more in the bucket
           keep_daily: 30
           keep_monthly: 12

@@ -102,7 +102,7 @@ class LocalStorage(
 
 # S3 allows 10,000 parts per upload, each (but the last) at least 5 MiB.
 MIN_PART_SIZE = 5 * 1024 * 1024
-DEFAULT_PART_SIZE = 16 * 1024 * 1024
+DEFAULT_PART_SIZE = 8 * 1024 * 1024  # as the aws CLI's
 
 
 class S3Storage(

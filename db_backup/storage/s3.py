@@ -1,10 +1,12 @@
 """An S3 bucket (AWS or an S3-compatible server) as a backup target, through botocore.
 
 A dump goes up as a multipart upload fed straight from the job's pump thread: bytes collect
-into one part (`part_size`, doubled every 1,000 parts so 10,000 parts reach far), full parts
-go to a small pool of uploader threads, and at most `upload_concurrency` parts are in flight —
-a slow server blocks the pump (back-pressure) instead of growing memory, which stays near
-(upload_concurrency + 1) x part_size per upload. Every part carries its SHA-256
+into one part (`part_size`), full parts go to a small pool of uploader threads, and at most
+`upload_concurrency` parts' worth of bytes are in flight — a slow server blocks the pump
+(back-pressure) instead of growing memory, which stays near (upload_concurrency + 2) x
+part_size per upload. S3 allows 10,000 parts, so past every 1,000 parts the part size doubles
+(8 MiB parts: 8 GB in the first 1,000, ~8 TB in all) and fewer parts go at once, up to
+one: memory grows only with the part size a dump that large needs. Every part carries its SHA-256
 (x-amz-checksum-sha256), which the server checks. The object exists only after
 CompleteMultipartUpload; any failure aborts the upload, and uploads a killed run could not
 abort are found and aborted by the next run of that job (ListMultipartUploads), or by `prune`.
@@ -220,7 +222,12 @@ class S3Upload:
         concurrency = store.config.upload_concurrency
         self._part_size = int(store.config.part_size)
         self._buffer = bytearray()
-        self._in_flight = threading.BoundedSemaphore(concurrency)
+        # Bytes handed to the uploaders and not yet sent: at most `upload_concurrency` parts
+        # of the configured size. When parts grow (past 1,000 parts), fewer go at once, so
+        # memory stays put (one part always may go, whatever its size).
+        self._budget = concurrency * self._part_size
+        self._in_flight_bytes = 0
+        self._slots = threading.Condition()
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="s3-part")
         self._sent: list[Future[None]] = []
         self._parts: dict[int, dict[str, Any]] = {}
@@ -276,17 +283,23 @@ class S3Upload:
             raise StorageError(
                 f"{self._where}: more than {MAX_PARTS} parts; raise part_size for this target"
             )
-        self._in_flight.acquire()  # blocks the pump while `upload_concurrency` parts are out
-        try:
+        size = len(part)
+        with self._slots:  # blocks the pump while the uploaders have their fill: back-pressure
+            self._slots.wait_for(
+                lambda: self._in_flight_bytes == 0 or self._in_flight_bytes + size <= self._budget
+            )
             self._raise_if_failed()
-            future = self._pool.submit(self._upload_part, number, part)
-        except BaseException:
-            self._in_flight.release()
-            raise
-        future.add_done_callback(lambda _: self._in_flight.release())
+            self._in_flight_bytes += size
+        future = self._pool.submit(self._upload_part, number, part)
+        future.add_done_callback(lambda _: self._release(size))
         self._sent.append(future)
         if number % PARTS_PER_SIZE_STEP == 0:
             self._part_size *= 2
+
+    def _release(self, size: int) -> None:
+        with self._slots:
+            self._in_flight_bytes -= size
+            self._slots.notify_all()
 
     def _upload_part(self, number: int, data: bytes) -> None:
         checksum = _sha256_b64(data)

@@ -115,3 +115,21 @@ def test_checksums_of_the_parts_are_recorded_by_the_server(s3: SeaweedServer) ->
     )
     assert head["ContentLength"] == len(data)
     assert head.get("ChecksumSHA256"), head
+
+
+def test_parts_double_in_size_every_step_and_the_object_is_whole(
+    s3: SeaweedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past every PARTS_PER_SIZE_STEP parts the part size doubles (so 10,000 parts reach
+    far): here every 2 parts, so 40 MiB go as 5 + 5 + 10 + 10 + 10 (the last, short one)."""
+    monkeypatch.setattr(s3_module, "PARTS_PER_SIZE_STEP", 2)
+    store = store_on(s3, "growing")
+    upload = store.open_upload("grown.bin")
+    data = os.urandom(40 * 1024 * 1024)
+    for start in range(0, len(data), 1024 * 1024):
+        upload.write(data[start : start + 1024 * 1024])
+    upload.commit()
+    head = s3.client().head_object(Bucket=s3.bucket, Key=store.key("grown.bin"))
+    assert head["ETag"].strip('"').endswith("-5")  # a multipart ETag ends in -<parts>
+    body = s3.client().get_object(Bucket=s3.bucket, Key=store.key("grown.bin"))["Body"].read()
+    assert body == data
