@@ -559,11 +559,14 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Measured {result['when']} on {result['machine']}; medians of "
         f"{result['settings']['pairs']} alternating pairs.",
-        "",
-        "| case | contender | baseline | time ratio | target | met | contender s | baseline s "
-        "| contender MB/s (raw) | stored MB | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if result["rows"]:
+        lines += [
+            "",
+            "| case | contender | baseline | time ratio | target | met | contender s "
+            "| baseline s | contender MB/s (raw) | stored MB | peak RSS MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
 
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
@@ -581,7 +584,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         "One dump to a folder and an S3 bucket (SeaweedFS on loopback) at once, uncompressed, "
-        "default part size 16 MiB and 4 parts in flight:",
+        "default part size 8 MiB and 4 parts in flight (medians of alternating pairs):",
         "",
         "| dump | peak RSS, folder + S3 (MiB) | peak RSS, folder alone (MiB) "
         "| time, folder + S3 / folder alone |",

@@ -221,9 +221,11 @@ def test_server_stopped_mid_upload_leaves_no_object_and_the_next_run_removes_the
     wait_for(first_part_uploaded, what="part 1 on the server", process=process)
     (key, upload_id), *_ = s3.incomplete_uploads(f"{prefix}/")
     s3.stop(crash=True)
-    held.gate.touch()
-    stdout, stderr = process.communicate(timeout=120)
-    s3.start()
+    try:
+        held.gate.touch()
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        s3.start()  # the session's server: back for the tests after this one, whatever happens
 
     assert process.returncode == 1, stderr
     job = json.loads(stdout)["jobs"][0]
@@ -366,3 +368,23 @@ def test_interrupted_upload_is_aborted_and_a_second_run_is_refused_meanwhile(
     assert json.loads(stdout)["jobs"][0]["status"] == "cancelled"
     assert s3.incomplete_uploads(f"{prefix}/") == []
     assert s3.objects(f"{prefix}/") == []
+
+
+def test_prune_aborts_incomplete_uploads_of_its_jobs_and_leaves_others_alone(
+    pg: ThrowawayCluster, s3: SeaweedServer, tmp_path: Path
+) -> None:
+    """What a killed run leaves (an upload never completed) goes with `prune`; an upload of
+    another job, or a foreign one, in the same folder is not touched."""
+    prefix = "prune-leftovers"
+    backup = {"name": "pg", "database": "postgres", "storage": s3_storage(s3, prefix)}
+    config = backup_config(pg, tmp_path, [backup])
+    client = s3.client()
+    ours = f"{prefix}/pg_20200101T000000Z.sql.gz"
+    others = [f"{prefix}/pg_eu_20200101T000000Z.sql.gz", f"{prefix}/notes.txt"]
+    for key in [ours, *others]:
+        client.create_multipart_upload(Bucket=s3.bucket, Key=key)
+
+    result = run_cli("prune", "-c", str(config), env=cli_env(s3=s3))
+    assert result.returncode == 0, result.stderr
+    assert f"removed s3://{s3.bucket}/{ours} (incomplete upload " in result.stdout
+    assert sorted(key for key, _ in s3.incomplete_uploads(f"{prefix}/")) == sorted(others)
