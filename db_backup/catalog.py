@@ -8,7 +8,7 @@ local ledger, so the catalog is the same from any machine that can reach them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -53,10 +53,11 @@ class Catalog:
     errors: dict[str, str]  # target label → why it could not be listed
 
 
-def _records(store: Store, prefix: str) -> Iterable[tuple[str, Manifest]]:
-    """(file name, manifest) for every file under `prefix` with a readable manifest."""
+def _records(store: Store, prefix: str) -> Iterator[tuple[str, Manifest]]:
+    """(file name, manifest) for every file under `prefix` with a readable manifest, by name
+    from last to first (for one job's prefix: newest first, the timestamp follows it)."""
     names = set(store.names(prefix))
-    for name in sorted(names):
+    for name in sorted(names, reverse=True):
         data_name = name.removesuffix(".json")
         if data_name == name or data_name not in names:
             continue
@@ -94,22 +95,25 @@ def scan(store: Store, backups: frozenset[str]) -> list[Entry]:
     ]
 
 
+def _job_entries(target: Target, job_name: str, backup: str) -> Iterator[Entry]:
+    store = open_store(target.storage)
+    for name, record in _records(store, target.file_prefix):
+        if is_own_file(name, target.file_prefix) and (record.job, record.backup) == (
+            job_name,
+            backup,
+        ):
+            yield _entry(store, name, record)
+
+
 def job_entries(target: Target, job_name: str, backup: str) -> list[Entry]:
     """Finished backups of one job on one target, reading only that job's manifests."""
-    store = open_store(target.storage)
-    return [
-        _entry(store, name, record)
-        for name, record in _records(store, target.file_prefix)
-        if is_own_file(name, target.file_prefix)
-        and record.job == job_name
-        and record.backup == backup
-    ]
+    return list(_job_entries(target, job_name, backup))
 
 
 def latest(target: Target, job_name: str, backup: str) -> Entry | None:
-    """The newest finished backup of a job on a target, if any."""
-    entries = job_entries(target, job_name, backup)
-    return max(entries, key=lambda e: e.taken_at) if entries else None
+    """The newest finished backup of a job on a target, if any: reads manifests newest
+    first and stops at the first good one."""
+    return next(_job_entries(target, job_name, backup), None)
 
 
 def targets_of(backups: Iterable[BackupConfig]) -> dict[StorageConfig, frozenset[str]]:
