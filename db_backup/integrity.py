@@ -1,17 +1,20 @@
 """Is a backup whole? Checks shared by the runner (before commit) and `db-backup verify`.
 
 - plain SQL ends with pg_dump's completion marker;
-- gzip streams are complete (every member's CRC and length trailer checks out);
+- gzip streams are complete (every member's CRC and length trailer checks out), zstd streams
+  too (every frame's checksum);
 - custom-format dumps are read through by `pg_restore --file=/dev/null`. (`pg_restore --list`
   is not enough: it reads only the table of contents, and accepts a dump cut anywhere after it);
 - the stored file matches its manifest's size and sha256.
+
+`verify` reads each backup once, as a stream, from any target (a folder or a bucket: no
+download to disk first), and runs every check on that one pass.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import hashlib
 import os
 import shutil
@@ -19,32 +22,20 @@ import zlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from db_backup import manifest
-from db_backup.errors import DumpError, ToolNotFoundError
+from db_backup.config.schema import LocalStorage, StorageConfig
+from db_backup.errors import DumpError, StorageError, ToolNotFoundError
 from db_backup.process import Child, spawn
 from db_backup.sources.postgres import plain_dump_is_complete
-from db_backup.stages import TAIL_BYTES, append_tail
+from db_backup.stages import append_tail
+from db_backup.storage import Store, open_store
 
 READ_SIZE = 1024 * 1024
 BACKUP_SUFFIXES = (".sql.gz", ".sql.zst", ".sql", ".dump")
-
-
-async def check_custom_dump(pg_restore: Path, path: Path) -> None:
-    """Raise DumpError unless pg_restore can read the whole custom-format dump at `path`."""
-    argv = [str(pg_restore), "--file=/dev/null", str(path)]
-    async with spawn(argv, os.environ, capture_stdout=False) as child:
-        code = await child.wait()
-        tail = child.stderr_tail()
-    if code != 0:
-        raise DumpError(
-            "the custom-format dump is incomplete or unreadable (pg_restore could not read "
-            "it through)",
-            exit_code=code,
-            stderr_tail=tail,
-        )
 
 
 class RestoreCheck:
@@ -108,7 +99,7 @@ def find_pg_restore() -> Path:
 class Verdict:
     """The outcome of verifying one backup."""
 
-    path: Path
+    location: str  # a path or an s3:// URL
     problems: list[str] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
 
@@ -117,79 +108,101 @@ class Verdict:
         return not self.problems
 
 
-def _digest_and_size(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(READ_SIZE):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+class _Decompressed:
+    """Decompresses a stored .sql.gz / .sql.zst as it streams past, counting the raw bytes
+    and keeping their tail; `close()` raises when the stream was damaged or cut short."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.raw_bytes = 0
+        self.tail = b""
+        self.error: str | None = None
+        self._zstd: Any = None
+        self._stream: Any = self._new_stream()
+
+    def _new_stream(self) -> Any:
+        if self.kind == "gzip":
+            return zlib.decompressobj(wbits=31)  # one gzip member; CRC and length checked
+        import zstandard
+
+        self._zstd = self._zstd or zstandard.ZstdDecompressor()
+        return self._zstd.decompressobj()
+
+    def feed(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            while data:
+                out = self._stream.decompress(data)
+                self.raw_bytes += len(out)
+                self.tail = append_tail(self.tail, out)
+                data = self._stream.unused_data if self._stream.eof else b""
+                if data:  # another gzip member or zstd frame follows
+                    self._stream = self._new_stream()
+        except (zlib.error, ValueError) as exc:
+            self.error = str(exc)
+        except Exception as exc:  # zstandard.ZstdError, imported lazily
+            self.error = str(exc)
+
+    def close(self) -> None:
+        if self.error is None and not self._stream.eof:
+            self.error = f"the {self.kind} stream ends before its last " + (
+                "member is complete" if self.kind == "gzip" else "frame is complete"
+            )
 
 
-def _read_gzip(path: Path) -> tuple[int, bytes]:
-    """Decompress a whole .gz (all members); returns raw size and tail. Raises on damage."""
-    size = 0
-    tail = b""
-    with gzip.open(path, "rb") as stream:
+class _StreamCheck:
+    """Everything verify learns from one pass over the stored bytes."""
+
+    def __init__(self, name: str, restore: RestoreCheck | None) -> None:
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.tail = b""
+        kind = {".sql.gz": "gzip", ".sql.zst": "zstd"}.get(_suffix(name))
+        self.decompressed = _Decompressed(kind) if kind else None
+        self.restore = restore
+
+    def feed(self, chunk: bytes) -> None:
+        self.sha256.update(chunk)
+        self.size += len(chunk)
+        self.tail = append_tail(self.tail, chunk)
+        if self.decompressed is not None:
+            self.decompressed.feed(chunk)
+        if self.restore is not None:
+            self.restore.write(chunk)
+
+
+def _suffix(name: str) -> str:
+    return next((suffix for suffix in BACKUP_SUFFIXES if name.endswith(suffix)), "")
+
+
+def _read_manifest(store: Store, name: str, verdict: Verdict) -> manifest.Manifest | None:
+    manifest_name = f"{name}.json"
+    if not store.exists(manifest_name):
+        verdict.problems.append(f"no manifest ({manifest_name}): not a finished backup")
+        return None
+    try:
+        return manifest.decode(store.read(manifest_name))
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        verdict.problems.append(f"manifest {manifest_name} is unreadable: {exc}")
+    return None
+
+
+def _pass_over(store: Store, name: str, check: _StreamCheck) -> None:
+    with store.open_read(name) as stream:
         while chunk := stream.read(READ_SIZE):
-            size += len(chunk)
-            tail = append_tail(tail, chunk)
-    return size, tail
+            check.feed(chunk)
+    if check.decompressed is not None:
+        check.decompressed.close()
 
 
-def _read_zstd(path: Path) -> tuple[int, bytes]:
-    """Decompress a whole .zst (all frames); returns raw size and tail. Raises when damaged
-    (frames carry a checksum) or cut short."""
-    import zstandard
-
-    size = 0
-    tail = b""
-    decompressor = zstandard.ZstdDecompressor()
-    stream = decompressor.decompressobj()
-    try:
-        with path.open("rb") as handle:
-            pending = b""
-            while chunk := pending or handle.read(READ_SIZE):
-                pending = b""
-                out = stream.decompress(chunk)
-                size += len(out)
-                tail = append_tail(tail, out)
-                if stream.eof and stream.unused_data:  # another frame follows
-                    pending = stream.unused_data
-                    stream = decompressor.decompressobj()
-    except zstandard.ZstdError as exc:
-        raise ValueError(str(exc)) from None
-    if not stream.eof:
-        raise EOFError("the zstd stream ends before its last frame is complete")
-    return size, tail
-
-
-def _read_tail(path: Path) -> tuple[int, bytes]:
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        handle.seek(max(0, size - TAIL_BYTES))
-        return size, handle.read()
-
-
-def _check_stored_file(path: Path, verdict: Verdict) -> tuple[bool, manifest.Manifest | None]:
-    """Check the file against its manifest; returns (file exists, manifest if readable)."""
-    manifest_path = path.with_name(path.name + ".json")
-    if not path.exists():
-        verdict.problems.append("the backup file is missing (only its manifest exists)")
-        return False, None
-    record: manifest.Manifest | None = None
-    try:
-        record = manifest.decode(manifest_path.read_bytes())
-    except FileNotFoundError:
-        verdict.problems.append(f"no manifest ({manifest_path.name}): not a finished backup")
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-        verdict.problems.append(f"manifest {manifest_path.name} is unreadable: {exc}")
-    digest, size = _digest_and_size(path)
+def _judge(check: _StreamCheck, record: manifest.Manifest | None, verdict: Verdict) -> None:
+    """The manifest comparison, then the stream and the dump inside it, into `verdict`."""
     if record is not None:
-        if size != record.stored_bytes:
+        digest = check.sha256.hexdigest()
+        if check.size != record.stored_bytes:
             verdict.problems.append(
-                f"size is {size} bytes, the manifest says {record.stored_bytes}"
+                f"size is {check.size} bytes, the manifest says {record.stored_bytes}"
             )
         elif digest != record.sha256:
             verdict.problems.append(
@@ -197,87 +210,119 @@ def _check_stored_file(path: Path, verdict: Verdict) -> tuple[bool, manifest.Man
             )
         else:
             verdict.checks.append("size and sha256 match the manifest")
-    return True, record
-
-
-def _check_content(path: Path, record: manifest.Manifest | None, verdict: Verdict) -> bool:
-    """Check the stream and the dump inside; True when a pg_restore read-through is needed."""
-    name = path.name
-    if name.endswith(".dump"):
-        return True
-    if name.endswith((".sql.gz", ".sql.zst")):
-        kind, reader = ("gzip", _read_gzip) if name.endswith(".gz") else ("zstd", _read_zstd)
-        try:
-            raw_size, tail = reader(path)
-        except (OSError, EOFError, zlib.error, ValueError) as exc:
-            verdict.problems.append(f"the {kind} stream is damaged or cut short: {exc}")
-            return False
-        verdict.checks.append(
-            "gzip stream complete (CRC and length ok)" if kind == "gzip" else "zstd stream complete"
-        )
-        if record is not None and raw_size != record.raw_bytes:
+    if check.restore is not None:
+        return  # a custom-format dump: pg_restore's verdict follows
+    tail, unpacked = check.tail, check.decompressed
+    if unpacked is not None:
+        if unpacked.error is not None:
             verdict.problems.append(
-                f"decompresses to {raw_size} bytes, the manifest says {record.raw_bytes}"
+                f"the {unpacked.kind} stream is damaged or cut short: {unpacked.error}"
             )
-    else:
-        raw_size, tail = _read_tail(path)
+            return
+        verdict.checks.append(
+            "gzip stream complete (CRC and length ok)"
+            if unpacked.kind == "gzip"
+            else "zstd stream complete"
+        )
+        if record is not None and unpacked.raw_bytes != record.raw_bytes:
+            verdict.problems.append(
+                f"decompresses to {unpacked.raw_bytes} bytes, the manifest says {record.raw_bytes}"
+            )
+        tail = unpacked.tail
     globals_only = record is not None and record.kind == "globals"
     if plain_dump_is_complete(tail, globals_only=globals_only):
         verdict.checks.append("dump complete (ends with pg_dump's marker)")
     else:
         verdict.problems.append("the SQL dump does not end with pg_dump's completion marker")
-    return False
 
 
-async def verify_backup(path: Path, pg_restore: Path | None) -> Verdict:
-    """Every check that applies to the backup at `path` (its data file, not the manifest)."""
-    verdict = Verdict(path)
-    exists, record = await asyncio.to_thread(_check_stored_file, path, verdict)
-    if not exists:
-        return verdict
-    if await asyncio.to_thread(_check_content, path, record, verdict):
-        if pg_restore is None:
+async def verify_backup(store: Store, name: str, pg_restore: Path | None) -> Verdict:
+    """Every check that applies to backup `name` on `store`, in one pass over its bytes:
+    size and sha256 against the manifest, the compressed stream, the dump inside (its end
+    marker, or a pg_restore read-through for custom format)."""
+    verdict = Verdict(store.location(name))
+    try:
+        record = await asyncio.to_thread(_read_manifest, store, name, verdict)
+        if not await asyncio.to_thread(store.exists, name):
+            verdict.problems.append("the backup file is missing (only its manifest exists)")
+            return verdict
+        custom = name.endswith(".dump")
+        if custom and pg_restore is None:
             verdict.problems.append("pg_restore not found: cannot read the custom-format dump")
             return verdict
-        try:
-            await check_custom_dump(pg_restore, path)
-        except DumpError as exc:
-            verdict.problems.append(str(exc))
-        else:
-            verdict.checks.append("custom-format dump read through by pg_restore")
+        async with contextlib.AsyncExitStack() as stack:
+            restore = None
+            if custom:
+                assert pg_restore is not None
+                restore = await stack.enter_async_context(restore_check(pg_restore))
+            check = _StreamCheck(name, restore)
+            await asyncio.to_thread(_pass_over, store, name, check)
+            _judge(check, record, verdict)
+            if restore is not None:
+                try:
+                    await restore.finish()
+                except DumpError as exc:
+                    verdict.problems.append(str(exc))
+                else:
+                    verdict.checks.append("custom-format dump read through by pg_restore")
+    except StorageError as exc:
+        verdict.problems.append(str(exc))
     return verdict
 
 
-def backups_in(paths: Iterable[Path]) -> list[Path]:
-    """Backup files named by `paths`: files (data or .json manifest) or folders to scan."""
-    found: set[Path] = set()
-    for path in paths:
-        if path.is_dir():
-            for child in path.iterdir():
-                if child.name.endswith(BACKUP_SUFFIXES):
-                    found.add(child)
-                elif child.name.endswith(tuple(s + ".json" for s in BACKUP_SUFFIXES)):
-                    found.add(child.with_name(child.name.removesuffix(".json")))
-        elif path.name.endswith(".json"):
-            found.add(path.with_name(path.name.removesuffix(".json")))
-        else:
-            found.add(path)
+def backup_names(names: Iterable[str]) -> list[str]:
+    """The backups among a folder's file names: data files, and manifests' data files."""
+    found = set()
+    for name in names:
+        if name.endswith(BACKUP_SUFFIXES):
+            found.add(name)
+        elif name.endswith(tuple(f"{suffix}.json" for suffix in BACKUP_SUFFIXES)):
+            found.add(name.removesuffix(".json"))
     return sorted(found)
 
 
-async def verify_all(paths: Sequence[Path], concurrency: int = 2) -> list[Verdict]:
-    """Verify backups concurrently, in `paths` order."""
-    needs_restore = any(p.name.endswith(".dump") for p in paths)
-    pg_restore: Path | None = None
-    if needs_restore:
+def backups_in(paths: Iterable[Path]) -> list[tuple[Store, str]]:
+    """Backups named by local `paths`: files (data or .json manifest) or folders to scan."""
+    found: set[tuple[Path, str]] = set()
+    for path in paths:
+        if path.is_dir():
+            found |= {(path, name) for name in backup_names(p.name for p in path.iterdir())}
+        else:
+            found.add((path.parent, path.name.removesuffix(".json")))
+    return [
+        (open_store(LocalStorage(path=str(folder.absolute()))), name)
+        for folder, name in sorted(found)
+    ]
+
+
+async def backups_on(
+    storages: Iterable[StorageConfig],
+) -> tuple[list[tuple[Store, str]], dict[str, str]]:
+    """Every backup (or manifest) on these targets, and the targets that could not be listed
+    (label → why)."""
+    found: list[tuple[Store, str]] = []
+    errors: dict[str, str] = {}
+    for storage in storages:
+        store = open_store(storage)
         try:
+            names = await asyncio.to_thread(store.names, "")
+        except StorageError as exc:
+            errors[storage.label] = str(exc)
+            continue
+        found += [(store, name) for name in backup_names(names)]
+    return found, errors
+
+
+async def verify_all(backups: Sequence[tuple[Store, str]], concurrency: int = 2) -> list[Verdict]:
+    """Verify backups concurrently, in the order given."""
+    pg_restore: Path | None = None
+    if any(name.endswith(".dump") for _, name in backups):
+        with contextlib.suppress(ToolNotFoundError):
             pg_restore = await asyncio.to_thread(find_pg_restore)
-        except ToolNotFoundError:
-            pg_restore = None
     slots = asyncio.Semaphore(concurrency)
 
-    async def one(path: Path) -> Verdict:
+    async def one(store: Store, name: str) -> Verdict:
         async with slots:
-            return await verify_backup(path, pg_restore)
+            return await verify_backup(store, name, pg_restore)
 
-    return list(await asyncio.gather(*(one(path) for path in paths)))
+    return list(await asyncio.gather(*(one(store, name) for store, name in backups)))

@@ -435,41 +435,46 @@ def verify(
             "-c",
             "--config",
             envvar="DB_BACKUP_CONFIG",
-            help="Verify every backup in the storage folders of this config.",
+            help="Verify every backup on every target of this config.",
             show_default=False,
         ),
     ] = None,
 ) -> None:
     """Re-read backups: size and sha256 against the manifest, complete stream and dump."""
-    from db_backup.config.schema import LocalStorage
-    from db_backup.integrity import backups_in, verify_all
+    from db_backup.integrity import backups_in, backups_on, verify_all
 
     with _errors_to_exit_codes():
         targets = list(paths or ())
+        storages = []
         if config is not None:
-            loaded = _load_config(config, require_env=False)  # no connection, no secrets
-            storages = {storage for b in loaded.backups for storage in b.targets}
-            targets += sorted({Path(s.path) for s in storages if isinstance(s, LocalStorage)})
-            for remote in sorted(s.label for s in storages if not isinstance(s, LocalStorage)):
-                typer.echo(f"skipped {remote}: verify reads local folders only", err=True)
-        if not targets:
+            loaded = _load_config(config, require_env=False)  # targets only: no DB secrets
+            storages = list(dict.fromkeys(s for b in loaded.backups for s in b.targets))
+        if not targets and not storages:
             _fail_usage("name backup files or folders to verify, or a config with -c")
         missing = [str(path) for path in targets if not path.exists() and path.suffix != ".json"]
-        files = backups_in(path for path in targets if path.exists())
-        verdicts = asyncio.run(verify_all(files))
+
+        async def verify_everything() -> tuple[list[Any], dict[str, str]]:
+            on_targets, unreadable = await backups_on(storages)
+            named = backups_in(path for path in targets if path.exists())
+            return await verify_all(named + on_targets), unreadable
+
+        verdicts, unreadable = asyncio.run(verify_everything())
+    for label, error in unreadable.items():
+        typer.echo(f"FAILED  target {label}: {error}")
     for path in missing:
         typer.echo(f"FAILED  {path}: no such file or folder")
     for verdict in verdicts:
         if verdict.ok:
-            typer.echo(f"OK      {verdict.path} ({'; '.join(verdict.checks)})")
+            typer.echo(f"OK      {verdict.location} ({'; '.join(verdict.checks)})")
         else:
             passed = f" (passed: {'; '.join(verdict.checks)})" if verdict.checks else ""
-            typer.echo(f"FAILED  {verdict.path}: {'; '.join(verdict.problems)}{passed}")
-    failed = len(missing) + sum(1 for verdict in verdicts if not verdict.ok)
-    if not verdicts and not missing:
+            typer.echo(f"FAILED  {verdict.location}: {'; '.join(verdict.problems)}{passed}")
+    failed = len(missing) + len(unreadable) + sum(1 for verdict in verdicts if not verdict.ok)
+    if not verdicts and not missing and not unreadable:
         typer.echo("no backups found", err=True)
         raise typer.Exit(EXIT_FAILED)
-    typer.echo(f"{len(verdicts) + len(missing) - failed} verified, {failed} failed", err=True)
+    checked = len(verdicts) + len(missing) + len(unreadable)
+    typer.echo(f"{checked - failed} verified, {failed} failed", err=True)
     raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
 
 

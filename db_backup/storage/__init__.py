@@ -13,9 +13,14 @@ its Store and Upload, and a line in `open_store`.
 from __future__ import annotations
 
 import functools
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from db_backup.config.schema import LocalStorage, StorageConfig
+
+
+class Readable(Protocol):
+    def read(self, size: int) -> bytes: ...
 
 
 class Upload(Protocol):
@@ -48,6 +53,9 @@ class Store(Protocol):
 
     def read(self, name: str) -> bytes:
         """A small file's whole content (a manifest)."""
+
+    def open_read(self, name: str) -> AbstractContextManager[Readable]:
+        """A big file, to read as a stream (verify)."""
 
     def exists(self, name: str) -> bool: ...
 

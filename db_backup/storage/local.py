@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -128,6 +129,19 @@ class LocalUpload:
         open_partials.discard(self.partial)
 
 
+class _Translated:
+    """A file being read whose OSErrors arrive as StorageError."""
+
+    def __init__(self, handle: BinaryIO, path: Path) -> None:
+        self._handle, self._path = handle, path
+
+    def read(self, size: int) -> bytes:
+        try:
+            return self._handle.read(size)
+        except OSError as exc:
+            raise StorageError(f"reading {self._path}: {describe_os_error(exc)}") from None
+
+
 class LocalStore:
     """A local folder as a backup target (see storage.Store)."""
 
@@ -170,6 +184,16 @@ class LocalStore:
 
     def exists(self, name: str) -> bool:
         return (self.directory / name).exists()
+
+    @contextlib.contextmanager
+    def open_read(self, name: str) -> Iterator[_Translated]:
+        path = self.directory / name
+        try:
+            handle = path.open("rb")
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {describe_os_error(exc)}") from None
+        with handle:
+            yield _Translated(handle, path)
 
     def put(self, name: str, data: bytes) -> None:
         write_atomically(self.directory / name, data)

@@ -20,10 +20,11 @@ when a config has an S3 target.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -140,6 +141,12 @@ class S3Store:
             data: bytes = body.read()
         return data
 
+    @contextlib.contextmanager
+    def open_read(self, name: str) -> Iterator[_Body]:
+        response = self.call("reading", self.location(name), "get_object", Key=self.key(name))
+        with response["Body"] as body:
+            yield _Body(body, self, self.location(name))
+
     def exists(self, name: str) -> bool:
         # A listing, not HEAD: HEAD's errors carry no body, so a wrong secret would read
         # "403 Forbidden" instead of SignatureDoesNotMatch.
@@ -201,6 +208,22 @@ class S3Store:
                 "KeyMarker": page["NextKeyMarker"],
                 "UploadIdMarker": page["NextUploadIdMarker"],
             }
+
+
+class _Body:
+    """An object being downloaded whose errors arrive as StorageError."""
+
+    def __init__(self, body: Any, store: S3Store, where: str) -> None:
+        self._body, self._store, self._where = body, store, where
+
+    def read(self, size: int) -> bytes:
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            data: bytes = self._body.read(size)
+        except BotoCoreError as exc:
+            raise StorageError(f"reading {self._where}: {_describe(exc)}") from None
+        return data
 
 
 class S3Upload:
