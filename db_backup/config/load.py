@@ -29,6 +29,7 @@ from db_backup.config.schema import (
     MIN_PART_SIZE,
     NAME_PATTERN,
     NAME_RULE,
+    SECRET_FIELDS,
     BackupConfig,
     ByteSize,
     Config,
@@ -46,7 +47,6 @@ Position = tuple[int, int]  # 0-based line, column as ruamel reports them
 _ENV_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _MSGSPEC_PATH = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
 _PATH_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
-_SECRET_KEYS = frozenset({"password", "secret_access_key"})
 # Keys whose relative paths are taken relative to the config file, not the working directory
 # (cron runs in /, and a config should mean the same thing wherever it is run from).
 _PATH_KEYS = ("password_file", "pg_dump_path")
@@ -307,7 +307,7 @@ class _Loader:
         if isinstance(node, list):
             return [self._expand(value, (*path, index)) for index, value in enumerate(node)]
         if isinstance(node, str):
-            if path and path[-1] in _SECRET_KEYS and node and "${" not in node:
+            if path and path[-1] in SECRET_FIELDS and node and "${" not in node:
                 line = self.document.value_positions.get(path, (None, 0))[0]
                 if line is not None:
                     self.literal_password_lines.append(line + 1)
@@ -618,7 +618,7 @@ def _choices(struct: type[Any], path: KeyPath) -> tuple[Any, ...]:
 
 def _humanize(message: str, path: KeyPath, value: Any, target: type[Any]) -> str:
     """msgspec's "Expected `int`, got `str`" → 'expected int, got "abc"'."""
-    secret = bool(path) and path[-1] in _SECRET_KEYS
+    secret = bool(path) and path[-1] in SECRET_FIELDS
     shown = "***" if secret else (f'"{value}"' if isinstance(value, str) else repr(value))
     missing = re.match(r"Object missing required field `(.+)`", message)
     if missing:

@@ -79,20 +79,35 @@ class RetentionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         return not any(counts) and self.max_age is None
 
 
-class LocalStorage(
-    msgspec.Struct,
-    frozen=True,
-    kw_only=True,
-    forbid_unknown_fields=True,
-    tag="local",
-    tag_field="kind",
+SECRET_FIELDS = frozenset({"password", "secret_access_key"})
+
+
+def _masked_repr(self: msgspec.Struct) -> str:
+    """repr() without secrets, for any struct that may hold one (debug output, tracebacks)."""
+    shown = (
+        f"{name}={'***' if name in SECRET_FIELDS and value is not None else repr(value)}"
+        for name in self.__struct_fields__
+        for value in [getattr(self, name)]
+    )
+    return f"{type(self).__name__}({', '.join(shown)})"
+
+
+class _Target(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="kind"
 ):
+    """What every kind of storage target has; each kind is tagged by `kind:`."""
+
+    retention: RetentionConfig | None = None  # this target only; else the backup's
+
+    __repr__ = _masked_repr
+
+
+class LocalStorage(_Target, frozen=True, tag="local"):
     """A folder on this machine (or a mounted file system). `kind: local` may be left out."""
 
     path: str
     # Put in front of every file name: <prefix>_<job>_<timestamp>.sql.gz.
     prefix: str = ""
-    retention: RetentionConfig | None = None  # this target only; else the backup's
 
     @property
     def label(self) -> str:
@@ -105,14 +120,7 @@ MIN_PART_SIZE = 5 * 1024 * 1024
 DEFAULT_PART_SIZE = 8 * 1024 * 1024  # as the aws CLI's
 
 
-class S3Storage(
-    msgspec.Struct,
-    frozen=True,
-    kw_only=True,
-    forbid_unknown_fields=True,
-    tag="s3",
-    tag_field="kind",
-):
+class S3Storage(_Target, frozen=True, tag="s3"):
     """A bucket on AWS S3 or an S3-compatible server (SeaweedFS, MinIO, Ceph, R2, ...)."""
 
     bucket: str
@@ -127,7 +135,6 @@ class S3Storage(
     path_style: bool = False  # bucket in the path, not the host name (most S3-compatible servers)
     part_size: ByteSize = ByteSize(DEFAULT_PART_SIZE)  # doubled every 1,000 parts
     upload_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4  # parts in flight
-    retention: RetentionConfig | None = None  # this target only; else the backup's
 
     @property
     def folder(self) -> str:
@@ -177,6 +184,8 @@ class PostgresBackup(
     )
     retry_delay: Duration = Duration(5.0)  # first backoff; doubles per attempt, with jitter
     retention: RetentionConfig = RetentionConfig()
+
+    __repr__ = _masked_repr
 
     @property
     def targets(self) -> tuple[StorageConfig, ...]:

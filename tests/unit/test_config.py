@@ -348,3 +348,24 @@ def test_custom_format_uses_pg_dumps_own_level_unless_set() -> None:
     assert custom_format_level(parse_config(explicit, environ={}).backups[0]) == 9
     off = text + "    compression: {algorithm: none}\n"
     assert custom_format_level(parse_config(off, environ={}).backups[0]) == 0
+
+
+def test_secrets_never_show_in_a_repr() -> None:
+    config = parse_config(
+        """\
+backups:
+  - name: a
+    database: a
+    password: hunter2
+    storage:
+      - {path: /backups}
+      - {kind: s3, bucket: vault, access_key_id: AKIA1, secret_access_key: s3cr3t}
+""",
+        environ={},
+    )
+    shown = repr(config)
+    assert "hunter2" not in shown
+    assert "s3cr3t" not in shown
+    assert "password=***" in shown
+    assert "secret_access_key=***" in shown
+    assert "access_key_id='AKIA1'" in shown  # not a secret: it names the key
