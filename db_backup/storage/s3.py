@@ -136,16 +136,14 @@ class S3Store:
             token = {"ContinuationToken": page["NextContinuationToken"]}
 
     def read(self, name: str) -> bytes:
-        body = self.call("reading", self.location(name), "get_object", Key=self.key(name))["Body"]
-        with body:
-            data: bytes = body.read()
-        return data
+        with self.open_read(name) as body:
+            return body.read(-1)
 
     @contextlib.contextmanager
     def open_read(self, name: str) -> Iterator[_Body]:
         response = self.call("reading", self.location(name), "get_object", Key=self.key(name))
         with response["Body"] as body:
-            yield _Body(body, self, self.location(name))
+            yield _Body(body, self.location(name))
 
     def exists(self, name: str) -> bool:
         # A listing, not HEAD: HEAD's errors carry no body, so a wrong secret would read
@@ -176,18 +174,17 @@ class S3Store:
 
     def clean_incomplete(self, file_prefixes: list[str]) -> list[str]:
         removed = []
-        for prefix in file_prefixes:
-            for key, upload_id in self._incomplete_uploads(self.key(prefix)):
-                name = key[len(self.config.folder) :]
-                if is_own_file(name, prefix):
-                    self.call(
-                        "aborting upload of",
-                        self.location(name),
-                        "abort_multipart_upload",
-                        Key=key,
-                        UploadId=upload_id,
-                    )
-                    removed.append(f"{self.location(name)} (incomplete upload {upload_id})")
+        for key, upload_id in self._incomplete_uploads(self.config.folder):  # one listing
+            name = key[len(self.config.folder) :]
+            if any(is_own_file(name, prefix) for prefix in file_prefixes):
+                self.call(
+                    "aborting upload of",
+                    self.location(name),
+                    "abort_multipart_upload",
+                    Key=key,
+                    UploadId=upload_id,
+                )
+                removed.append(f"{self.location(name)} (incomplete upload {upload_id})")
         return removed
 
     def _incomplete_uploads(self, key_prefix: str) -> list[tuple[str, str]]:
@@ -213,14 +210,14 @@ class S3Store:
 class _Body:
     """An object being downloaded whose errors arrive as StorageError."""
 
-    def __init__(self, body: Any, store: S3Store, where: str) -> None:
-        self._body, self._store, self._where = body, store, where
+    def __init__(self, body: Any, where: str) -> None:
+        self._body, self._where = body, where
 
     def read(self, size: int) -> bytes:
         from botocore.exceptions import BotoCoreError
 
         try:
-            data: bytes = self._body.read(size)
+            data: bytes = self._body.read(None if size < 0 else size)
         except BotoCoreError as exc:
             raise StorageError(f"reading {self._where}: {_describe(exc)}") from None
         return data
