@@ -228,7 +228,6 @@ class S3Upload:
 
     def __init__(self, store: S3Store, name: str) -> None:
         self._store = store
-        self._name = name
         self._key = store.key(name)
         self._where = store.location(name)
         started = store.call(
