@@ -7,8 +7,10 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from db_backup.catalog import Entry
 from db_backup.config.schema import Duration
 from db_backup.config.schema import RetentionConfig as Policy
+from db_backup.prune import plan_prune
 from db_backup.retention import PERIODS, Backup, decide
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -105,3 +107,64 @@ def test_the_newest_is_kept_even_by_a_policy_that_keeps_nothing_else() -> None:
         ("old", True, ("newest",)),
         ("older", False, ()),
     ]
+
+
+# -- applying it: every job on every target is judged on its own ---------------------------
+
+JOBS = ("shop", "shop_eu", "crm")
+TARGETS = ("local:/backups", "s3://vault/pg/")
+
+
+def entry(job: str, target: str, age_minutes: int) -> Entry:
+    name = f"{job}_{age_minutes}.sql.gz"
+    return Entry(
+        job=job,
+        backup=job,
+        database=job,
+        taken_at=NOW - timedelta(minutes=age_minutes),
+        stored_bytes=1,
+        raw_bytes=1,
+        target=target,
+        name=name,
+        location=f"{target}{name}",
+        sha256="0" * 64,
+        checks=(),
+        store=None,  # type: ignore[arg-type]  # never touched by planning
+    )
+
+
+catalogs = st.lists(
+    st.tuples(
+        st.sampled_from(JOBS),
+        st.sampled_from(TARGETS),
+        st.integers(min_value=0, max_value=400 * 24 * 60),
+    ),
+    max_size=80,
+    unique=True,
+).map(lambda rows: [entry(*row) for row in rows])
+policy_maps = st.dictionaries(
+    st.tuples(st.sampled_from(JOBS), st.sampled_from(TARGETS)), policies, max_size=6
+)
+
+
+@settings(max_examples=300)
+@given(catalogs, policy_maps)
+def test_each_job_on_each_target_is_judged_alone_and_nothing_else_is_touched(
+    entries: list[Entry], policy_map: dict[tuple[str, str], Policy]
+) -> None:
+    verdicts = plan_prune(entries, policy_map, NOW)
+    judged = {v.entry.location: v for v in verdicts}
+    # Exactly the entries whose (backup, target) has a policy are judged; the rest untouched.
+    assert set(judged) == {e.location for e in entries if (e.backup, e.target) in policy_map}
+    for (job, target), policy in policy_map.items():
+        group = [e for e in entries if (e.job, e.target) == (job, target)]
+        if not group:
+            continue
+        # The same decisions as retention.decide over that group alone: other jobs (even
+        # `shop_eu` beside `shop`) and other targets change nothing.
+        alone = decide([Backup(e.location, e.taken_at) for e in group], policy, NOW)
+        assert {d.backup.id: d.keep for d in alone} == {
+            e.location: judged[e.location].decision.keep for e in group
+        }
+        newest = max(group, key=lambda e: e.taken_at)
+        assert judged[newest.location].decision.keep
