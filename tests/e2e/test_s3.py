@@ -449,3 +449,48 @@ def test_verify_reads_backups_in_the_bucket_and_finds_damage(
     assert "gzip stream is damaged" in lines[files["plain"]]
     assert "could not read it through" in lines[files["custom"]]
     assert lines[files["zst"]].startswith("OK")
+
+
+def test_a_dump_that_fails_leaves_nothing_in_the_bucket(
+    pg: ThrowawayCluster, s3: SeaweedServer, tmp_path: Path
+) -> None:
+    """pg_dump dies after 2 MiB: the upload is aborted, no object, no upload left."""
+    prefix = "dump-fails"
+    backup = {
+        "name": "pg",
+        "database": "postgres",
+        "pg_dump_path": str(fake_pg_dump(tmp_path, "dies-halfway")),
+        "storage": s3_storage(s3, prefix),
+    }
+    code, jobs = run_json(backup_config(pg, tmp_path, [backup]), cli_env(pg, s3=s3))
+    assert code == 1
+    assert "server closed the connection unexpectedly" in jobs["pg"]["error"]
+    assert jobs["pg"]["targets"][0]["stored"] is False
+    assert s3.objects(f"{prefix}/") == []
+    assert s3.incomplete_uploads(f"{prefix}/") == []
+
+
+def test_an_upload_left_by_a_killed_runner_is_removed_by_the_next_run(
+    pg: ThrowawayCluster, s3: SeaweedServer, tmp_path: Path, start_cli: Any
+) -> None:
+    prefix = "runner-killed"
+    held = HeldRun.start(pg, s3, tmp_path, s3_storage(s3, prefix), start_cli)
+    wait_for(
+        lambda: s3.incomplete_uploads(f"{prefix}/"),
+        what="the upload to start",
+        process=held.process,
+    )
+    held.process.kill()  # SIGKILL: nothing runs after it, the upload stays incomplete
+    held.process.communicate()
+    left = s3.incomplete_uploads(f"{prefix}/")
+    assert len(left) == 1
+
+    held.started.unlink()
+    held.gate.touch()  # the next run's fake runs straight through
+    result = run_cli("backup", "-c", str(held.config), env=held.env)
+    assert result.returncode == 0, result.stderr
+    assert f"removed s3://{s3.bucket}/{left[0][0]} (incomplete upload {left[0][1]})" in (
+        result.stderr
+    )
+    assert s3.incomplete_uploads(f"{prefix}/") == []
+    assert len(s3.objects(f"{prefix}/")) == 2  # the new backup and its manifest
