@@ -515,14 +515,16 @@ def _struct_fields(struct: type[Any]) -> dict[str, Any]:
 
 def _nested_struct(type_info: Any, value: Any) -> type[Any] | None:
     """The struct a mapping `value` will become: for a tagged union, the member its tag
-    names (the first member when the tag is missing or unknown; conversion reports that)."""
+    names (the first when the tag is missing; none when it is unknown: conversion reports
+    that, rather than keys that another kind would not know)."""
     if isinstance(type_info, msgspec.inspect.StructType):
         cls: type[Any] = type_info.cls
         return cls
     if isinstance(type_info, msgspec.inspect.UnionType):
         members = [t for t in type_info.types if isinstance(t, msgspec.inspect.StructType)]
         tag = value.get(members[0].tag_field) if members and isinstance(value, dict) else None
-        chosen = next((m for m in members if m.tag == tag), members[0] if members else None)
+        fallback = members[0] if members and tag is None else None  # unknown kind: msgspec says
+        chosen = next((m for m in members if m.tag == tag), fallback)
         return None if chosen is None else chosen.cls
     return None
 

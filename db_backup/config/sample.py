@@ -9,7 +9,8 @@ SAMPLE_CONFIG = """\
 concurrency: 4
 
 # Merged under every backup below; any backup key may appear here. Nested mappings
-# (storage, compression) merge key by key; a backup's own value wins.
+# (storage, compression) merge key by key; a backup's own value wins. A list of storage
+# targets, or a target of another kind, replaces the inherited storage instead.
 defaults:
   type: postgres
   host: localhost

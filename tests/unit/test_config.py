@@ -369,3 +369,58 @@ backups:
     assert "password=***" in shown
     assert "secret_access_key=***" in shown
     assert "access_key_id='AKIA1'" in shown  # not a secret: it names the key
+
+
+def test_storage_merges_with_defaults_only_for_one_target_of_the_same_kind() -> None:
+    config = parse_config(
+        """\
+defaults:
+  storage: {path: /backups, prefix: nightly}
+backups:
+  - {name: inherits, database: a}
+  - {name: same-kind, database: a, storage: {prefix: hourly}}
+  - {name: other-kind, database: a, storage: {kind: s3, bucket: vault}}
+  - name: a-list
+    database: a
+    storage: [{path: /elsewhere}, {kind: s3, bucket: vault, prefix: pg}]
+""",
+        environ={},
+    )
+    targets = {b.name: [t.label for t in b.targets] for b in config.backups}
+    assert targets == {
+        "inherits": ["local:/backups"],
+        "same-kind": ["local:/backups"],
+        "other-kind": ["s3://vault/"],
+        "a-list": ["local:/elsewhere", "s3://vault/pg/"],
+    }
+    assert config.backups[1].targets[0].prefix == "hourly"  # merged over /backups
+
+
+def test_storage_problems_are_located_per_target() -> None:
+    def problems(storage: str) -> list[str]:
+        text = f"backups:\n  - name: a\n    database: a\n    storage:\n{storage}"
+        with pytest.raises(ConfigError) as raised:
+            parse_config(text, "b.yml", environ={})
+        return [str(issue) for issue in raised.value.issues]
+
+    found = problems(
+        "      - {path: /backups}\n"
+        "      - {kind: s3, bucket: vault, prefix: ../up, part_size: 1MiB, access_key_id: X}\n"
+    )
+    assert [m.split(": ", 2)[1] for m in found] == [
+        "backups[0].storage[1].prefix",
+        "backups[0].storage[1].part_size",
+        "backups[0].storage[1].access_key_id",
+    ]
+    assert all(m.startswith("b.yml:6:") for m in found)
+    assert "S3 parts must be between 5MiB and 5GiB" in found[1]
+    assert "give both access_key_id and secret_access_key, or neither" in found[2]
+
+    # An unknown kind is named as such (not as keys a local folder would not know).
+    assert problems("      - {kind: ftp, host: x}\n") == [
+        'b.yml:5:16: backups[0].storage[0].kind: invalid value "ftp"; '
+        "expected one of: local, s3 (backup 'a')"
+    ]
+    assert problems("      - {kind: s3, bucket: vault, bukket: x}\n") == [
+        "b.yml:5:35: backups[0].storage[0].bukket: unknown key 'bukket'; did you mean 'bucket'?"
+    ]
