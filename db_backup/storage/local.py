@@ -175,12 +175,8 @@ class LocalStore:
             raise StorageError(f"cannot list {self.directory}: {describe_os_error(exc)}") from None
 
     def read(self, name: str) -> bytes:
-        try:
-            return (self.directory / name).read_bytes()
-        except OSError as exc:
-            raise StorageError(
-                f"cannot read {self.directory / name}: {describe_os_error(exc)}"
-            ) from None
+        with self.open_read(name) as handle:
+            return handle.read(-1)
 
     def exists(self, name: str) -> bool:
         return (self.directory / name).exists()
