@@ -5,6 +5,7 @@ The server enforces credentials and per-part checksums as S3 does; nothing here 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -38,12 +39,10 @@ def varied_s3_db(pg: ThrowawayCluster) -> str:
     return "varied_s3"
 
 
-def backup_config(
-    pg: ThrowawayCluster, tmp_path: Path, backups: list[dict[str, Any]], **defaults: Any
-) -> Path:
+def backup_config(pg: ThrowawayCluster, tmp_path: Path, backups: list[dict[str, Any]]) -> Path:
     return write_config(
         tmp_path / "backup.yml",
-        {"defaults": server_defaults(pg, tmp_path / "out", **defaults), "backups": backups},
+        {"defaults": server_defaults(pg, tmp_path / "out"), "backups": backups},
     )
 
 
@@ -131,6 +130,7 @@ def test_one_dump_goes_to_a_folder_and_a_bucket_at_once_and_restores_from_the_bu
     )
     assert manifest["file"] == Path(key).name
     assert manifest["stored_bytes"] == downloaded.stat().st_size
+    assert manifest["sha256"] == hashlib.sha256(downloaded.read_bytes()).hexdigest()
     assert set(manifest["checks"]) == {
         "sha256",
         "end marker" if fmt == "plain" else "pg_restore read-through",
@@ -160,8 +160,6 @@ def test_a_dump_larger_than_several_parts_arrives_whole(
     parts = int(head["ETag"].strip('"').rsplit("-", 1)[1])  # multipart ETags end in -<parts>
     assert parts == -(-jobs["big"]["stored_bytes"] // (5 * 1024 * 1024)) > 10
     downloaded = s3.download(key, tmp_path / "big.sql")
-    import hashlib
-
     assert hashlib.sha256(downloaded.read_bytes()).hexdigest() == jobs["big"]["sha256"]
 
 
