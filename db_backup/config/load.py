@@ -26,6 +26,7 @@ from db_backup.config.schema import (
     ALL_DATABASES,
     LEVEL_RANGES,
     MAX_NAME_LENGTH,
+    MAX_PART_SIZE,
     MIN_PART_SIZE,
     NAME_PATTERN,
     NAME_RULE,
@@ -79,16 +80,17 @@ def load_config(
     config = parse_config(
         text, display, base_dir=source.resolve().parent, environ=environ, require_env=require_env
     )
-    warnings = [*_exposed_password_warnings(source, config), *_secret_file_warnings(config)]
+    warnings = [*_exposed_secret_warnings(source, config), *_secret_file_warnings(config)]
     return msgspec.structs.replace(config, warnings=tuple(warnings))
 
 
-def _exposed_password_warnings(source: Path, config: Config) -> list[str]:
-    """A literal password in a file other users can read is a leak waiting to happen."""
+def _exposed_secret_warnings(source: Path, config: Config) -> list[str]:
+    """A literal password or secret key in a file other users can read is a leak waiting
+    to happen."""
     mode = source.stat().st_mode & 0o777
-    if not mode & 0o044 or not config.literal_password_lines:
+    if not mode & 0o044 or not config.literal_secret_lines:
         return []
-    where = ", ".join(str(n) for n in config.literal_password_lines)
+    where = ", ".join(str(n) for n in config.literal_secret_lines)
     display = config.source
     return [
         f"{display} is readable by other users (mode {mode:04o}) and holds a literal secret "
@@ -270,7 +272,7 @@ class _Loader:
         self.base_dir = base_dir
         self.issues: list[ConfigIssue] = []
         self.require_env = True
-        self.literal_password_lines: list[int] = []
+        self.literal_secret_lines: list[int] = []
 
     def load(self) -> Config:
         doc = self.document
@@ -296,7 +298,7 @@ class _Loader:
             source=doc.file,
             concurrency=raw.concurrency,
             backups=tuple(b for b in backups if b is not None),
-            literal_password_lines=tuple(self.literal_password_lines),
+            literal_secret_lines=tuple(self.literal_secret_lines),
         )
 
     # -- steps -------------------------------------------------------------------------------
@@ -310,7 +312,7 @@ class _Loader:
             if path and path[-1] in SECRET_FIELDS and node and "${" not in node:
                 line = self.document.value_positions.get(path, (None, 0))[0]
                 if line is not None:
-                    self.literal_password_lines.append(line + 1)
+                    self.literal_secret_lines.append(line + 1)
             text, missing = expand_env(node, self.environ)
             for name in missing if self.require_env or "storage" in path else ():
                 self._add(
@@ -564,7 +566,6 @@ _STORAGE_KINDS = tuple(
     for kind in typing.get_args(StorageConfig)
 )
 _SAFE_KEY_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/-]*")
-_MAX_PART_SIZE = 5 * 1024**3
 
 
 def _storage_problems(
@@ -589,7 +590,7 @@ def _storage_problems(
             f"invalid prefix {target.prefix!r}: use letters, digits and !_.*'()-, "
             "folders separated by '/', no '.' or '..' folders",
         )
-    if target.part_size < MIN_PART_SIZE or target.part_size > _MAX_PART_SIZE:
+    if target.part_size < MIN_PART_SIZE or target.part_size > MAX_PART_SIZE:
         yield "part_size", "S3 parts must be between 5MiB and 5GiB"
     if (target.access_key_id is None) != (target.secret_access_key is None):
         yield "access_key_id", "give both access_key_id and secret_access_key, or neither"

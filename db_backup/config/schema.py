@@ -117,6 +117,7 @@ class LocalStorage(_Target, frozen=True, tag="local"):
 
 # S3 allows 10,000 parts per upload, each (but the last) at least 5 MiB.
 MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PART_SIZE = 5 * 1024**3
 DEFAULT_PART_SIZE = 8 * 1024 * 1024  # as the aws CLI's
 
 
@@ -213,7 +214,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     concurrency: int | None
     backups: tuple[BackupConfig, ...]
     warnings: tuple[str, ...] = ()  # risky but valid settings, for the CLI to print
-    literal_password_lines: tuple[int, ...] = ()  # where a password is written out in the file
+    literal_secret_lines: tuple[int, ...] = ()  # where a password or secret key is written out
 
 
 class RawConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
