@@ -592,7 +592,7 @@ def _storage_problems(
         )
     if target.part_size < MIN_PART_SIZE or target.part_size > MAX_PART_SIZE:
         yield "part_size", "S3 parts must be between 5MiB and 5GiB"
-    if (target.access_key_id is None) != (target.secret_access_key is None):
+    if bool(target.access_key_id) != bool(target.secret_access_key):  # "" (${VAR:-}): none
         yield "access_key_id", "give both access_key_id and secret_access_key, or neither"
     if target.endpoint_url is not None and not re.match(r"https?://[^/]", target.endpoint_url):
         yield "endpoint_url", f"expected an http:// or https:// URL, got {target.endpoint_url!r}"

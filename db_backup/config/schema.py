@@ -128,8 +128,9 @@ class S3Storage(_Target, frozen=True, tag="s3"):
     prefix: str = ""  # the "folder" inside the bucket, e.g. "postgres/nightly"
     endpoint_url: str | None = None  # None: AWS itself
     region: str | None = None  # None: from the AWS configuration, else us-east-1
-    # Both or neither; neither: the standard AWS chain (AWS_ACCESS_KEY_ID..., AWS_PROFILE,
-    # ~/.aws/credentials, instance roles). Write them as ${VAR}, never literally.
+    # Both or neither (empty counts as not given); neither: the standard AWS chain
+    # (AWS_ACCESS_KEY_ID..., AWS_PROFILE, ~/.aws/credentials, instance roles). Write them as
+    # ${VAR}, never literally.
     access_key_id: str | None = None
     secret_access_key: str | None = None
     profile: str | None = None  # a named profile of ~/.aws/config

@@ -79,8 +79,8 @@ def _make_client(config: S3Storage) -> Any:
             read_timeout=60,
             max_pool_connections=max(10, 4 * config.upload_concurrency),
         ),
-        aws_access_key_id=config.access_key_id,  # None: the standard chain
-        aws_secret_access_key=config.secret_access_key,
+        aws_access_key_id=config.access_key_id or None,  # None (or ""): the standard chain
+        aws_secret_access_key=config.secret_access_key or None,
     )
 
 

@@ -424,3 +424,16 @@ def test_storage_problems_are_located_per_target() -> None:
     assert problems("      - {kind: s3, bucket: vault, bukket: x}\n") == [
         "b.yml:5:35: backups[0].storage[0].bukket: unknown key 'bukket'; did you mean 'bucket'?"
     ]
+
+
+def test_empty_s3_keys_mean_the_standard_aws_chain() -> None:
+    text = """\
+backups:
+  - name: a
+    database: a
+    storage: {kind: s3, bucket: vault, access_key_id: "${KEY:-}", secret_access_key: "${SECRET:-}"}
+"""
+    (target,) = parse_config(text, environ={}).backups[0].targets
+    assert (target.access_key_id, target.secret_access_key) == ("", "")  # both or neither: ok
+    with pytest.raises(ConfigError, match="give both access_key_id and secret_access_key"):
+        parse_config(text, environ={"KEY": "AKIA1"})
