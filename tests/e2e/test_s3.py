@@ -492,3 +492,33 @@ def test_an_upload_left_by_a_killed_runner_is_removed_by_the_next_run(
     )
     assert s3.incomplete_uploads(f"{prefix}/") == []
     assert len(s3.objects(f"{prefix}/")) == 2  # the new backup and its manifest
+
+
+def test_credentials_from_the_standard_aws_variables_or_a_named_profile(
+    pg: ThrowawayCluster, s3: SeaweedServer, tmp_path: Path
+) -> None:
+    """No keys in the config: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY apply, or a profile
+    of the shared credentials file, as for the aws CLI."""
+    keyless = {
+        key: value
+        for key, value in s3_storage(s3, "aws-chain").items()
+        if key not in ("access_key_id", "secret_access_key")
+    }
+    backup = {"name": "pg", "database": "postgres", "storage": keyless}
+    code, jobs = run_json(backup_config(pg, tmp_path, [backup]), cli_env(pg, s3=s3))
+    assert code == 0, jobs["pg"]["error"]
+    assert jobs["pg"]["targets"][0]["stored"]
+
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text(
+        f"[backups]\naws_access_key_id = {s3.access_key}\naws_secret_access_key = {s3.secret_key}\n"
+    )
+    backup["storage"] = dict(keyless, profile="backups")
+    env = cli_env(pg, AWS_SHARED_CREDENTIALS_FILE=str(credentials))  # no AWS_* keys at all
+    code, jobs = run_json(backup_config(pg, tmp_path, [backup]), env)
+    assert code == 0, jobs["pg"]["error"]
+    backup["storage"] = dict(keyless, profile="nobody-has-this")
+    code, jobs = run_json(backup_config(pg, tmp_path, [backup]), env)
+    assert code == 1
+    assert "nobody-has-this" in jobs["pg"]["error"]
+    assert len(s3.objects("aws-chain/")) == 4  # two backups, two manifests
