@@ -139,9 +139,7 @@ class _Decompressed:
                 data = self._stream.unused_data if self._stream.eof else b""
                 if data:  # another gzip member or zstd frame follows
                     self._stream = self._new_stream()
-        except (zlib.error, ValueError) as exc:
-            self.error = str(exc)
-        except Exception as exc:  # zstandard.ZstdError, imported lazily
+        except Exception as exc:  # zlib.error, or zstandard.ZstdError (imported lazily)
             self.error = str(exc)
 
     def close(self) -> None:
