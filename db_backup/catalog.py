@@ -21,6 +21,7 @@ from db_backup.manifest import Manifest
 from db_backup.model import Target
 from db_backup.plan import is_own_file, select_backups
 from db_backup.storage import Store, open_store
+from db_backup.threads import in_thread
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ async def list_backups(config: Config, names: Sequence[str] = ()) -> Catalog:
     wanted = targets_of(select_backups(config, names))
 
     async def one(storage: StorageConfig, backups: frozenset[str]) -> list[Entry]:
-        return await asyncio.to_thread(scan, open_store(storage), backups)
+        return await in_thread(scan, open_store(storage), backups)
 
     found = await asyncio.gather(*(one(s, b) for s, b in wanted.items()), return_exceptions=True)
     entries: list[Entry] = []

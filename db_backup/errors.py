@@ -14,6 +14,7 @@ exit codes; no traceback reaches a user.
     ├── ConnectionCheckError   the pre-dump connection check failed; `.kind` says how
     ├── DumpError              pg_dump (or pg_dumpall) failed or its output is incomplete
     ├── StorageError           a target could not be written, read or listed
+    │   ├── TargetUnreachableError  it did not answer (timed out, refused): not asked again
     │   └── TargetsFailedError one or more of a job's targets failed (others may hold it)
     ├── LockHeldError          another run holds a storage folder's lock
     ├── JobTimeoutError        a job ran past its `timeout`
@@ -113,6 +114,11 @@ class DumpError(BackupError):
 
 class StorageError(BackupError):
     """A target could not be written, read or listed; the message names it and the reason."""
+
+
+class TargetUnreachableError(StorageError):
+    """A target did not answer in time, or refused the connection: the run stops asking it
+    (its jobs still write to their other targets)."""
 
 
 class TargetsFailedError(StorageError):

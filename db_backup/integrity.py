@@ -33,6 +33,7 @@ from db_backup.process import Child, spawn
 from db_backup.sources.postgres import plain_dump_is_complete
 from db_backup.stages import append_tail
 from db_backup.storage import Store, open_store
+from db_backup.threads import in_thread
 
 READ_SIZE = 1024 * 1024
 BACKUP_SUFFIXES = (".sql.gz", ".sql.zst", ".sql", ".dump")
@@ -240,8 +241,8 @@ async def verify_backup(store: Store, name: str, pg_restore: Path | None) -> Ver
     marker, or a pg_restore read-through for custom format)."""
     verdict = Verdict(store.location(name))
     try:
-        record = await asyncio.to_thread(_read_manifest, store, name, verdict)
-        if not await asyncio.to_thread(store.exists, name):
+        record = await in_thread(_read_manifest, store, name, verdict)
+        if not await in_thread(store.exists, name):
             verdict.problems.append("the backup file is missing (only its manifest exists)")
             return verdict
         custom = name.endswith(".dump")
@@ -254,7 +255,7 @@ async def verify_backup(store: Store, name: str, pg_restore: Path | None) -> Ver
                 assert pg_restore is not None
                 restore = await stack.enter_async_context(restore_check(pg_restore))
             check = _StreamCheck(name, restore)
-            await asyncio.to_thread(_pass_over, store, name, check)
+            await in_thread(_pass_over, store, name, check)
             _judge(check, record, verdict)
             if restore is not None:
                 try:
@@ -296,18 +297,21 @@ def backups_in(paths: Iterable[Path]) -> list[tuple[Store, str]]:
 async def backups_on(
     storages: Iterable[StorageConfig],
 ) -> tuple[list[tuple[Store, str]], dict[str, str]]:
-    """Every backup (or manifest) on these targets, and the targets that could not be listed
-    (label → why)."""
+    """Every backup (or manifest) on these targets, listed at once, and the targets that
+    could not be listed (label → why)."""
+    stores = [open_store(storage) for storage in storages]
+    listings = await asyncio.gather(
+        *(in_thread(store.names, "") for store in stores), return_exceptions=True
+    )
     found: list[tuple[Store, str]] = []
     errors: dict[str, str] = {}
-    for storage in storages:
-        store = open_store(storage)
-        try:
-            names = await asyncio.to_thread(store.names, "")
-        except StorageError as exc:
-            errors[storage.label] = str(exc)
-            continue
-        found += [(store, name) for name in backup_names(names)]
+    for store, listing in zip(stores, listings, strict=True):
+        if isinstance(listing, StorageError):
+            errors[store.label] = str(listing)
+        elif isinstance(listing, BaseException):
+            raise listing
+        else:
+            found += [(store, name) for name in backup_names(listing)]
     return found, errors
 
 
@@ -316,7 +320,7 @@ async def verify_all(backups: Sequence[tuple[Store, str]], concurrency: int = 2)
     pg_restore: Path | None = None
     if any(name.endswith(".dump") for _, name in backups):
         with contextlib.suppress(ToolNotFoundError):
-            pg_restore = await asyncio.to_thread(find_pg_restore)
+            pg_restore = await in_thread(find_pg_restore)
     slots = asyncio.Semaphore(concurrency)
 
     async def one(store: Store, name: str) -> Verdict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from db_backup.model import (
     StoredCopy,
     Target,
 )
+from db_backup.notice import waiting_notice
 from db_backup.process import Child, spawn
 from db_backup.redact import redact
 from db_backup.sources import pg_server, postgres
@@ -41,11 +41,14 @@ from db_backup.sources.postgres import ClientBinary, DumpCommand
 from db_backup.stages import Pipeline
 from db_backup.stages.compress import compressor_for
 from db_backup.storage import Upload, open_store
+from db_backup.threads import in_thread, start_in_thread
 from db_backup.units import format_duration
 
 # Large reads keep per-chunk overhead (system call, write call) negligible.
 CHUNK_SIZE = 1024 * 1024
 PROGRESS_SECONDS = 0.1
+# A cancelled job waits this long for its pump thread to notice, then abandons it.
+PUMP_STOP_SECONDS = 2.0
 
 Emit = Callable[[JobEvent], None]
 
@@ -110,18 +113,21 @@ async def _run(job: JobSpec, emit: Emit, cores: int) -> Committed:
     if not any(d.error is None for d in deliveries):
         raise _targets_failed(deliveries)
     password = pg_server.resolve_password(backup)
-    server = await pg_server.check_connection(backup, job.database, password)
-    client = await pg_server.client_for(backup, server.version_num)
+    async with waiting_notice(emit, f"{job.name}: connecting to {job.server}", job):
+        server = await pg_server.check_connection(backup, job.database, password)
+        client = await pg_server.client_for(backup, server.version_num)
     command = postgres.dump_command(
         client, backup, job.database, globals_only=job.kind is JobKind.GLOBALS
     )
-    emit(JobStarted(job, await asyncio.to_thread(_estimate, job, server.database_size)))
+    emit(JobStarted(job, await in_thread(_estimate, job, server.database_size)))
 
     started = utcnow()
     pipeline = await _dump(job, command, client, password, deliveries, emit, cores)
     checks = ("sha256", "end marker" if command.plain else "pg_restore read-through")
     record = _manifest(job, server, client, command, pipeline, started, utcnow(), checks)
-    copies = await asyncio.gather(*(_finish_target(job, d, record) for d in deliveries if d.live))
+    async with waiting_notice(emit, f"{job.name}: writing manifests, applying retention", job):
+        finishing = (_finish_target(job, d, record) for d in deliveries if d.live)
+        copies = await asyncio.gather(*finishing)
     committed = Committed(record, tuple(copy for copy in copies if copy is not None))
     if any(d.error is not None for d in deliveries):
         raise _targets_failed(deliveries, committed if committed.copies else None)
@@ -141,14 +147,14 @@ async def _finish_target(job: JobSpec, delivery: Delivery, record: Manifest) -> 
     store = open_store(target.storage)
     own = msgspec.structs.replace(record, file=target.filename)
     try:
-        await asyncio.to_thread(store.put, target.manifest_name, manifest.encode(own))
+        await in_thread(store.put, target.manifest_name, manifest.encode(own))
     except StorageError as exc:
         delivery.error = f"{exc} (the dump was stored without it and is removed)"
         with contextlib.suppress(StorageError):
-            await asyncio.to_thread(store.delete, target.filename)
+            await in_thread(store.delete, target.filename)
         return None
     # Only now, with this backup committed here, may older ones here go.
-    await asyncio.to_thread(prune.prune_job, job, target, utcnow())
+    await in_thread(prune.prune_job, job, target, utcnow())
     return StoredCopy(
         target.label, store.location(target.filename), store.location(target.manifest_name)
     )
@@ -156,7 +162,7 @@ async def _finish_target(job: JobSpec, delivery: Delivery, record: Manifest) -> 
 
 async def _pg_restore(client: ClientBinary) -> Path:
     beside = client.sibling("pg_restore")
-    return beside if beside.exists() else await asyncio.to_thread(integrity.find_pg_restore)
+    return beside if beside.exists() else await in_thread(integrity.find_pg_restore)
 
 
 async def _open_uploads(deliveries: Sequence[Delivery]) -> None:
@@ -165,7 +171,7 @@ async def _open_uploads(deliveries: Sequence[Delivery]) -> None:
     async def one(delivery: Delivery) -> None:
         store = open_store(delivery.target.storage)
         try:
-            delivery.upload = await asyncio.to_thread(store.open_upload, delivery.target.filename)
+            delivery.upload = await in_thread(store.open_upload, delivery.target.filename)
         except StorageError as exc:
             delivery.error = str(exc)
 
@@ -189,9 +195,9 @@ async def _commit_all(deliveries: Sequence[Delivery]) -> None:
     async def one(delivery: Delivery) -> None:
         assert delivery.upload is not None
         try:
-            await asyncio.to_thread(delivery.upload.commit)
+            await in_thread(delivery.upload.commit)
         except StorageError as exc:
-            await asyncio.to_thread(delivery.fail, exc)
+            await in_thread(delivery.fail, exc)
 
     await asyncio.gather(*(one(d) for d in deliveries if d.live))
     if not any(d.live for d in deliveries):
@@ -199,9 +205,7 @@ async def _commit_all(deliveries: Sequence[Delivery]) -> None:
 
 
 async def _abort_all(deliveries: Sequence[Delivery]) -> None:
-    await asyncio.gather(
-        *(asyncio.to_thread(d.upload.abort) for d in deliveries if d.upload is not None)
-    )
+    await asyncio.gather(*(in_thread(d.upload.abort) for d in deliveries if d.upload is not None))
 
 
 async def _dump(
@@ -221,7 +225,8 @@ async def _dump(
     pipeline = Pipeline(compressor)
     env = postgres.child_env(os.environ, job.backup, password)
     # Before spawning: an unwritable target fails without touching the server.
-    await _open_uploads(deliveries)
+    async with waiting_notice(emit, f"{job.name}: starting uploads", job):
+        await _open_uploads(deliveries)
     try:
         if not any(d.live for d in deliveries):
             raise _targets_failed(deliveries)
@@ -236,11 +241,12 @@ async def _dump(
             exit_code = await child.wait()
             stderr_tail = redact(child.stderr_tail(), password)
             _check_outcome(command, exit_code, stderr_tail, pipeline)
-            rest = await asyncio.to_thread(pipeline.finish)
-            await asyncio.to_thread(_deliver_all, deliveries, check, rest)
+            rest = await in_thread(pipeline.finish)
+            await in_thread(_deliver_all, deliveries, check, rest)
             if check is not None:
                 await check.finish()
-        await _commit_all(deliveries)
+        async with waiting_notice(emit, f"{job.name}: committing", job):
+            await _commit_all(deliveries)
         return pipeline
     except BaseException:
         await asyncio.shield(_abort_all(deliveries))
@@ -290,48 +296,23 @@ async def _pump(
             _deliver_all(deliveries, check, pipeline.feed(chunk))
             report()
 
-    worker = _in_own_thread(pump, child.stdout_fd, name=f"pump {child.command.split()[0]}")
+    # Its own thread (see threads.py): a pump holds it for a whole dump.
+    worker = start_in_thread(pump, child.stdout_fd, name=f"pump {child.command.split()[0]}")
     try:
         await asyncio.shield(worker)
     except asyncio.CancelledError:
-        # The thread may still be using the uploads: end the child (the pump then reads EOF)
-        # and let the thread finish before the uploads are aborted.
+        # End the child (the pump then reads EOF) and the uploads (a pump waiting on a silent
+        # target wakes up and fails), then let the thread finish. One still blocked after
+        # PUMP_STOP_SECONDS (a hung file system) is abandoned: it is a daemon thread.
         await child.terminate()
-        with contextlib.suppress(Exception):
-            await worker
+        await _abort_all(deliveries)
+        await asyncio.wait([worker], timeout=PUMP_STOP_SECONDS)
+        if worker.done():
+            worker.exception()  # what it died of is no news: the job is being cancelled
+        else:
+            worker.cancel()
         raise
     on_progress()
-
-
-def _in_own_thread(
-    function: Callable[[int], None], argument: int, name: str
-) -> asyncio.Future[None]:
-    """Run `function(argument)` on a new thread; the future resolves when it returns.
-
-    Not the loop's default executor: a pump holds its thread for a whole dump, and with more
-    jobs than that pool has threads, every other job's short file operations would queue
-    behind the dumps."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[None] = loop.create_future()
-
-    def settle(error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
-
-    def target() -> None:
-        try:
-            function(argument)
-        except BaseException as exc:  # handed to the awaiting coroutine
-            loop.call_soon_threadsafe(settle, exc)
-        else:
-            loop.call_soon_threadsafe(settle, None)
-
-    threading.Thread(target=target, name=name, daemon=True).start()
-    return future
 
 
 def _check_outcome(
@@ -397,8 +378,10 @@ def _estimate(job: JobSpec, database_size: int | None) -> int | None:
     """Expected bytes of dump output: the previous backup's, else (for plain SQL) the
     database's size on disk. Custom-format output is compressed by pg_dump, so its size on
     disk says nothing about it."""
+    unusable = dict(job.unusable)
+    usable = [target for target in job.targets if target.label not in unusable]
     try:
-        previous = catalog.latest(job.targets[0], job.name, job.backup.name)
+        previous = catalog.latest(usable[0], job.name, job.backup.name) if usable else None
     except StorageError:
         previous = None  # only an estimate; the upload will say what is wrong
     if previous is not None:

@@ -27,8 +27,11 @@ from pathlib import Path
 
 from db_backup.config.schema import LocalStorage, StorageConfig
 from db_backup.errors import LockHeldError, StorageError
+from db_backup.notice import Tell, waiting_notice
 from db_backup.plan import safe_component
+from db_backup.storage import place_of
 from db_backup.storage.local import FILE_MODE, describe_os_error, ensure_directory
+from db_backup.threads import in_thread
 
 LOCK_NAME = ".db-backup.lock"
 POLL_SECONDS = 0.5
@@ -95,44 +98,56 @@ def _claim(fd: int, directory: Path) -> None:
         ) from None
 
 
-async def lock_storage(folders: Iterable[Path], wait: float | None) -> StorageLocks:
+async def lock_storage(
+    folders: Iterable[Path], wait: float | None, tell: Tell | None = None
+) -> StorageLocks:
     """Lock every folder (sorted, so two runs never deadlock).
 
     A folder held by a live run raises LockHeldError at once, or after `wait` seconds of
-    retrying (`float("inf")`: wait as long as it takes). A folder that cannot be created or
-    written is recorded in `unusable`, so only its jobs fail and the others still run.
+    retrying (`float("inf")`: wait as long as it takes; `tell` hears how long, see
+    notice.py). A folder that cannot be created or written is recorded in `unusable`, so
+    only its jobs fail and the others still run.
     """
     locks = StorageLocks()
     deadline = None if wait is None else time.monotonic() + wait
     try:
         for directory in sorted(set(folders)):
-            while True:
-                try:
-                    fd, previous = await asyncio.to_thread(_try_lock, directory)
-                except StorageError as exc:
-                    locks.unusable[directory] = exc
-                    break
-                if fd is not None:
-                    await asyncio.to_thread(_claim, fd, directory)
-                    locks.held[directory] = fd
-                    if previous.strip():
-                        log.warning(
-                            "took over the lock on %s left by %s, which is no longer running",
-                            directory,
-                            _describe_holder(previous),
-                        )
-                    break
-                if deadline is None or time.monotonic() >= deadline:
-                    raise LockHeldError(
-                        f"another db-backup run holds {directory / LOCK_NAME} "
-                        f"({_describe_holder(previous)}); not starting. "
-                        "Use --wait[=DURATION] to wait for it."
-                    )
-                await asyncio.sleep(POLL_SECONDS)
+            try:
+                fd, previous = await in_thread(_try_lock, directory)
+                if fd is None:
+                    what = f"the lock on {directory}, held by {_describe_holder(previous)}"
+                    async with waiting_notice(tell, what):
+                        fd, previous = await _wait_for_lock(directory, previous, deadline)
+            except StorageError as exc:
+                locks.unusable[directory] = exc
+                continue
+            await in_thread(_claim, fd, directory)
+            locks.held[directory] = fd
+            if previous.strip():
+                log.warning(
+                    "took over the lock on %s left by %s, which is no longer running",
+                    directory,
+                    _describe_holder(previous),
+                )
     except BaseException:
         locks.release()
         raise
     return locks
+
+
+async def _wait_for_lock(directory: Path, previous: str, deadline: float | None) -> tuple[int, str]:
+    """Poll a held lock until it is ours, or raise LockHeldError once `deadline` passed."""
+    while True:
+        if deadline is None or time.monotonic() >= deadline:
+            raise LockHeldError(
+                f"another db-backup run holds {directory / LOCK_NAME} "
+                f"({_describe_holder(previous)}); not starting. "
+                "Use --wait[=DURATION] to wait for it."
+            )
+        await asyncio.sleep(POLL_SECONDS)
+        fd, previous = await in_thread(_try_lock, directory)
+        if fd is not None:
+            return fd, previous
 
 
 def state_directory() -> Path:
@@ -146,9 +161,11 @@ def state_directory() -> Path:
 
 
 def lock_folder(storage: StorageConfig) -> Path:
-    """The folder whose lock file guards a target."""
+    """The folder whose lock file guards a target: the same for every spelling of one place
+    (see storage.place_of), so a run never waits on itself."""
+    place = place_of(storage)
     if isinstance(storage, LocalStorage):
-        return Path(storage.path)
-    digest = hashlib.sha256(storage.label.encode()).hexdigest()[:16]
-    kind = storage.label.split(":", 1)[0]
+        return Path(place.removeprefix("local:"))
+    digest = hashlib.sha256(place.encode()).hexdigest()[:16]
+    kind = place.split(":", 1)[0]
     return state_directory() / "locks" / f"{kind}-{safe_component(storage.bucket)}-{digest}"

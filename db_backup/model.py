@@ -166,4 +166,15 @@ class JobFinished:
     result: JobResult
 
 
-JobEvent = JobQueued | JobStarted | JobProgress | JobRetrying | JobFinished
+@dataclass(frozen=True)
+class Waiting:
+    """The run has been waiting a while on something outside a dump — a lock, a server, a
+    target (see notice.py): said again as the wait goes on, and once more when it is over."""
+
+    what: str  # e.g. "the lock on /var/backups/db (held by PID 42 on db1, started ...)"
+    elapsed: float  # seconds so far
+    over: bool = False
+    job: JobSpec | None = None  # the job that waits, if only one does
+
+
+JobEvent = JobQueued | JobStarted | JobProgress | JobRetrying | JobFinished | Waiting

@@ -13,6 +13,7 @@ from db_backup.model import JobSpec
 from db_backup.sources import pg_server
 from db_backup.sources.pg_server import ServerInfo
 from db_backup.storage import open_store
+from db_backup.threads import in_thread
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ async def check_targets(backups: Sequence[BackupConfig]) -> dict[str, StorageErr
 
     async def check(storage: StorageConfig) -> StorageError | None:
         try:
-            await asyncio.to_thread(open_store(storage).check)
+            await in_thread(open_store(storage).check)
         except StorageError as exc:
             return exc
         return None

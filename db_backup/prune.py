@@ -8,7 +8,6 @@ stops being a backup before its data file goes.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from db_backup.model import JobSpec, Target
 from db_backup.plan import file_prefix, select_backups
 from db_backup.retention import Backup, Decision, decide
 from db_backup.storage import open_store
+from db_backup.threads import in_thread
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ async def prune_config(
     targets = targets_of(select_backups(config, names))
     locks = await lock_storage({lock_folder(storage) for storage in targets}, wait=None)
     try:
-        report.deleted, errors = await asyncio.to_thread(apply, report.verdicts)
+        report.deleted, errors = await in_thread(apply, report.verdicts)
         report.errors.update(errors)
         jobs = {(e.target, e.job) for e in catalog.entries}
         for storage, backups in targets.items():
@@ -143,7 +143,7 @@ async def prune_config(
             )
             try:
                 store = open_store(storage)
-                report.cleaned += await asyncio.to_thread(store.clean_incomplete, prefixes)
+                report.cleaned += await in_thread(store.clean_incomplete, prefixes)
             except StorageError as exc:
                 report.errors[storage.label] = str(exc)
     finally:

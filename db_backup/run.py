@@ -12,13 +12,15 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from db_backup.config.schema import BackupConfig, Config, StorageConfig
-from db_backup.errors import StorageError
+from db_backup.errors import StorageError, TargetUnreachableError
 from db_backup.lock import lock_folder, lock_storage
-from db_backup.model import JobResult, JobSpec, JobStatus, Plan, RunReport, Target
+from db_backup.model import JobEvent, JobResult, JobSpec, JobStatus, Plan, RunReport, Target
+from db_backup.notice import Tell, waiting_notice
 from db_backup.orchestrator import Orchestrator, Subscriber
-from db_backup.plan import build_plan, wildcard_job
+from db_backup.plan import build_plan, server_of, wildcard_job
 from db_backup.preflight import discover
 from db_backup.storage import open_store
+from db_backup.threads import in_thread
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +31,15 @@ async def prepare_plan(
     *,
     names: Sequence[str] = (),
     concurrency: int | None = None,
+    tell: Tell | None = None,
 ) -> tuple[Plan, list[JobResult]]:
     """Discover `database: "*"` databases, then plan; failed discoveries come back as results."""
     now = datetime.now(UTC)
-    found = await discover(selected)
+    servers = sorted({str(server_of(b)) for b in selected if b.is_wildcard})
+    async with waiting_notice(
+        tell if servers else None, f"listing databases on {', '.join(servers)}"
+    ):
+        found = await discover(selected)
     plan = build_plan(config, now, names=names, discovered=found.databases, concurrency=concurrency)
     for backup in selected:
         if backup.name in found.databases and not any(j.backup is backup for j in plan.jobs):
@@ -49,11 +56,11 @@ async def prepare_plan(
     return plan, failures
 
 
-def _names_taken(plan: Plan) -> bool:
+def _names_taken(plan: Plan, unusable: Mapping[str, str]) -> bool:
     """Is a planned file name in use on a target? One that cannot be asked counts as free:
     its upload will report what is wrong with it, and refuses to overwrite in any case."""
 
-    unreachable: set[str] = set()  # asked once: a target that is down is not asked per job
+    unreachable = set(unusable)  # asked once: a target that is down is not asked per job
 
     def taken(target: Target) -> bool:
         if target.label in unreachable:
@@ -72,20 +79,30 @@ def _with_unusable(job: JobSpec, unusable: Mapping[str, str]) -> JobSpec:
     return dataclasses.replace(job, unusable=mine) if mine else job
 
 
-async def _clean_leftovers(jobs: Sequence[JobSpec], unusable: Mapping[str, str]) -> None:
+async def _clean_leftovers(
+    jobs: Sequence[JobSpec], unusable: Mapping[str, str], tell: Tell | None
+) -> dict[str, str]:
     """Under the locks: remove what killed runs of these jobs left on each target (partial
-    files, incomplete multipart uploads). A target that cannot be cleaned is only logged —
-    its upload will report the real trouble."""
+    files, incomplete multipart uploads). This is also each target's first question of the
+    run: one that does not answer is returned (label → why), and its jobs leave it out
+    rather than each wait for it again. Other failures are only logged — an upload will
+    report the real trouble."""
     prefixes: dict[StorageConfig, set[str]] = {}
     for job in jobs:
         for target in job.targets:
             if target.label not in unusable:
                 prefixes.setdefault(target.storage, set()).add(target.file_prefix)
+    silent: dict[str, str] = {}
 
     async def one(storage: StorageConfig, wanted: set[str]) -> None:
         store = open_store(storage)
+        what = f"{storage.label}: looking for what interrupted runs left"
         try:
-            removed = await asyncio.to_thread(store.clean_incomplete, sorted(wanted))
+            async with waiting_notice(tell, what):
+                removed = await in_thread(store.clean_incomplete, sorted(wanted))
+        except TargetUnreachableError as exc:
+            silent[storage.label] = str(exc)
+            return
         except StorageError as exc:
             log.warning("could not look for leftovers on %s: %s", storage.label, exc)
             return
@@ -93,6 +110,7 @@ async def _clean_leftovers(jobs: Sequence[JobSpec], unusable: Mapping[str, str])
             log.warning("removed %s, left behind by an interrupted run", leftover)
 
     await asyncio.gather(*(one(storage, wanted) for storage, wanted in prefixes.items()))
+    return silent
 
 
 class BackupRun:
@@ -106,6 +124,10 @@ class BackupRun:
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
 
+    def _emit(self, event: JobEvent) -> None:
+        for subscriber in self._subscribers:
+            subscriber(event)
+
     def cancel(self, reason: str) -> bool:
         """Cancel running and queued jobs; False when no job runs yet (cancel the caller)."""
         if self._orchestrator is None:
@@ -113,22 +135,28 @@ class BackupRun:
         self._orchestrator.cancel(reason)
         return True
 
-    @staticmethod
     async def _plan_unused_names(
+        self,
         config: Config,
         selected: Sequence[BackupConfig],
         names: Sequence[str],
         concurrency: int | None,
+        unusable: dict[str, str],
     ) -> tuple[Plan, list[JobResult]]:
-        """Plan; if a file name is taken (a run that ended within this second, e.g. the one we
-        waited for), plan again in the next second rather than fail. Under our lock nothing
-        else can take a name meanwhile."""
-        for _ in range(3):
+        """Plan; clean up after interrupted runs; if a file name is taken (a run that ended
+        within this second, e.g. the one we waited for), plan again in the next second
+        rather than fail. Under our lock nothing else can take a name meanwhile.
+        Targets that do not answer are added to `unusable`."""
+        for attempt in range(3):
             plan, failures = await prepare_plan(
-                config, selected, names=names, concurrency=concurrency
+                config, selected, names=names, concurrency=concurrency, tell=self._emit
             )
-            if not await asyncio.to_thread(_names_taken, plan):
-                break
+            if attempt == 0:
+                unusable.update(await _clean_leftovers(plan.jobs, unusable, self._emit))
+            what = "checking that the new file names are free on every target"
+            async with waiting_notice(self._emit, what):
+                if not await in_thread(_names_taken, plan, unusable):
+                    break
             await asyncio.sleep(1.0 - plan.started_at.microsecond / 1e6)
         return plan, failures
 
@@ -143,17 +171,18 @@ class BackupRun:
         """Lock the storage folders, then plan (file names carry the time the lock was won,
         so a run that waited never collides with the one it waited for) and run."""
         folders = {lock_folder(storage) for backup in selected for storage in backup.targets}
-        locks = await lock_storage(folders, self._wait)
+        locks = await lock_storage(folders, self._wait, self._emit)
         try:
-            plan, failures = await self._plan_unused_names(config, selected, names, concurrency)
             unusable = {
                 storage.label: str(locks.unusable[lock_folder(storage)])
                 for backup in selected
                 for storage in backup.targets
                 if lock_folder(storage) in locks.unusable
             }
+            plan, failures = await self._plan_unused_names(
+                config, selected, names, concurrency, unusable
+            )
             runnable = tuple(_with_unusable(job, unusable) for job in plan.jobs)
-            await _clean_leftovers(runnable, unusable)
             self._orchestrator = Orchestrator(
                 dataclasses.replace(plan, jobs=runnable), self._subscribers
             )

@@ -1,32 +1,31 @@
 """`db-backup` commands. Thin: options → one plain function → exit code.
 
-This is the only place that calls asyncio.run(), installs signal handlers, and turns
-BackupErrors into messages and exit codes; no traceback reaches a user.
+This is the only place that runs the event loop (through cli.interrupts, which handles
+SIGINT and SIGTERM), and turns BackupErrors into messages and exit codes; no traceback
+reaches a user.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar, cast
 
 import typer
 
 from db_backup import __version__
+from db_backup.cli.interrupts import SIGNAL_EXIT, run_interruptible
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_SIGINT = 130
-EXIT_SIGTERM = 143
-_SIGNAL_EXIT = {"SIGINT": EXIT_SIGINT, "SIGTERM": EXIT_SIGTERM}
 
 EXIT_CODES_HELP = """\
 Exit codes: 0 all backups succeeded; 1 one or more backups (or checks) failed;
@@ -159,6 +158,15 @@ def _fail_usage(message: str) -> NoReturn:
     raise typer.Exit(EXIT_USAGE)
 
 
+def _interruptible(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main`; SIGINT or SIGTERM ends the command at once, with exit 130 / 143."""
+    outcome = run_interruptible(main)
+    if outcome.interrupted_by is not None:
+        typer.echo(f"db-backup: interrupted by {outcome.interrupted_by}", err=True)
+        raise typer.Exit(SIGNAL_EXIT[outcome.interrupted_by])
+    return cast(T, outcome.value)
+
+
 @contextmanager
 def _errors_to_exit_codes() -> Iterator[None]:
     """BackupErrors → a message on stderr and exit 2 (config/usage) or 1; never a traceback."""
@@ -233,7 +241,7 @@ def validate(
             return
         from db_backup.cli.render import check_line
 
-        failures, outcomes, targets = asyncio.run(_check_connections(loaded))
+        failures, outcomes, targets = _interruptible(_check_connections(loaded))
         for failure in failures:
             typer.echo(f"  {failure.job.name}: {failure.error}")
         for outcome in outcomes:
@@ -309,7 +317,7 @@ def backup(
         names = tuple(name or ())
         selected = select_backups(loaded, names)
         options = _RunOptions(names, jobs, dry_run, quiet, json_output, wait_seconds)
-        code, _ = asyncio.run(_backup_main(loaded, selected, options))
+        code, _ = _run_backup(loaded, selected, options)
     raise typer.Exit(code)
 
 
@@ -348,76 +356,63 @@ def _print_table(table: Any) -> None:
     console.print(table)
 
 
-async def _backup_main(
-    loaded: Any, selected: Sequence[Any], options: _RunOptions
-) -> tuple[int, Any]:
+def _run_backup(loaded: Any, selected: Sequence[Any], options: _RunOptions) -> tuple[int, Any]:
     """Plan, run and report one backup run; returns the exit code and the RunReport."""
-    from db_backup.cli.render import Renderer, json_report
-    from db_backup.process import kill_all_now
-    from db_backup.run import BackupRun, prepare_plan
-    from db_backup.storage.local import remove_open_partials_now
+    from db_backup.cli.interrupts import run_interruptible
+    from db_backup.run import BackupRun
 
-    loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    received: list[str] = []
-    renderer: Renderer | None = None
     run = BackupRun(wait=options.wait)
+    renderer = None if options.dry_run else _renderer(options)
 
-    def on_signal(sig: signal.Signals) -> None:
-        received.append(sig.name)
-        if len(received) > 1:
-            # Second signal: stop now. Kill children, drop partial files, leave.
-            kill_all_now()
-            remove_open_partials_now()
-            sys.stderr.write(f"\ndb-backup: {sig.name} again: stopped immediately\n")
-            os._exit(_SIGNAL_EXIT[received[0]])
+    def on_signal(name: str) -> bool:
         if renderer is not None:
             renderer.note(
-                f"{sig.name} received: cancelling running and queued jobs "
+                f"{name} received: cancelling running and queued jobs "
                 f"(send it again to stop immediately)"
             )
-        if not run.cancel(sig.name):
-            main_task.cancel()  # still planning or waiting for a lock: nothing to clean up
+        return run.cancel(name)  # False while still planning: the whole run is cancelled
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
+    outcome = run_interruptible(_backup_main(loaded, selected, options, run, renderer), on_signal)
+    if outcome.interrupted_by is not None:
+        sys.stderr.write(
+            f"db-backup: interrupted by {outcome.interrupted_by} before any dump started\n"
+        )
+        return SIGNAL_EXIT[outcome.interrupted_by], None
+    assert outcome.value is not None
+    return outcome.value
+
+
+async def _backup_main(
+    loaded: Any, selected: Sequence[Any], options: _RunOptions, run: Any, renderer: Any
+) -> tuple[int, Any]:
+    from db_backup.cli.render import json_report
+    from db_backup.run import prepare_plan
+
+    if renderer is None:  # a dry run
+        from db_backup.cli.tables import plan_table
+
+        plan, failures = await prepare_plan(
+            loaded, selected, names=options.names, concurrency=options.jobs
+        )
+        _print_table(plan_table(plan, failures))
+        return EXIT_OK, None
+    run.subscribe(renderer)
     try:
-        try:
-            if options.dry_run:
-                from db_backup.cli.tables import plan_table
-
-                plan, failures = await prepare_plan(
-                    loaded, selected, names=options.names, concurrency=options.jobs
-                )
-                _print_table(plan_table(plan, failures))
-                return EXIT_OK, None
-            renderer = _renderer(options)
-            run.subscribe(renderer)
-            try:
-                report = await run.execute(
-                    loaded, selected, names=options.names, concurrency=options.jobs
-                )
-            finally:
-                renderer.close()
-        except asyncio.CancelledError:
-            sys.stderr.write(f"db-backup: interrupted by {received[0]} before any dump started\n")
-            return _SIGNAL_EXIT[received[0]], None
-        if report.interrupted_by:
-            code = _SIGNAL_EXIT[report.interrupted_by]
-        else:
-            code = EXIT_FAILED if report.failed else EXIT_OK
-        if options.json_output:
-            sys.stdout.buffer.write(json_report(report, code))
-            sys.stdout.flush()
-        elif not options.quiet or code != EXIT_OK:
-            from db_backup.cli.tables import summary_table
-
-            _print_table(summary_table(report))
-        return code, report
+        report = await run.execute(loaded, selected, names=options.names, concurrency=options.jobs)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        renderer.close()
+    if report.interrupted_by:
+        code = SIGNAL_EXIT[report.interrupted_by]
+    else:
+        code = EXIT_FAILED if report.failed else EXIT_OK
+    if options.json_output:
+        sys.stdout.buffer.write(json_report(report, code))
+        sys.stdout.flush()
+    elif not options.quiet or code != EXIT_OK:
+        from db_backup.cli.tables import summary_table
+
+        _print_table(summary_table(report))
+    return code, report
 
 
 # -- verify --------------------------------------------------------------------------------------
@@ -458,7 +453,7 @@ def verify(
             named = backups_in(path for path in targets if path.exists())
             return await verify_all(named + on_targets), unreadable
 
-        verdicts, unreadable = asyncio.run(verify_everything())
+        verdicts, unreadable = _interruptible(verify_everything())
     for label, error in unreadable.items():
         typer.echo(f"FAILED  target {label}: {error}")
     for path in missing:
@@ -492,7 +487,7 @@ def list_command(
 
     with _errors_to_exit_codes():
         loaded = _load_config(config, require_env=False)  # reads targets only: no DB secrets
-        catalog = asyncio.run(list_backups(loaded, tuple(name or ())))
+        catalog = _interruptible(list_backups(loaded, tuple(name or ())))
     if json_output:
         import msgspec
 
@@ -547,7 +542,7 @@ def prune_command(
 
     with _errors_to_exit_codes():
         loaded = _load_config(config, require_env=False)  # files only: no secrets
-        report = asyncio.run(
+        report = _interruptible(
             prune_config(loaded, tuple(name or ()), dry_run=dry_run, now=datetime.now(UTC))
         )
     deleted = 0
@@ -582,7 +577,7 @@ def demo(
     use_one_malloc_arena()
     with _errors_to_exit_codes(), DemoSite(keep=keep) as site:
         loaded = _load_config(site.config_path)
-        code, report = asyncio.run(_backup_main(loaded, loaded.backups, _RunOptions()))
+        code, report = _run_backup(loaded, loaded.backups, _RunOptions())
         if code == EXIT_OK:
             site.restore_and_check(report)
     raise typer.Exit(code)

@@ -12,7 +12,6 @@ from rich.progress import (
     ProgressColumn,
     Task,
     TaskID,
-    TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
@@ -29,8 +28,18 @@ from db_backup.model import (
     JobSpec,
     JobStarted,
     JobStatus,
+    Waiting,
 )
 from db_backup.units import format_bytes
+
+
+class _DescriptionColumn(ProgressColumn):
+    """The row's text, printed literally: names, paths and errors are the user's data, and
+    `[bold]` in a database name is not markup. A row may carry styled `text` instead."""
+
+    def render(self, task: Task) -> Text:
+        styled = task.fields.get("text")
+        return styled if isinstance(styled, Text) else Text(task.description)
 
 
 class _SizeColumn(ProgressColumn):
@@ -43,6 +52,8 @@ class _SizeColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         if task.fields.get("overall"):
             return Text(f"{int(task.completed)}/{int(task.total or 0)} jobs")
+        if task.fields.get("wait"):
+            return Text("")
         if not task.started:
             return Text("waiting", style="dim")
         return self._bytes.render(task)
@@ -57,14 +68,18 @@ class _RateColumn(ProgressColumn):
 
 
 class _JobOnlyColumn(ProgressColumn):
-    """Shows the wrapped column for running job rows only."""
+    """Shows the wrapped column for running job rows only (and, `with_waits`, for rows of
+    waits that last: see notice.py)."""
 
-    def __init__(self, inner: ProgressColumn) -> None:
+    def __init__(self, inner: ProgressColumn, *, with_waits: bool = False) -> None:
         super().__init__()
         self._inner = inner
+        self._with_waits = with_waits
 
     def render(self, task: Task) -> Any:
         if task.fields.get("overall") or not task.started:
+            return Text("")
+        if task.fields.get("wait") and not self._with_waits:
             return Text("")
         return self._inner.render(task)
 
@@ -82,11 +97,11 @@ class LiveRenderer:
         self._console = console
         self._quiet = quiet
         self._progress = Progress(
-            TextColumn("{task.description}"),
+            _DescriptionColumn(),
             BarColumn(bar_width=30),
             _SizeColumn(),
             _JobOnlyColumn(_RateColumn()),
-            _JobOnlyColumn(TimeElapsedColumn()),
+            _JobOnlyColumn(TimeElapsedColumn(), with_waits=True),
             _JobOnlyColumn(TimeRemainingColumn()),
             console=console,
             transient=True,
@@ -96,6 +111,7 @@ class LiveRenderer:
         self._queued: list[JobSpec] = []
         self._waiting_rows: dict[str, TaskID] = {}
         self._running_rows: dict[str, TaskID] = {}
+        self._wait_rows: dict[str, TaskID] = {}
         self._counts = {status: 0 for status in JobStatus}
         self._progress.start()
 
@@ -122,6 +138,8 @@ class LiveRenderer:
                 )
         elif isinstance(event, JobFinished):
             self._finish(event.result)
+        elif isinstance(event, Waiting):
+            self._waiting(event)
         self._refresh_summary()
 
     def note(self, text: str) -> None:
@@ -147,6 +165,17 @@ class LiveRenderer:
             line = Text(finish_line(result), style=STATUS_STYLE[result.status])
             self._progress.console.print(line, markup=False, highlight=False)
 
+    def _waiting(self, event: Waiting) -> None:
+        """A row per wait that lasts, its elapsed time ticking, gone when it is over."""
+        row = self._wait_rows.get(event.what)
+        if event.over:
+            if row is not None:
+                self._progress.remove_task(self._wait_rows.pop(event.what))
+        elif row is None:
+            self._wait_rows[event.what] = self._progress.add_task(
+                f"waiting: {event.what}", total=None, wait=True
+            )
+
     def _dequeue(self, job: JobSpec) -> None:
         if job in self._queued:
             self._queued.remove(job)
@@ -165,9 +194,10 @@ class LiveRenderer:
             f"{len(self._running_rows)} running",
             f"{len(self._queued)} queued",
         ]
+        text = Text(" · ".join(parts))
         if self._counts[JobStatus.FAILED]:
-            parts.append(f"[red]{self._counts[JobStatus.FAILED]} failed[/red]")
-        self._progress.update(self._overall, description=" · ".join(parts))
+            text.append(f" · {self._counts[JobStatus.FAILED]} failed", style="red")
+        self._progress.update(self._overall, description=text.plain, text=text)
 
     def _done(self) -> int:
         return sum(self._counts.values())

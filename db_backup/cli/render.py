@@ -24,6 +24,7 @@ from db_backup.model import (
     JobStarted,
     JobStatus,
     RunReport,
+    Waiting,
 )
 from db_backup.preflight import CheckOutcome
 from db_backup.units import format_bytes, format_duration
@@ -63,6 +64,13 @@ def retry_line(event: JobRetrying) -> str:
     )
 
 
+def wait_line(event: Waiting) -> str:
+    """A wait that lasts (see notice.py), as plain text."""
+    if event.over:
+        return f"waited   {event.what}: {format_duration(event.elapsed)}"
+    return f"waiting  {event.what} ({format_duration(event.elapsed)} so far)"
+
+
 def finish_line(result: JobResult) -> str:
     """One line saying how a job ended, as plain text."""
     job = result.job
@@ -99,6 +107,8 @@ class PlainRenderer:
             self._line(f"start    {event.job.name} ({describe_job(event.job)})")
         elif isinstance(event, JobRetrying) and not self._quiet:
             self._line(retry_line(event))
+        elif isinstance(event, Waiting) and not self._quiet:
+            self._line(wait_line(event))
         elif isinstance(event, JobFinished) and (
             not self._quiet or event.result.status is JobStatus.FAILED
         ):

@@ -137,6 +137,19 @@ class S3Storage(_Target, frozen=True, tag="s3"):
     path_style: bool = False  # bucket in the path, not the host name (most S3-compatible servers)
     part_size: ByteSize = ByteSize(DEFAULT_PART_SIZE)  # doubled every 1,000 parts
     upload_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4  # parts in flight
+    # Bounds on every request, so a silent endpoint fails this target in a known time: at
+    # most max_attempts x (connect_timeout + read_timeout), plus a few seconds of backoff.
+    # read_timeout is the longest the server may stay silent, not a bound on a whole part.
+    connect_timeout: Duration = Duration(10.0)
+    read_timeout: Duration = Duration(30.0)
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3
+
+    @property
+    def request_bound(self) -> float:
+        """Seconds after which one request to a silent endpoint has surely failed."""
+        # botocore's standard mode waits at most min(2 ** i, 20) s before retry i + 1
+        backoff = sum(min(2.0**i, 20.0) for i in range(self.max_attempts - 1))
+        return self.max_attempts * (self.connect_timeout + self.read_timeout) + backoff
 
     @property
     def folder(self) -> str:

@@ -25,6 +25,7 @@ from db_backup.errors import (
 )
 from db_backup.redact import redact
 from db_backup.sources.postgres import ClientBinary, choose_client, parse_client_version
+from db_backup.threads import in_thread
 
 if TYPE_CHECKING:
     import psycopg
@@ -213,10 +214,10 @@ async def client_for(backup: BackupConfig, server_version_num: int) -> ClientBin
         if not os.access(path, os.X_OK):
             raise ToolNotFoundError(f"pg_dump_path {path} is not an executable file")
         async with _probe_lock:
-            version = await asyncio.to_thread(_client_version, path)
+            version = await in_thread(_client_version, path)
         return choose_client([ClientBinary(path, version)], server_version_num)
     async with _probe_lock:
-        clients = await asyncio.to_thread(installed_clients)
+        clients = await in_thread(installed_clients)
     if not clients:
         raise ToolNotFoundError(
             "pg_dump not found (looked in /usr/lib/postgresql/*/bin and PATH); install "

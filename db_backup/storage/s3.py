@@ -24,17 +24,27 @@ import contextlib
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent import futures
+from concurrent.futures import Future
 from typing import Any
 
+from db_backup import threads
 from db_backup.config.schema import S3Storage
-from db_backup.errors import StorageError
+from db_backup.errors import StorageError, TargetUnreachableError
 from db_backup.plan import is_own_file
 
 log = logging.getLogger(__name__)
 
 MAX_PARTS = 10_000
+# After a request got no answer, the endpoint is not asked again for this long: the jobs
+# queued behind the first fail that target at once instead of each waiting out the same
+# silence. Long enough for one run; a resident process asks again later.
+UNREACHABLE_MEMORY_SECONDS = 300.0
+# How long a failed or cancelled upload waits for its AbortMultipartUpload; past that it is
+# left to the next run of the job, which removes it (a stopping run must not wait).
+ABORT_WAIT_SECONDS = 3.0
 PARTS_PER_SIZE_STEP = 1_000
 # Error codes whose meaning is worth spelling out for the person reading the message.
 _HINTS = {
@@ -74,14 +84,40 @@ def _make_client(config: S3Storage) -> Any:
         region_name=region,
         config=ClientConfig(
             s3={"addressing_style": "path" if config.path_style else "auto"},
-            retries={"mode": "standard", "max_attempts": 3},
-            connect_timeout=10,
-            read_timeout=60,
+            retries={"mode": "standard", "max_attempts": config.max_attempts},
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
             max_pool_connections=max(10, 4 * config.upload_concurrency),
         ),
         aws_access_key_id=config.access_key_id or None,  # None (or ""): the standard chain
         aws_secret_access_key=config.secret_access_key or None,
     )
+
+
+def _silence(exc: Exception, config: S3Storage) -> str | None:
+    """How the endpoint failed to answer, in a person's words; None when it did answer."""
+    from botocore.exceptions import (
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+    )
+
+    endpoint = config.endpoint_url or "the S3 endpoint"
+    tries = f"{config.max_attempts} attempt{'s' if config.max_attempts > 1 else ''}"
+    if isinstance(exc, ReadTimeoutError):
+        return (
+            f"timed out: {endpoint} sent nothing for {config.read_timeout:g}s "
+            f"(read_timeout; {tries})"
+        )
+    if isinstance(exc, ConnectTimeoutError):
+        return (
+            f"timed out: no connection to {endpoint} within {config.connect_timeout:g}s "
+            f"(connect_timeout; {tries})"
+        )
+    if isinstance(exc, EndpointConnectionError | ConnectionClosedError):
+        return f"unreachable: {exc}"
+    return None
 
 
 class S3Store:
@@ -91,21 +127,39 @@ class S3Store:
         self.config = config
         self.label = config.label
         self._client: Any = None
-        self._client_lock = threading.Lock()
+        self._lock = threading.Lock()
+        # (when, why) the endpoint last failed to answer: see UNREACHABLE_MEMORY_SECONDS
+        self._silent: tuple[float, str] | None = None
 
     def call(self, action: str, name: str, operation: str, **arguments: Any) -> Any:
         """Run one S3 operation on this bucket; any failure becomes StorageError saying what
         was being done where, and why."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        with self._lock:
+            if self._silent is not None:
+                since, why = self._silent
+                if time.monotonic() - since < UNREACHABLE_MEMORY_SECONDS:
+                    raise TargetUnreachableError(f"{action} {name}: not tried, {why} just before")
+                self._silent = None
         try:
-            with self._client_lock:
+            with self._lock:
                 if self._client is None:
                     self._client = _make_client(self.config)
             method: Callable[..., Any] = getattr(self._client, operation)
             return method(Bucket=self.config.bucket, **arguments)
         except (BotoCoreError, ClientError) as exc:
-            raise StorageError(f"{action} {name}: {_describe(exc)}") from None
+            raise self.translate(exc, action, name) from None
+
+    def translate(self, exc: Exception, action: str, name: str) -> StorageError:
+        """botocore's error as ours; an endpoint that did not answer is remembered, so the
+        calls behind this one fail at once instead of each waiting out the same silence."""
+        silence = _silence(exc, self.config)
+        if silence is None:
+            return StorageError(f"{action} {name}: {_describe(exc)}")
+        with self._lock:
+            self._silent = (time.monotonic(), silence)
+        return TargetUnreachableError(f"{action} {name}: {silence}")
 
     def key(self, name: str) -> str:
         return f"{self.config.folder}{name}"
@@ -143,7 +197,7 @@ class S3Store:
     def open_read(self, name: str) -> Iterator[_Body]:
         response = self.call("reading", self.location(name), "get_object", Key=self.key(name))
         with response["Body"] as body:
-            yield _Body(body, self.location(name))
+            yield _Body(self, body, name)
 
     def exists(self, name: str) -> bool:
         # A listing, not HEAD: HEAD's errors carry no body, so a wrong secret would read
@@ -210,8 +264,8 @@ class S3Store:
 class _Body:
     """An object being downloaded whose errors arrive as StorageError."""
 
-    def __init__(self, body: Any, where: str) -> None:
-        self._body, self._where = body, where
+    def __init__(self, store: S3Store, body: Any, name: str) -> None:
+        self._store, self._body, self._name = store, body, name
 
     def read(self, size: int) -> bytes:
         from botocore.exceptions import BotoCoreError
@@ -219,7 +273,8 @@ class _Body:
         try:
             data: bytes = self._body.read(None if size < 0 else size)
         except BotoCoreError as exc:
-            raise StorageError(f"reading {self._where}: {_describe(exc)}") from None
+            where = self._store.location(self._name)
+            raise self._store.translate(exc, "reading", where) from None
         return data
 
 
@@ -247,7 +302,6 @@ class S3Upload:
         self._budget = concurrency * self._part_size
         self._in_flight_bytes = 0
         self._slots = threading.Condition()
-        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="s3-part")
         self._sent: list[Future[None]] = []
         self._parts: dict[int, dict[str, Any]] = {}
         self._failure: StorageError | None = None
@@ -268,7 +322,6 @@ class S3Upload:
             self._buffer.clear()
         for future in self._sent:
             future.result()  # the first failed part's StorageError
-        self._pool.shutdown()
         parts = [self._parts[number] for number in sorted(self._parts)]
         self._store.call(
             "completing upload of",
@@ -281,11 +334,20 @@ class S3Upload:
         self._finished = True
 
     def abort(self) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        try:
+        """Stop the upload and ask the server to drop it, waiting ABORT_WAIT_SECONDS at most:
+        parts still in flight (on daemon threads) are abandoned, and an upload the server
+        did not drop in time is the next run's to remove."""
+        with self._slots:  # a pump waiting for room wakes up, and fails
+            if self._finished:
+                return
+            self._finished = True
+            self._failure = self._failure or StorageError(f"upload of {self._where} aborted")
+            self._slots.notify_all()
+        deadline = time.monotonic() + ABORT_WAIT_SECONDS
+        # Parts that land after the abort may be kept by S3: give those in flight a moment.
+        futures.wait(self._sent, timeout=ABORT_WAIT_SECONDS)
+
+        def ask() -> None:
             self._store.call(
                 "aborting upload of",
                 self._where,
@@ -293,8 +355,19 @@ class S3Upload:
                 Key=self._key,
                 UploadId=self._upload_id,
             )
+
+        request = threads.submit(ask, name="s3 abort")
+        try:
+            request.result(timeout=max(0.1, deadline - time.monotonic()))
         except StorageError as exc:
             log.warning("%s; the next run of this job will remove it", exc)
+        except TimeoutError:
+            log.warning(
+                "aborting upload of %s: no answer within %gs; the next run of this job "
+                "will remove it",
+                self._where,
+                ABORT_WAIT_SECONDS,
+            )
 
     def _send(self, part: bytes) -> None:
         number = len(self._sent) + 1
@@ -305,11 +378,15 @@ class S3Upload:
         size = len(part)
         with self._slots:  # blocks the pump while the uploaders have their fill: back-pressure
             self._slots.wait_for(
-                lambda: self._in_flight_bytes == 0 or self._in_flight_bytes + size <= self._budget
+                lambda: (
+                    self._in_flight_bytes == 0
+                    or self._in_flight_bytes + size <= self._budget
+                    or self._failure is not None
+                )
             )
             self._raise_if_failed()
             self._in_flight_bytes += size
-        future = self._pool.submit(self._upload_part, number, part)
+        future = threads.submit(self._upload_part, number, part, name=f"s3 part {number}")
         future.add_done_callback(lambda _: self._release(size))
         self._sent.append(future)
         if number % PARTS_PER_SIZE_STEP == 0:
