@@ -28,8 +28,8 @@ from pathlib import Path
 from db_backup.config.schema import LocalStorage, StorageConfig
 from db_backup.errors import LockHeldError, StorageError
 from db_backup.notice import Tell, waiting_notice
+from db_backup.place import place_of
 from db_backup.plan import safe_component
-from db_backup.storage import place_of
 from db_backup.storage.local import FILE_MODE, describe_os_error, ensure_directory
 from db_backup.threads import in_thread
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,25 @@ class SeaweedServer:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """SIGSTOP the server for the block (it keeps its sockets, and answers nothing: a
+        wedged server), SIGCONT it after, whatever happened."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(self.process.pid, signal.SIGCONT)
+
+    def parts_uploaded(self, prefix: str = "") -> int:
+        """Parts received so far by the incomplete uploads under `prefix`."""
+        client = self.client()
+        return sum(
+            len(client.list_parts(Bucket=self.bucket, Key=key, UploadId=upload).get("Parts", ()))
+            for key, upload in self.incomplete_uploads(prefix)
+        )
 
     def objects(self, prefix: str = "") -> list[str]:
         page = self.client().list_objects_v2(Bucket=self.bucket, Prefix=prefix)

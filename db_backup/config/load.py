@@ -9,6 +9,7 @@ than raised one at a time, so a user fixes a file in one pass.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import os
 import re
 import typing
@@ -293,6 +294,7 @@ class _Loader:
             self._add(doc.issue(("backups",), "no backups listed; add at least one"))
         backups = [self._backup(raw, index) for index in range(len(raw.backups))]
         self._check_names()
+        self._check_file_collisions(backups)
         self._raise_if_any()
         return Config(
             source=doc.file,
@@ -402,11 +404,8 @@ class _Loader:
                 f"invalid name {backup.name!r}: use {NAME_RULE}, at most {MAX_NAME_LENGTH}",
             )
         for index, target in enumerate(backup.targets):
-            where: KeyPath = (
-                ("storage", index) if isinstance(backup.storage, tuple) else ("storage",)
-            )
-            for key, message in _storage_problems(target, backup.targets[:index]):
-                problem((*where, key), message)
+            for key, message in _storage_problems(target):
+                problem((*_storage_path(backup, index), key), message)
         if backup.password is not None and backup.password_file is not None:
             problem(("password_file",), "give either password or password_file, not both")
         if backup.exclude and not backup.is_wildcard:
@@ -428,7 +427,7 @@ class _Loader:
             )
         if len(self.issues) > before:
             return None
-        return msgspec.structs.replace(
+        resolved = msgspec.structs.replace(
             backup,
             storage=tuple(self._absolute_storage(target) for target in backup.targets),
             **{
@@ -437,6 +436,14 @@ class _Loader:
                 if (value := getattr(backup, key)) is not None
             },
         )
+        for index, first, place in _same_places(resolved):
+            targets = resolved.targets
+            problem(
+                _storage_path(backup, index),
+                f"the same target twice: {targets[first].label} and {targets[index].label} "
+                f"are both {place.split(':', 1)[1]}",
+            )
+        return None if len(self.issues) > before else resolved
 
     def _absolute_storage(self, target: StorageConfig) -> StorageConfig:
         if isinstance(target, LocalStorage):
@@ -456,6 +463,49 @@ class _Loader:
                 self._add(self.document.issue(("backups", index, "name"), message))
             else:
                 seen[name] = index
+
+    def _check_file_collisions(self, backups: Sequence[BackupConfig | None]) -> None:
+        """Two backups must not write files of the same names in one place: `nightly_a`
+        with no prefix and `a` with `prefix: nightly` in one folder would (see place.py:
+        two spellings of one folder are one place); so would backup `all.shop` and the
+        job a `database: "*"` backup `all` makes for a database `shop`."""
+        from db_backup.place import place_of  # not at the top: it imports this package
+        from db_backup.plan import file_prefix
+
+        owners: dict[tuple[str, str], BackupConfig] = {}
+        wildcards: list[tuple[str, str, BackupConfig]] = []  # (place, "<prefix>_<name>.", …)
+        for index, backup in enumerate(backups):
+            if backup is None:  # already reported
+                continue
+            for storage in backup.targets:
+                place, start = place_of(storage), file_prefix(storage, backup.name)
+                owner = owners.setdefault((place, start), backup)
+                if owner is not backup:
+                    self._add(
+                        self.document.issue(
+                            ("backups", index, "name"),
+                            f"backups {owner.name!r} and {backup.name!r} would write files "
+                            f"of the same names ({start}<time>...) in {storage.label}",
+                        )
+                    )
+                if backup.is_wildcard:
+                    wildcards.append((place, start[:-1] + ".", backup))
+        for (place, start), backup in owners.items():
+            for wildcard_place, stem, wildcard in wildcards:
+                database = start[len(stem) : -1]
+                if backup.is_wildcard or place != wildcard_place or not start.startswith(stem):
+                    continue
+                if any(fnmatch.fnmatchcase(database, p) for p in wildcard.exclude):
+                    continue
+                index = next(i for i, b in enumerate(backups) if b is backup)
+                self._add(
+                    self.document.issue(
+                        ("backups", index, "name"),
+                        f"backup {backup.name!r} would write files of the same names as "
+                        f'backup {wildcard.name!r} (database: "*") writes for a database '
+                        f"named {database!r}; rename one, or exclude {database!r} there",
+                    )
+                )
 
     def _backup_entries(self) -> Iterator[Any]:
         data = self.document.data
@@ -568,12 +618,25 @@ _STORAGE_KINDS = tuple(
 _SAFE_KEY_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/-]*")
 
 
-def _storage_problems(
-    target: StorageConfig, earlier: Sequence[StorageConfig]
-) -> Iterator[tuple[str, str]]:
-    """(key, message) for each fault in one storage entry; `earlier`: the backup's others."""
-    if target.label in {other.label for other in earlier}:
-        yield "kind", f"the same target is listed twice: {target.label}"
+def _storage_path(backup: BackupConfig, index: int) -> KeyPath:
+    """Where a backup's `index`-th target is written: `storage` or `storage[index]`."""
+    return ("storage", index) if isinstance(backup.storage, tuple) else ("storage",)
+
+
+def _same_places(backup: BackupConfig) -> Iterator[tuple[int, int, str]]:
+    """(index, index of the first, place) for each target that repeats an earlier one's
+    place, however differently spelled (see place.py)."""
+    from db_backup.place import place_of  # not at the top: it imports this package
+
+    places = [place_of(target) for target in backup.targets]
+    for index, place in enumerate(places):
+        first = places.index(place)
+        if first < index:
+            yield index, first, place
+
+
+def _storage_problems(target: StorageConfig) -> Iterator[tuple[str, str]]:
+    """(key, message) for each fault in one storage entry."""
     if isinstance(target, LocalStorage):
         prefix = target.prefix
         if prefix and (not NAME_PATTERN.fullmatch(prefix) or len(prefix) > MAX_NAME_LENGTH):
@@ -594,7 +657,9 @@ def _storage_problems(
         yield "part_size", "S3 parts must be between 5MiB and 5GiB"
     if bool(target.access_key_id) != bool(target.secret_access_key):  # "" (${VAR:-}): none
         yield "access_key_id", "give both access_key_id and secret_access_key, or neither"
-    if target.endpoint_url is not None and not re.match(r"https?://[^/]", target.endpoint_url):
+    if target.endpoint_url is not None and not re.match(
+        r"https?://[^/]", target.endpoint_url, re.IGNORECASE
+    ):
         yield "endpoint_url", f"expected an http:// or https:// URL, got {target.endpoint_url!r}"
 
 

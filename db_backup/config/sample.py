@@ -58,6 +58,11 @@ backups:
         # secret_access_key: ${S3_SECRET}
         # part_size: 8MiB             # multipart part size (5MiB-5GiB); doubles every 1000
         # upload_concurrency: 4       # parts in flight; memory ~ (this + 2) x part_size
+        # A server that stops answering fails this target (the others go on) after at most
+        # max_attempts x (connect_timeout + read_timeout), plus a few seconds:
+        # connect_timeout: 10s
+        # read_timeout: 30s           # the longest the server may stay silent
+        # max_attempts: 3
         retention:                    # this target only: keep more in the bucket
           keep_daily: 30
           keep_monthly: 12

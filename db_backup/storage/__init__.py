@@ -13,10 +13,8 @@ its Store and Upload, and a line in `open_store`.
 from __future__ import annotations
 
 import functools
-import os
 from contextlib import AbstractContextManager
 from typing import Protocol
-from urllib.parse import urlsplit
 
 from db_backup.config.schema import LocalStorage, StorageConfig
 
@@ -73,28 +71,6 @@ class Store(Protocol):
     def clean_incomplete(self, file_prefixes: list[str]) -> list[str]:
         """Remove what interrupted runs of these jobs left: partial files, incomplete
         multipart uploads. Only under the target's lock. Returns what was removed."""
-
-
-def place_of(storage: StorageConfig) -> str:
-    """Where a target really is, however it is spelled: a folder's real path (symlinks and
-    `..` resolved), a bucket's normalised endpoint, name and folder. Targets with one place
-    are one target: one lock, one set of files."""
-    if isinstance(storage, LocalStorage):
-        return f"local:{os.path.realpath(storage.path)}"
-    return f"s3:{_endpoint(storage.endpoint_url)}/{storage.bucket}/{storage.folder}"
-
-
-def _endpoint(url: str | None) -> str:
-    """`HTTP://Host:80/` and `http://host` alike → `http://host:80`."""
-    if url is None:
-        return "aws"  # bucket names are global on AWS: the region does not matter
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port or {"http": 80, "https": 443}.get(scheme)
-    except ValueError:  # not a port number: validate reports it, keep the text
-        return url.strip()
-    return f"{scheme}://{(parts.hostname or '').lower()}:{port}{parts.path.rstrip('/')}"
 
 
 @functools.cache

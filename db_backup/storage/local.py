@@ -85,6 +85,7 @@ class LocalUpload:
     def __init__(self, directory: Path, name: str) -> None:
         self.final = directory / name
         self.partial = directory / f"{name}.partial"
+        self._committed = False
         ensure_directory(directory)
         if self.final.exists():
             raise StorageError(f"{self.final} already exists; refusing to overwrite a backup")
@@ -114,18 +115,21 @@ class LocalUpload:
             self._file.close()
             self._file = None
             os.replace(self.partial, self.final)
+            self._committed = True
             _fsync_directory(self.final.parent)
         except OSError as exc:
             raise StorageError(f"committing {self.final}: {describe_os_error(exc)}") from None
         open_partials.discard(self.partial)
 
     def abort(self) -> None:
+        """Remove the partial file — or, once committed, the file itself: without its
+        manifest it is not a backup, and a cancelled job keeps nothing."""
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None
         with contextlib.suppress(OSError):
-            self.partial.unlink()
+            (self.final if self._committed else self.partial).unlink()
         open_partials.discard(self.partial)
 
 

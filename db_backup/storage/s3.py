@@ -44,7 +44,7 @@ MAX_PARTS = 10_000
 UNREACHABLE_MEMORY_SECONDS = 300.0
 # How long a failed or cancelled upload waits for its AbortMultipartUpload; past that it is
 # left to the next run of the job, which removes it (a stopping run must not wait).
-ABORT_WAIT_SECONDS = 3.0
+ABORT_WAIT_SECONDS = 2.0
 PARTS_PER_SIZE_STEP = 1_000
 # Error codes whose meaning is worth spelling out for the person reading the message.
 _HINTS = {
@@ -84,7 +84,7 @@ def _make_client(config: S3Storage) -> Any:
         region_name=region,
         config=ClientConfig(
             s3={"addressing_style": "path" if config.path_style else "auto"},
-            retries={"mode": "standard", "max_attempts": config.max_attempts},
+            retries={"mode": "standard", "total_max_attempts": config.max_attempts},
             connect_timeout=config.connect_timeout,
             read_timeout=config.read_timeout,
             max_pool_connections=max(10, 4 * config.upload_concurrency),
@@ -110,6 +110,11 @@ def _silence(exc: Exception, config: S3Storage) -> str | None:
             f"timed out: {endpoint} sent nothing for {config.read_timeout:g}s "
             f"(read_timeout; {tries})"
         )
+    if isinstance(exc, ConnectionClosedError) and _cause_is_timeout(exc):
+        return (
+            f"timed out: {endpoint} took nothing for {config.read_timeout:g}s of a request "
+            f"being sent (read_timeout; {tries})"
+        )
     if isinstance(exc, ConnectTimeoutError):
         return (
             f"timed out: no connection to {endpoint} within {config.connect_timeout:g}s "
@@ -118,6 +123,13 @@ def _silence(exc: Exception, config: S3Storage) -> str | None:
     if isinstance(exc, EndpointConnectionError | ConnectionClosedError):
         return f"unreachable: {exc}"
     return None
+
+
+def _cause_is_timeout(exc: Exception) -> bool:
+    """Did sending the request time out? botocore reports it as a closed connection, with
+    urllib3's ProtocolError("Connection aborted.", TimeoutError(...)) inside."""
+    cause = getattr(exc, "kwargs", {}).get("error")
+    return any(isinstance(arg, TimeoutError) for arg in getattr(cause, "args", ()))
 
 
 class S3Store:
@@ -305,7 +317,8 @@ class S3Upload:
         self._sent: list[Future[None]] = []
         self._parts: dict[int, dict[str, Any]] = {}
         self._failure: StorageError | None = None
-        self._finished = False
+        self._committed = False
+        self._aborted = False
 
     def write(self, data: bytes) -> None:
         self._raise_if_failed()
@@ -331,30 +344,30 @@ class S3Upload:
             UploadId=self._upload_id,
             MultipartUpload={"Parts": parts},
         )
-        self._finished = True
+        self._committed = True
 
     def abort(self) -> None:
-        """Stop the upload and ask the server to drop it, waiting ABORT_WAIT_SECONDS at most:
-        parts still in flight (on daemon threads) are abandoned, and an upload the server
-        did not drop in time is the next run's to remove."""
+        """Stop the upload and ask the server to drop it — or, once committed, to delete the
+        object (a cancelled job keeps nothing) — waiting ABORT_WAIT_SECONDS at most: parts
+        still in flight (on daemon threads) are abandoned, and what the server did not drop
+        in time is the next run's to remove."""
         with self._slots:  # a pump waiting for room wakes up, and fails
-            if self._finished:
+            if self._aborted:
                 return
-            self._finished = True
+            self._aborted = True
             self._failure = self._failure or StorageError(f"upload of {self._where} aborted")
             self._slots.notify_all()
         deadline = time.monotonic() + ABORT_WAIT_SECONDS
-        # Parts that land after the abort may be kept by S3: give those in flight a moment.
-        futures.wait(self._sent, timeout=ABORT_WAIT_SECONDS)
+        if self._committed:
+            action, operation, arguments = "removing", "delete_object", {"Key": self._key}
+        else:
+            # Parts that land after the abort may be kept by S3: give those in flight a moment.
+            futures.wait(self._sent, timeout=ABORT_WAIT_SECONDS)
+            action, operation = "aborting upload of", "abort_multipart_upload"
+            arguments = {"Key": self._key, "UploadId": self._upload_id}
 
         def ask() -> None:
-            self._store.call(
-                "aborting upload of",
-                self._where,
-                "abort_multipart_upload",
-                Key=self._key,
-                UploadId=self._upload_id,
-            )
+            self._store.call(action, self._where, operation, **arguments)
 
         request = threads.submit(ask, name="s3 abort")
         try:
@@ -363,8 +376,8 @@ class S3Upload:
             log.warning("%s; the next run of this job will remove it", exc)
         except TimeoutError:
             log.warning(
-                "aborting upload of %s: no answer within %gs; the next run of this job "
-                "will remove it",
+                "%s %s: no answer within %gs; the next run of this job will remove it",
+                action,
                 self._where,
                 ABORT_WAIT_SECONDS,
             )

@@ -437,3 +437,65 @@ backups:
     assert (target.access_key_id, target.secret_access_key) == ("", "")  # both or neither: ok
     with pytest.raises(ConfigError, match="give both access_key_id and secret_access_key"):
         parse_config(text, environ={"KEY": "AKIA1"})
+
+
+def test_two_spellings_of_one_folder_are_the_same_target(tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "store")
+    text = f"""\
+backups:
+  - name: a
+    database: a
+    storage: [{{path: {tmp_path}/link}}, {{path: {tmp_path}/x/../store}}]
+"""
+    (error,) = errors_of(text)
+    assert error.startswith("backup.yml:4:")
+    assert "backups[0].storage[1]: the same target twice" in error
+    assert f"local:{tmp_path}/link and local:{tmp_path}/x/../store" in error
+    assert f"are both {tmp_path}/store" in error
+
+
+def test_two_spellings_of_one_bucket_are_the_same_target() -> None:
+    text = """\
+backups:
+  - name: a
+    database: a
+    storage:
+      - {kind: s3, bucket: b, prefix: p, endpoint_url: "http://127.0.0.1:58333"}
+      - {kind: s3, bucket: b, prefix: /p/, endpoint_url: "HTTP://127.0.0.1:58333/"}
+      - {kind: s3, bucket: b, prefix: q, endpoint_url: "http://127.0.0.1:58333"}
+"""
+    (error,) = errors_of(text)
+    assert "backups[0].storage[1]: the same target twice" in error
+    assert "are both http://127.0.0.1:58333/b/p/" in error
+
+
+def test_backups_whose_file_names_would_collide_are_refused_naming_both(tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "store")
+    text = f"""\
+backups:
+  - {{name: nightly_a, database: x, storage: {{path: {tmp_path}/store}}}}
+  - {{name: a, database: y, storage: {{path: {tmp_path}/link, prefix: nightly}}}}
+  - {{name: b, database: y, storage: {{path: {tmp_path}/store, prefix: nightly}}}}
+"""
+    (error,) = errors_of(text)
+    assert error.startswith("backup.yml:3:")
+    assert "backups[1].name: backups 'nightly_a' and 'a' would write files" in error
+    assert "(nightly_a_<time>...)" in error
+
+
+def test_a_backup_named_like_a_wildcard_job_collides_unless_excluded() -> None:
+    text = (
+        BASE
+        + """\
+  - {name: all, database: "*"}
+  - {name: all.shop, database: shop}
+  - {name: other, database: "*", exclude: [kept]}
+  - {name: other.kept, database: kept}
+"""
+    )
+    (error,) = errors_of(text)  # other.kept is excluded from `other`: no collision
+    assert "backups[1].name: backup 'all.shop' would write files of the same names" in error
+    assert "as backup 'all' (database: \"*\")" in error
+    assert "for a database named 'shop'" in error

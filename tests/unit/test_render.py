@@ -63,3 +63,30 @@ def test_plain_renderer_lines_and_quiet_mode() -> None:
     assert quiet.getvalue().splitlines()[0].endswith("pg_dump exited with code 1")
     assert len(quiet.getvalue().splitlines()) == 1
     assert "\x1b" not in loud.getvalue()
+
+
+def test_a_wait_that_lasts_gets_a_row_until_it_is_over_and_plain_lines() -> None:
+    from db_backup.model import Waiting
+
+    what = "s3://b/ at http://127.0.0.1:9: looking for what interrupted runs left"
+    screen = io.StringIO()
+    renderer = LiveRenderer(Console(file=screen, force_terminal=True, width=160))
+    try:
+        renderer(Waiting(what, 2.0))
+        renderer(Waiting(what, 12.0))  # said again: still one row
+        during = renderer.rows
+        renderer(Waiting(what, 13.5, over=True))
+        after = renderer.rows
+    finally:
+        renderer.close()
+    assert during[1:] == [f"waiting: {what}"]
+    assert after[1:] == []
+
+    plain = io.StringIO()
+    lines = PlainRenderer(plain)
+    for event in (Waiting(what, 2.0), Waiting(what, 13.5, over=True)):
+        lines(event)
+    assert [line.split(" ", 1)[1] for line in plain.getvalue().splitlines()] == [
+        f"waiting  {what} (2.0s so far)",
+        f"waited   {what}: 13.5s",
+    ]
