@@ -164,7 +164,7 @@ def test_selection_by_backup_name_and_by_wildcard_job_name() -> None:
         select_backups(cfg, ["nope"])
 
 
-def test_colliding_job_names_are_refused() -> None:
+def test_a_backup_named_like_a_wildcard_job_is_refused_by_the_config() -> None:
     text = CONFIG + "  - name: all.crm\n    database: crm\n"
-    with pytest.raises(ConfigError, match=r"job name 'all\.crm'.*collides"):
-        build_plan(parse_config(text, environ={}), NOW, discovered={"all": ["crm"]})
+    with pytest.raises(ConfigError, match=r"backup 'all\.crm' would write files of the same"):
+        parse_config(text, environ={})
