@@ -8,6 +8,7 @@ local ledger, so the catalog is the same from any machine that can reach them.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,9 +20,12 @@ from db_backup.config.schema import BackupConfig, Config, StorageConfig
 from db_backup.errors import StorageError
 from db_backup.manifest import Manifest
 from db_backup.model import Target
-from db_backup.plan import is_own_file, select_backups
+from db_backup.plan import file_prefix, is_own_file, select_backups
+from db_backup.retention import CLOCK_SKEW
 from db_backup.storage import Store, open_store
 from db_backup.threads import in_thread
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,12 +91,15 @@ def _entry(store: Store, name: str, record: Manifest) -> Entry:
     )
 
 
-def scan(store: Store, backups: frozenset[str]) -> list[Entry]:
-    """Finished backups of the named config backups on one target."""
+def scan(storage: StorageConfig, backups: frozenset[str]) -> list[Entry]:
+    """Finished backups of the named config backups on one target: their own files only —
+    a file named as its job's files are here (`[<prefix>_]<job>_<time>`), so another
+    config's backup of the same name with another prefix in the same folder is not ours."""
+    store = open_store(storage)
     return [
         _entry(store, name, record)
         for name, record in _records(store, "")
-        if record.backup in backups
+        if record.backup in backups and is_own_file(name, file_prefix(storage, record.job))
     ]
 
 
@@ -117,6 +124,19 @@ def latest(target: Target, job_name: str, backup: str) -> Entry | None:
     return next(_job_entries(target, job_name, backup), None)
 
 
+def warn_about_future(entries: Iterable[Entry], now: datetime) -> None:
+    """Log each backup dated in the future (see retention.CLOCK_SKEW): retention keeps such
+    a backup and leaves it out of the counting, and a person should look at it."""
+    for entry in entries:
+        if entry.taken_at > now + CLOCK_SKEW:
+            log.warning(
+                "%s is dated %s, in the future (a clock that jumped?): retention keeps it and "
+                "does not count it; delete it by hand if it is wrong",
+                entry.location,
+                entry.taken_at.isoformat(timespec="seconds"),
+            )
+
+
 def targets_of(backups: Iterable[BackupConfig]) -> dict[StorageConfig, frozenset[str]]:
     """Each target of these backups, with the names of the backups stored there."""
     found: dict[StorageConfig, set[str]] = {}
@@ -133,7 +153,7 @@ async def list_backups(config: Config, names: Sequence[str] = ()) -> Catalog:
     wanted = targets_of(select_backups(config, names))
 
     async def one(storage: StorageConfig, backups: frozenset[str]) -> list[Entry]:
-        return await in_thread(scan, open_store(storage), backups)
+        return await in_thread(scan, storage, backups)
 
     found = await asyncio.gather(*(one(s, b) for s, b in wanted.items()), return_exceptions=True)
     entries: list[Entry] = []

@@ -155,6 +155,13 @@ async def _finish_target(job: JobSpec, delivery: Delivery, record: Manifest) -> 
         return None
     # Only now, with this backup committed here, may older ones here go.
     await in_thread(prune.prune_job, job, target, utcnow())
+    try:
+        still_there = await in_thread(store.exists, target.filename)
+    except StorageError as exc:
+        still_there, delivery.error = False, f"cannot confirm it was stored: {exc}"
+    if not still_there:  # never "succeeded" for a file that is not there
+        delivery.error = delivery.error or f"{store.location(target.filename)} is gone"
+        return None
     return StoredCopy(
         target.label, store.location(target.filename), store.location(target.manifest_name)
     )

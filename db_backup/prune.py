@@ -9,11 +9,11 @@ stops being a backup before its data file goes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from db_backup.catalog import Entry, job_entries, list_backups, targets_of
+from db_backup.catalog import Entry, job_entries, list_backups, targets_of, warn_about_future
 from db_backup.config.schema import Config, RetentionConfig
 from db_backup.errors import StorageError
 from db_backup.lock import lock_folder, lock_storage
@@ -45,9 +45,12 @@ class PruneReport:
     cleaned: list[str] = field(default_factory=list)  # incomplete uploads / partials removed
 
 
-def plan_prune(entries: Iterable[Entry], policies: Policies, now: datetime) -> list[PruneVerdict]:
+def plan_prune(
+    entries: Iterable[Entry], policies: Policies, now: datetime, *, keep: Collection[str] = ()
+) -> list[PruneVerdict]:
     """Keep/delete for every entry, each job on each target judged against its own backups
-    there only. Entries without a policy are not judged. Pure."""
+    there only. Entries without a policy are not judged; `keep`: locations kept whatever the
+    policy says. Pure."""
     groups: dict[tuple[str, str], list[Entry]] = {}
     for entry in entries:
         if (entry.backup, entry.target) in policies:
@@ -57,7 +60,8 @@ def plan_prune(entries: Iterable[Entry], policies: Policies, now: datetime) -> l
         by_id = {entry.location: entry for entry in group}
         policy = policies[group[0].backup, group[0].target]
         backups = [Backup(key, entry.taken_at) for key, entry in by_id.items()]
-        verdicts += [PruneVerdict(by_id[d.backup.id], d) for d in decide(backups, policy, now)]
+        decisions = decide(backups, policy, now, keep=keep)
+        verdicts += [PruneVerdict(by_id[d.backup.id], d) for d in decisions]
     return verdicts
 
 
@@ -95,7 +99,10 @@ def prune_job(job: JobSpec, target: Target, now: datetime) -> list[Entry]:
     try:
         entries = job_entries(target, job.name, job.backup.name)
         policies = {(job.backup.name, target.label): policy}
-        deleted, errors = apply(plan_prune(entries, policies, now))
+        just_made = open_store(target.storage).location(target.filename)
+        verdicts = plan_prune(entries, policies, now, keep={just_made})
+        warn_about_future(entries, now)
+        deleted, errors = apply(verdicts)
     except StorageError as exc:
         deleted, errors = [], {target.label: str(exc)}
     for error in errors.values():
@@ -126,6 +133,7 @@ async def prune_config(
     catalog = await list_backups(config, names)
     report = PruneReport(plan_prune(catalog.entries, policies_of(config, names), now))
     report.errors.update(catalog.errors)
+    warn_about_future(catalog.entries, now)
     if dry_run:
         return report
     targets = targets_of(select_backups(config, names))

@@ -5,20 +5,26 @@ newest; `keep_hourly N` (daily, weekly, monthly, yearly alike) keeps the newest 
 of the N most recent hours that have backups; `max_age` keeps everything younger. A backup
 kept by any rule stays, and every rule that kept it is named. The newest backup is always
 kept, whatever the policy says, and a policy with no rule keeps everything: deleting needs a
-rule that says so. Periods are UTC calendar periods; weeks are ISO weeks.
+rule that says so. A backup dated in the future is kept and not counted (see `decide`).
+Periods are UTC calendar periods; weeks are ISO weeks.
 
 Applying it is prune.py's job: per job and per target, only to that job's own backups.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from db_backup.config.schema import RetentionConfig
 
 Period = Callable[[datetime], tuple[int, ...]]
+
+# How far ahead of this machine's clock a backup may be dated and still count as taken now
+# (clocks of machines sharing a bucket differ a little); beyond it, it is "in the future".
+CLOCK_SKEW = timedelta(minutes=10)
+FUTURE = "dated in the future"
 
 PERIODS: dict[str, Period] = {
     "hourly": lambda t: (t.year, t.month, t.day, t.hour),
@@ -44,10 +50,28 @@ class Decision:
     reasons: tuple[str, ...] = field(default=())  # the rules that kept it; empty when deleted
 
 
-def decide(backups: Sequence[Backup], policy: RetentionConfig, now: datetime) -> list[Decision]:
-    """A decision for every backup, newest first."""
-    ordered = sorted(backups, key=lambda b: (b.taken_at, b.id), reverse=True)
-    reasons: dict[str, list[str]] = {b.id: [] for b in ordered}
+def decide(
+    backups: Sequence[Backup],
+    policy: RetentionConfig,
+    now: datetime,
+    *,
+    keep: Collection[str] = (),
+) -> list[Decision]:
+    """A decision for every backup, newest first. `keep`: ids kept whatever the policy says
+    (the backup the run just made).
+
+    A backup dated after `now` (by more than CLOCK_SKEW: a clock that jumped, another
+    machine's clock) is kept and left out of the counting: otherwise two backups dated 2031
+    would hold `keep_last 2` and make every new backup deletable the moment it commits."""
+    future = [b for b in backups if b.taken_at > now + CLOCK_SKEW]
+    present = [b for b in backups if b.taken_at <= now + CLOCK_SKEW]
+    ordered = sorted(present, key=lambda b: (b.taken_at, b.id), reverse=True)
+    reasons: dict[str, list[str]] = {b.id: [] for b in backups}
+    for backup in future:
+        reasons[backup.id].append(FUTURE)
+    for backup in backups:
+        if backup.id in keep:
+            reasons[backup.id].append("just made")
     if ordered:
         reasons[ordered[0].id].append("newest")
     if policy.is_empty:
@@ -69,4 +93,5 @@ def decide(backups: Sequence[Backup], policy: RetentionConfig, now: datetime) ->
         for backup in ordered:
             if (now - backup.taken_at).total_seconds() < policy.max_age:
                 reasons[backup.id].append("max_age")
-    return [Decision(b, bool(reasons[b.id]), tuple(reasons[b.id])) for b in ordered]
+    newest_first = sorted(backups, key=lambda b: (b.taken_at, b.id), reverse=True)
+    return [Decision(b, bool(reasons[b.id]), tuple(reasons[b.id])) for b in newest_first]

@@ -483,11 +483,14 @@ def list_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
     """Every finished backup (one with a manifest), newest first."""
-    from db_backup.catalog import list_backups
+    from datetime import UTC, datetime
+
+    from db_backup.catalog import list_backups, warn_about_future
 
     with _errors_to_exit_codes():
         loaded = _load_config(config, require_env=False)  # reads targets only: no DB secrets
         catalog = _interruptible(list_backups(loaded, tuple(name or ())))
+    warn_about_future(catalog.entries, datetime.now(UTC))
     if json_output:
         import msgspec
 

@@ -168,3 +168,31 @@ def test_each_job_on_each_target_is_judged_alone_and_nothing_else_is_touched(
         }
         newest = max(group, key=lambda e: e.taken_at)
         assert judged[newest.location].decision.keep
+
+
+@settings(max_examples=300)
+@given(histories, policies, st.integers(1, 3), st.data())
+def test_backups_dated_in_the_future_are_kept_and_change_nothing_else(
+    backups: list[Backup], policy: Policy, future_count: int, data: st.DataObject
+) -> None:
+    """What a clock jump leaves behind must never make a new backup deletable."""
+    future = [
+        Backup(f"future{i}", NOW + timedelta(days=data.draw(st.integers(1, 3000))))
+        for i in range(future_count)
+    ]
+    with_future = {d.backup.id: d for d in decide(backups + future, policy, NOW)}
+    alone = {d.backup.id: d.keep for d in decide(backups, policy, NOW)}
+    assert all(with_future[b.id].keep for b in future)
+    assert all("dated in the future" in with_future[b.id].reasons for b in future)
+    assert {i: with_future[i].keep for i in alone} == alone
+
+
+@settings(max_examples=200)
+@given(histories.filter(bool), policies, st.data())
+def test_the_backup_just_made_is_always_kept(
+    backups: list[Backup], policy: Policy, data: st.DataObject
+) -> None:
+    just_made = data.draw(st.sampled_from(backups))
+    decisions = {d.backup.id: d for d in decide(backups, policy, NOW, keep={just_made.id})}
+    assert decisions[just_made.id].keep
+    assert "just made" in decisions[just_made.id].reasons
