@@ -29,6 +29,7 @@ import msgspec
 from db_backup import manifest
 from db_backup.config.schema import LocalStorage, StorageConfig
 from db_backup.errors import DumpError, StorageError, ToolNotFoundError
+from db_backup.plan import BACKUP_SUFFIXES
 from db_backup.process import Child, spawn
 from db_backup.sources.postgres import plain_dump_is_complete
 from db_backup.stages import append_tail
@@ -36,7 +37,6 @@ from db_backup.storage import Store, open_store
 from db_backup.threads import in_thread
 
 READ_SIZE = 1024 * 1024
-BACKUP_SUFFIXES = (".sql.gz", ".sql.zst", ".sql", ".dump")
 
 
 class RestoreCheck:

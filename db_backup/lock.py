@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -67,11 +68,17 @@ def _try_lock(directory: Path) -> tuple[int | None, str]:
     ensure_directory(directory)
     path = directory / LOCK_NAME
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        # Never through a symlink someone planted: a root run would truncate its target.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     except OSError as exc:
+        raise StorageError(f"cannot use {path}: {describe_os_error(exc)}") from None
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+        os.close(fd)
         raise StorageError(
-            f"storage folder {directory} is not writable: {describe_os_error(exc)}"
-        ) from None
+            f"{path} is not a plain file of its own (a hard link, FIFO or device someone "
+            "put there?); remove it"
+        )
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -74,6 +74,26 @@ def is_own_file(name: str, job_file_prefix: str) -> bool:
     return re.match(re.escape(job_file_prefix) + _STAMP_PATTERN, name) is not None
 
 
+# Every suffix a backup file can have (see `extension`).
+BACKUP_SUFFIXES = (".sql.gz", ".sql.zst", ".sql", ".dump")
+
+
+def leftovers(names: Iterable[str], file_prefixes: Iterable[str]) -> set[str]:
+    """Of the file names on a target, what interrupted runs of these jobs left: partial
+    files, and backup files whose manifest never came (a run killed between the two). Under
+    the target's lock nothing else is writing them, so they are safe to remove."""
+    present = set(names)
+    prefixes = tuple(file_prefixes)
+    found = set()
+    for name in present:
+        if not any(is_own_file(name, prefix) for prefix in prefixes):
+            continue
+        orphan = name.endswith(BACKUP_SUFFIXES) and f"{name}.json" not in present
+        if name.endswith(".partial") or orphan:
+            found.add(name)
+    return found
+
+
 def select_backups(config: Config, names: Sequence[str]) -> tuple[BackupConfig, ...]:
     """The backups `-n NAME` selects (all when no names). A name is a backup's name, or
     `<backup>.<database job>` for one database of a `database: "*"` backup."""

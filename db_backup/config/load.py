@@ -81,7 +81,11 @@ def load_config(
     config = parse_config(
         text, display, base_dir=source.resolve().parent, environ=environ, require_env=require_env
     )
-    warnings = [*_exposed_secret_warnings(source, config), *_secret_file_warnings(config)]
+    warnings = [
+        *_exposed_secret_warnings(source, config),
+        *_secret_file_warnings(config),
+        *_shared_folder_warnings(config),
+    ]
     return msgspec.structs.replace(config, warnings=tuple(warnings))
 
 
@@ -110,6 +114,24 @@ def _secret_file_warnings(config: Config) -> list[str]:
             warnings.append(
                 f"password_file {path} is readable by every user (mode {mode:04o}); chmod 600 it"
             )
+    return warnings
+
+
+def _shared_folder_warnings(config: Config) -> list[str]:
+    """Storage folders other users may write to: a warning; one that runs will refuse (see
+    storage.local.shared_folder_risk) says so."""
+    from db_backup.storage.local import shared_folder_risk  # it imports this package
+
+    warnings = []
+    targets = {t for b in config.backups for t in b.targets if isinstance(t, LocalStorage)}
+    for target in sorted(targets, key=lambda t: t.path):
+        risk = shared_folder_risk(Path(target.path))
+        if risk is None:
+            continue
+        refused, why = risk
+        if refused and not target.allow_world_writable:
+            why += "; backups will refuse it: chmod o-w (or +t), or set allow_world_writable: true"
+        warnings.append(why)
     return warnings
 
 

@@ -108,6 +108,9 @@ class LocalStorage(_Target, frozen=True, tag="local"):
     path: str
     # Put in front of every file name: <prefix>_<job>_<timestamp>.sql.gz.
     prefix: str = ""
+    # A folder every user may write to without the sticky bit is refused (anyone could
+    # delete or replace the backups in it) unless this says the risk is known and accepted.
+    allow_world_writable: bool = False
 
     @property
     def label(self) -> str:

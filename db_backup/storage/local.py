@@ -3,19 +3,28 @@
 Nothing appears under a final name unless `commit()` ran; `abort()` removes the partial file.
 Files are created 0600 and missing folders 0700, whatever the umask allows beyond that.
 A run that was killed leaves its `.partial`; the next run of that job removes it.
+
+The folder may be one other users can write to, so nothing here trusts a name in it: every
+file db-backup creates is created new (O_EXCL) and never through a symbolic link
+(O_NOFOLLOW); files are read only if they are regular files (a FIFO with a backup's name
+would block a reader forever). A folder every user may write to without the sticky bit is
+refused unless the config allows it: anyone could delete or replace the backups in it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from db_backup.config.schema import LocalStorage
 from db_backup.errors import StorageError
-from db_backup.plan import is_own_file
+from db_backup.plan import leftovers
 
 FILE_MODE = 0o600
 DIRECTORY_MODE = 0o700
@@ -25,11 +34,51 @@ open_partials: set[Path] = set()
 
 
 def _private(path: str, flags: int) -> int:
-    return os.open(path, flags, FILE_MODE)
+    """open()'s opener for the files we create: 0600, and never through a symlink."""
+    return os.open(path, flags | os.O_NOFOLLOW, FILE_MODE)
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open `path` for reading if it is a regular file — not a FIFO or device (opened without
+    blocking, then refused) and not a symbolic link someone planted."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {describe_os_error(exc)}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StorageError(f"{path} is not a regular file; not reading it")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def shared_folder_risk(directory: Path) -> tuple[bool, str] | None:
+    """Whether other users may write to a folder: (refused, why), or None. Writable by every
+    user without the sticky bit, anyone may delete or replace the backups in it: refused
+    unless the target says `allow_world_writable: true`."""
+    try:
+        mode = os.stat(directory).st_mode
+    except OSError:
+        return None  # missing: created 0700
+    if not mode & 0o022:
+        return None
+    bits = f"mode {stat.S_IMODE(mode):04o}"
+    if mode & 0o002 and not mode & stat.S_ISVTX:
+        return True, (
+            f"storage folder {directory} is writable by every user without the sticky bit "
+            f"({bits}): anyone could delete or replace backups in it"
+        )
+    who = "every user" if mode & 0o002 else "its group"
+    return False, f"storage folder {directory} is writable by {who} ({bits})"
 
 
 def describe_os_error(exc: OSError) -> str:
     """The OS's reason ("No space left on device") without Python's decoration."""
+    if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
+        return "it is a symbolic link (not followed: db-backup never writes through one)"
     return exc.strerror or str(exc)
 
 
@@ -64,18 +113,23 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write a small file so that readers see all of it or none of it."""
-    temporary = path.with_name(path.name + ".partial")
+    """Write a small file so that readers see all of it or none of it: a new file under a
+    name nobody can guess, then renamed over `path` (a rename replaces a symlink there, it
+    does not follow it)."""
+    temporary = path.with_name(f"{path.name}.{secrets.token_hex(6)}.partial")
+    created = False
     try:
-        with open(temporary, "wb", opener=_private) as handle:
+        with open(temporary, "xb", opener=_private) as handle:
+            created = True
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
         _fsync_directory(path.parent)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
+        if created:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
         raise StorageError(f"cannot write {path}: {describe_os_error(exc)}") from None
 
 
@@ -87,13 +141,15 @@ class LocalUpload:
         self.partial = directory / f"{name}.partial"
         self._committed = False
         ensure_directory(directory)
-        if self.final.exists():
+        if os.path.lexists(self.final):
             raise StorageError(f"{self.final} already exists; refusing to overwrite a backup")
         try:
             self._file: BinaryIO | None = open(self.partial, "xb", opener=_private)  # noqa: SIM115
         except FileExistsError:
+            what = "a symbolic link" if self.partial.is_symlink() else "a file"
             raise StorageError(
-                f"{self.partial} exists: another run is writing this backup right now"
+                f"{self.partial} exists ({what} we did not create): another run writing this "
+                "backup, or something put there; not writing through it"
             ) from None
         except OSError as exc:
             raise StorageError(f"cannot create {self.partial}: {describe_os_error(exc)}") from None
@@ -152,6 +208,7 @@ class LocalStore:
     def __init__(self, config: LocalStorage) -> None:
         self.directory = Path(config.path)
         self.label = config.label
+        self._allow_world_writable = config.allow_world_writable
 
     def location(self, name: str) -> str:
         return str(self.directory / name)
@@ -165,6 +222,15 @@ class LocalStore:
         if not os.access(existing, os.W_OK | os.X_OK):
             what = "storage folder" if existing == self.directory else "parent folder"
             raise StorageError(f"{what} {existing} is not writable by this user")
+        self._refuse_if_shared()
+
+    def _refuse_if_shared(self) -> None:
+        risk = shared_folder_risk(self.directory)
+        if risk is not None and risk[0] and not self._allow_world_writable:
+            raise StorageError(
+                f"{risk[1]}; chmod o-w (or +t) it, or set allow_world_writable: true on "
+                "this target"
+            )
 
     def names(self, prefix: str) -> list[str]:
         if not self.directory.is_dir():
@@ -173,7 +239,7 @@ class LocalStore:
             return [
                 path.name
                 for path in self.directory.glob(f"{glob_escape(prefix)}*")
-                if not path.name.endswith(".partial") and path.is_file()
+                if not path.name.endswith(".partial") and stat.S_ISREG(path.lstat().st_mode)
             ]
         except OSError as exc:
             raise StorageError(f"cannot list {self.directory}: {describe_os_error(exc)}") from None
@@ -183,16 +249,12 @@ class LocalStore:
             return handle.read(-1)
 
     def exists(self, name: str) -> bool:
-        return (self.directory / name).exists()
+        return os.path.lexists(self.directory / name)
 
     @contextlib.contextmanager
     def open_read(self, name: str) -> Iterator[_Translated]:
         path = self.directory / name
-        try:
-            handle = path.open("rb")
-        except OSError as exc:
-            raise StorageError(f"cannot read {path}: {describe_os_error(exc)}") from None
-        with handle:
+        with open_regular(path) as handle:
             yield _Translated(handle, path)
 
     def put(self, name: str, data: bytes) -> None:
@@ -208,15 +270,21 @@ class LocalStore:
             raise StorageError(f"cannot delete {path}: {describe_os_error(exc)}") from None
 
     def open_upload(self, name: str) -> LocalUpload:
+        self._refuse_if_shared()
         return LocalUpload(self.directory, name)
 
     def clean_incomplete(self, file_prefixes: list[str]) -> list[str]:
+        if not self.directory.is_dir():
+            return []
+        try:
+            present = {path.name for path in self.directory.iterdir()}
+        except OSError as exc:
+            raise StorageError(f"cannot list {self.directory}: {describe_os_error(exc)}") from None
         removed = []
-        for path in self.directory.glob("*.partial"):
-            if any(is_own_file(path.name, prefix) for prefix in file_prefixes):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                    removed.append(str(path))
+        for name in sorted(leftovers(present, file_prefixes)):
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / name).unlink()
+                removed.append(str(self.directory / name))
         return removed
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from db_backup import threads
 from db_backup.config.schema import S3Storage
 from db_backup.errors import StorageError, TargetUnreachableError
-from db_backup.plan import is_own_file
+from db_backup.plan import is_own_file, leftovers
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +251,9 @@ class S3Store:
                     UploadId=upload_id,
                 )
                 removed.append(f"{self.location(name)} (incomplete upload {upload_id})")
+        for name in sorted(leftovers(self.names(""), file_prefixes)):  # and one more
+            self.delete(name)
+            removed.append(f"{self.location(name)} (no manifest)")
         return removed
 
     def _incomplete_uploads(self, key_prefix: str) -> list[tuple[str, str]]:
