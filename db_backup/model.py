@@ -69,6 +69,9 @@ class Plan:
     jobs: tuple[JobSpec, ...]
     concurrency: int
     host_limits: dict[Server, int]
+    # Jobs that cannot run, and why (a name two databases share, a file name too long):
+    # they fail on their own; the others run.
+    refused: tuple[tuple[JobSpec, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -7,20 +7,22 @@ for file systems and cannot escape the storage folder.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import hashlib
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from db_backup.config.schema import NAME_PATTERN, BackupConfig, Config, LocalStorage, StorageConfig
-from db_backup.errors import ConfigError, ConfigIssue, SelectionError
+from db_backup.errors import SelectionError
 from db_backup.model import JobKind, JobSpec, Plan, Server, Target
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_COMPONENT = 60
+LONGEST_SAFE_NAME = _MAX_COMPONENT + 9  # and "-" and 8 hex digits of a hash
 
 
 def default_concurrency() -> int:
@@ -72,6 +74,37 @@ def is_own_file(name: str, job_file_prefix: str) -> bool:
     """Is `name` one of this job's files (dump, manifest or partial)? `<prefix>_shop_` must
     not claim job `shop_eu`'s files: the run timestamp follows the prefix directly."""
     return re.match(re.escape(job_file_prefix) + _STAMP_PATTERN, name) is not None
+
+
+# Most file systems allow 255 bytes in a file name; S3 allows 1024 in a key.
+FILE_NAME_BYTES = 255
+S3_KEY_BYTES = 1024
+# A manifest is written under `<file>.json.<random hex>.partial` first (storage.local).
+TEMPORARY_TOKEN_BYTES = 6
+_LONGEST_SIDE_FILE = len(".json.") + 2 * TEMPORARY_TOKEN_BYTES + len(".partial")
+
+
+def unusable_name(storage: StorageConfig, filename: str) -> str | None:
+    """Why a backup file cannot have this name on this target (it would leave its folder,
+    or it or its manifest's temporary name would be too long), or None."""
+    if os.path.basename(filename) != filename or filename.startswith("."):
+        return f"file name {filename!r} would leave its storage folder"
+    if isinstance(storage, LocalStorage):
+        size = len(filename.encode()) + _LONGEST_SIDE_FILE
+        if size > FILE_NAME_BYTES:
+            return (
+                f"file names would be {size} bytes long (with the manifest's temporary "
+                f"name), more than the {FILE_NAME_BYTES} a file system allows; shorten the "
+                f"backup's name or the target's prefix by {size - FILE_NAME_BYTES}"
+            )
+        return None
+    size = len(f"{storage.folder}{filename}.json".encode())
+    if size > S3_KEY_BYTES:
+        return (
+            f"object keys would be {size} bytes long, more than the {S3_KEY_BYTES} S3 "
+            f"allows; shorten the target's prefix or the backup's name by {size - S3_KEY_BYTES}"
+        )
+    return None
 
 
 # Every suffix a backup file can have (see `extension`).
@@ -128,6 +161,22 @@ def matching_databases(backup: BackupConfig, available: Iterable[str]) -> list[s
     )
 
 
+def globals_job_name(backup: BackupConfig) -> str:
+    return f"globals-{safe_component(backup.host or 'local')}-{backup.port}"
+
+
+def longest_file_names(backup: BackupConfig, storage: StorageConfig) -> list[str]:
+    """The longest file names this backup's jobs can write to a target (for `validate`):
+    a "*" backup's databases are known only at run time, so the longest name a database can
+    be made (see safe_component) stands in for them."""
+    stamp = timestamp(datetime(2000, 1, 1, tzinfo=UTC))
+    job = f"{backup.name}.{'x' * LONGEST_SAFE_NAME}" if backup.is_wildcard else backup.name
+    kinds = [(job, JobKind.DATABASE)]
+    if backup.globals:
+        kinds.append((globals_job_name(backup), JobKind.GLOBALS))
+    return [f"{file_prefix(storage, name)}{stamp}{extension(backup, kind)}" for name, kind in kinds]
+
+
 def build_plan(
     config: Config,
     now: datetime,
@@ -156,21 +205,51 @@ def build_plan(
         server = server_of(backup)
         if backup.globals and server not in servers_with_globals:
             servers_with_globals.add(server)
-            host = safe_component(backup.host or "local")
-            globals_name = f"globals-{host}-{backup.port}"
+            globals_name = globals_job_name(backup)
             jobs.append(_job(backup, JobKind.GLOBALS, globals_name, _maintenance_db(backup), stamp))
     explicit = {
         name for name in names if "." in name and name not in {b.name for b in config.backups}
     }
     if explicit:
-        jobs = [job for job in jobs if job.name in explicit or job.backup.name in names]
-    _refuse_collisions(config, jobs)
+        _refuse_unmatched(explicit, jobs, discovered)
+        jobs = [job for job in jobs if _named(job, explicit) or job.backup.name in names]
+    runnable, refused = _refuse_unsafe(jobs)
     return Plan(
         started_at=now,
-        jobs=tuple(jobs),
+        jobs=tuple(runnable),
         concurrency=concurrency or config.concurrency or default_concurrency(),
-        host_limits=_host_limits(jobs),
+        host_limits=_host_limits(runnable),
+        refused=tuple(refused),
     )
+
+
+def _named(job: JobSpec, names: Collection[str]) -> bool:
+    """Is `job` one of `names`: by its job name, or as `<backup>.<the database's own name>`?"""
+    return job.name in names or f"{job.backup.name}.{job.database}" in names
+
+
+def _refuse_unmatched(
+    names: Collection[str], jobs: Sequence[JobSpec], discovered: Mapping[str, Sequence[str]]
+) -> None:
+    """`-n all.typo` must not back up nothing and succeed: a name that matches no database
+    a "*" backup found raises SelectionError with the near matches. (A backup whose
+    databases could not be listed fails as such instead.)"""
+    for name in sorted(names):
+        backup = next((b for b in discovered if name.startswith(f"{b}.")), None)
+        if backup is None or any(_named(job, [name]) for job in jobs):
+            continue
+        candidates = [j.name for j in jobs if j.backup.name == backup]
+        candidates += [f"{backup}.{j.database}" for j in jobs if j.backup.name == backup]
+        near = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
+        hint = (
+            f"did you mean {', '.join(map(repr, near))}?"
+            if near
+            else (f"its databases are: {', '.join(sorted(candidates)[:10]) or 'none'}")
+        )
+        raise SelectionError(
+            f'-n {name!r} matches no database that backup {backup!r} (database: "*") found '
+            f"on its server; {hint}"
+        )
 
 
 def _maintenance_db(backup: BackupConfig) -> str:
@@ -181,12 +260,7 @@ def _job(backup: BackupConfig, kind: JobKind, name: str, database: str, stamp: s
     targets = []
     for storage in backup.targets:
         prefix = file_prefix(storage, name)
-        filename = f"{prefix}{stamp}{extension(backup, kind)}"
-        # Names are validated and made safe above; this is the last line of defence.
-        if os.path.basename(filename) != filename or filename.startswith("."):
-            issue = ConfigIssue("<plan>", None, None, name, "file name escapes storage")
-            raise ConfigError([issue])
-        targets.append(Target(storage, filename, prefix))
+        targets.append(Target(storage, f"{prefix}{stamp}{extension(backup, kind)}", prefix))
     return JobSpec(
         name=name,
         kind=kind,
@@ -197,25 +271,32 @@ def _job(backup: BackupConfig, kind: JobKind, name: str, database: str, stamp: s
     )
 
 
-def _refuse_collisions(config: Config, jobs: Sequence[JobSpec]) -> None:
-    seen: dict[str, JobSpec] = {}
-    issues = []
+def _refuse_unsafe(jobs: Sequence[JobSpec]) -> tuple[list[JobSpec], list[tuple[JobSpec, str]]]:
+    """Split the jobs into those that may run and those refused, each with why: a file name
+    that would leave its folder or is too long, or a job name two databases share (`audit_x
+    y` is made safe as `audit_x_y-4f98d65d`, which another database may be called). Only the
+    jobs concerned fail; the run goes on."""
+    sharing: dict[str, list[JobSpec]] = {}
     for job in jobs:
-        other = seen.setdefault(job.name, job)
-        if other is not job:
-            issues.append(
-                ConfigIssue(
-                    config.source,
-                    None,
-                    None,
-                    "backups",
-                    f"job name {job.name!r} (backup {job.backup.name!r}, "
-                    f"database {job.database!r}) collides with backup "
-                    f"{other.backup.name!r}, database {other.database!r}",
-                )
+        sharing.setdefault(job.name, []).append(job)
+    runnable, refused = [], []
+    for job in jobs:
+        others = [o for o in sharing[job.name] if o is not job]
+        problem = next(
+            filter(None, (unusable_name(t.storage, t.filename) for t in job.targets)), None
+        )
+        if others:
+            names = ", ".join(repr(o.database) for o in others)
+            problem = (
+                f"job name {job.name!r} (database {job.database!r}) is also what database "
+                f"{names} of backup {others[0].backup.name!r} is called in file names; rename "
+                "one database, or exclude one"
             )
-    if issues:
-        raise ConfigError(issues)
+        if problem is None:
+            runnable.append(job)
+        else:
+            refused.append((job, problem))
+    return runnable, refused
 
 
 def _host_limits(jobs: Sequence[JobSpec]) -> dict[Server, int]:

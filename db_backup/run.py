@@ -53,6 +53,7 @@ async def prepare_plan(
         for backup in selected
         if backup.name in found.errors
     ]
+    failures += [JobResult(job, JobStatus.FAILED, error=why) for job, why in plan.refused]
     return plan, failures
 
 

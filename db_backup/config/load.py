@@ -15,6 +15,7 @@ import re
 import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -316,7 +317,7 @@ class _Loader:
             self._add(doc.issue(("backups",), "no backups listed; add at least one"))
         backups = [self._backup(raw, index) for index in range(len(raw.backups))]
         self._check_names()
-        self._check_file_collisions(backups)
+        self._check_file_names(backups)
         self._raise_if_any()
         return Config(
             source=doc.file,
@@ -486,48 +487,58 @@ class _Loader:
             else:
                 seen[name] = index
 
-    def _check_file_collisions(self, backups: Sequence[BackupConfig | None]) -> None:
-        """Two backups must not write files of the same names in one place: `nightly_a`
+    def _check_file_names(self, backups: Sequence[BackupConfig | None]) -> None:
+        """Every file name must fit its target (255 bytes in a folder, 1024 in a bucket key),
+        and two backups must not write files of the same names in one place: `nightly_a`
         with no prefix and `a` with `prefix: nightly` in one folder would (see place.py:
         two spellings of one folder are one place); so would backup `all.shop` and the
         job a `database: "*"` backup `all` makes for a database `shop`."""
         from db_backup.place import place_of  # not at the top: it imports this package
-        from db_backup.plan import file_prefix
+        from db_backup.plan import file_prefix, longest_file_names, unusable_name
 
-        owners: dict[tuple[str, str], BackupConfig] = {}
-        wildcards: list[tuple[str, str, BackupConfig]] = []  # (place, "<prefix>_<name>.", …)
-        for index, backup in enumerate(backups):
-            if backup is None:  # already reported
-                continue
+        present = [(index, backup) for index, backup in enumerate(backups) if backup]
+        owners: dict[tuple[str, str], tuple[int, BackupConfig]] = {}
+        for index, backup in present:
             for storage in backup.targets:
-                place, start = place_of(storage), file_prefix(storage, backup.name)
-                owner = owners.setdefault((place, start), backup)
-                if owner is not backup:
-                    self._add(
-                        self.document.issue(
-                            ("backups", index, "name"),
-                            f"backups {owner.name!r} and {backup.name!r} would write files "
-                            f"of the same names ({start}<time>...) in {storage.label}",
-                        )
-                    )
-                if backup.is_wildcard:
-                    wildcards.append((place, start[:-1] + ".", backup))
-        for (place, start), backup in owners.items():
-            for wildcard_place, stem, wildcard in wildcards:
-                database = start[len(stem) : -1]
-                if backup.is_wildcard or place != wildcard_place or not start.startswith(stem):
-                    continue
-                if any(fnmatch.fnmatchcase(database, p) for p in wildcard.exclude):
-                    continue
-                index = next(i for i, b in enumerate(backups) if b is backup)
-                self._add(
-                    self.document.issue(
-                        ("backups", index, "name"),
-                        f"backup {backup.name!r} would write files of the same names as "
-                        f'backup {wildcard.name!r} (database: "*") writes for a database '
-                        f"named {database!r}; rename one, or exclude {database!r} there",
-                    )
+                problem = next(
+                    filter(
+                        None,
+                        map(partial(unusable_name, storage), longest_file_names(backup, storage)),
+                    ),
+                    None,
                 )
+                if problem is not None:
+                    longest = "for the longest database names, " if backup.is_wildcard else ""
+                    self._name_issue(index, f"on {storage.label}: {longest}{problem}")
+                key = (place_of(storage), file_prefix(storage, backup.name))
+                owner = owners.setdefault(key, (index, backup))[1]
+                if owner is not backup:
+                    self._name_issue(
+                        index,
+                        f"backups {owner.name!r} and {backup.name!r} would write files of the "
+                        f"same names ({key[1]}<time>...) in {storage.label}",
+                    )
+        for (place, start), (index, backup) in owners.items():
+            for (wildcard_place, wildcard_start), (_, wildcard) in owners.items():
+                stem = wildcard_start[:-1] + "."  # the start of its databases' jobs' files
+                database = start[len(stem) : -1]
+                if (
+                    not wildcard.is_wildcard
+                    or backup.is_wildcard
+                    or place != wildcard_place
+                    or not start.startswith(stem)
+                    or any(fnmatch.fnmatchcase(database, p) for p in wildcard.exclude)
+                ):
+                    continue
+                self._name_issue(
+                    index,
+                    f"backup {backup.name!r} would write files of the same names as backup "
+                    f'{wildcard.name!r} (database: "*") writes for a database named '
+                    f"{database!r}; rename one, or exclude {database!r} there",
+                )
+
+    def _name_issue(self, index: int, message: str) -> None:
+        self._add(self.document.issue(("backups", index, "name"), message))
 
     def _backup_entries(self) -> Iterator[Any]:
         data = self.document.data

@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 from db_backup.config.schema import LocalStorage
 from db_backup.errors import StorageError
-from db_backup.plan import leftovers
+from db_backup.plan import TEMPORARY_TOKEN_BYTES, leftovers
 
 FILE_MODE = 0o600
 DIRECTORY_MODE = 0o700
@@ -116,7 +116,7 @@ def write_atomically(path: Path, data: bytes) -> None:
     """Write a small file so that readers see all of it or none of it: a new file under a
     name nobody can guess, then renamed over `path` (a rename replaces a symlink there, it
     does not follow it)."""
-    temporary = path.with_name(f"{path.name}.{secrets.token_hex(6)}.partial")
+    temporary = path.with_name(f"{path.name}.{secrets.token_hex(TEMPORARY_TOKEN_BYTES)}.partial")
     created = False
     try:
         with open(temporary, "xb", opener=_private) as handle:
@@ -228,8 +228,7 @@ class LocalStore:
         risk = shared_folder_risk(self.directory)
         if risk is not None and risk[0] and not self._allow_world_writable:
             raise StorageError(
-                f"{risk[1]}; chmod o-w (or +t) it, or set allow_world_writable: true on "
-                "this target"
+                f"{risk[1]}; chmod o-w (or +t) it, or set allow_world_writable: true on this target"
             )
 
     def names(self, prefix: str) -> list[str]:

@@ -109,3 +109,239 @@ def test_backups_dated_in_the_future_never_make_a_new_one_deletable(
     assert f"keep    {future[0]} (dated in the future)" in dry.stdout
     listed = run_cli("list", "-c", str(config))
     assert f"{future[0]} is dated {later}-" in listed.stderr
+
+
+def one_backup(pg: ThrowawayCluster, tmp_path: Path, database: str, **storage: Any) -> Path:
+    return config_file(
+        pg,
+        tmp_path / "backup.yml",
+        {"path": str(tmp_path / "store"), **storage},
+        [{"name": "shop", "database": database}],
+    )
+
+
+def test_a_symlink_planted_at_the_lock_is_not_followed(
+    pg: ThrowawayCluster, shop: str, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    folder = tmp_path / "store"
+    folder.mkdir(mode=0o700)
+    (folder / ".db-backup.lock").symlink_to(victim)
+    code, report = backup_json(one_backup(pg, tmp_path, shop), pg)
+    assert code == 1
+    assert "symbolic link" in report["jobs"][0]["error"]
+    assert victim.read_text() == "precious\n"
+
+
+def test_symlinks_planted_at_the_manifest_during_the_dump_are_not_followed(
+    pg: ThrowawayCluster, tmp_path: Path, start_cli: Any
+) -> None:
+    from tests.fakes import fake_pg_dump
+    from tests.waiting import wait_for
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    config = config_file(
+        pg,
+        tmp_path / "backup.yml",
+        {"path": str(tmp_path / "store")},
+        [
+            {
+                "name": "shop",
+                "database": "postgres",
+                "pg_dump_path": str(fake_pg_dump(tmp_path, "pauses-halfway")),
+            }
+        ],
+    )
+    env = cli_env(pg, FAKE_STARTED_FILE=str(started), FAKE_GATE=str(gate))
+    process = start_cli("backup", "-c", str(config), "--json", env=env)
+    wait_for(started.exists, what="the dump's first half", process=process)
+    (partial,) = (tmp_path / "store").glob("shop_*.partial")
+    final = partial.with_name(partial.name.removesuffix(".partial"))
+    for name in (f"{final.name}.json.partial", f"{final.name}.json"):  # the names to guess
+        (final.parent / name).symlink_to(victim)
+    gate.touch()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert victim.read_text() == "precious\n"
+    manifest = final.with_name(final.name + ".json")
+    assert not manifest.is_symlink()
+    assert json.loads(manifest.read_text())["file"] == final.name
+
+
+def test_verify_and_list_do_not_block_on_a_fifo_named_like_a_backup(
+    pg: ThrowawayCluster, shop: str, tmp_path: Path
+) -> None:
+    import os
+
+    config = one_backup(pg, tmp_path, shop)
+    assert backup_json(config, pg)[0] == 0
+    folder = tmp_path / "store"
+    os.mkfifo(folder / "shop_20260101T000000Z.sql.gz")
+    os.mkfifo(folder / "shop_20260101T000000Z.sql.gz.json")
+    verified = run_cli("verify", str(folder), timeout=60)
+    assert verified.returncode == 1
+    assert "shop_20260101T000000Z.sql.gz: " in verified.stdout
+    assert "is not a regular file" in verified.stdout
+    assert verified.stdout.count("OK      ") == 1  # the real backup
+    listed = run_cli("list", "-c", str(config), "--json", timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)["backups"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "allowed", "code", "said"),
+    [
+        (0o777, False, 1, "writable by every user without the sticky bit (mode 0777)"),
+        (0o777, True, 0, "writable by every user without the sticky bit (mode 0777)"),
+        (0o1777, False, 0, "writable by every user (mode 1777)"),
+        (0o770, False, 0, "writable by its group (mode 0770)"),
+    ],
+)
+def test_folders_other_users_may_write_to(
+    pg: ThrowawayCluster,
+    shop: str,
+    tmp_path: Path,
+    mode: int,
+    allowed: bool,
+    code: int,
+    said: str,
+) -> None:
+    folder = tmp_path / "store"
+    folder.mkdir()
+    folder.chmod(mode)
+    config = one_backup(pg, tmp_path, shop, allow_world_writable=allowed)
+    validated = run_cli("validate", "-c", str(config), env=cli_env(pg))
+    assert validated.returncode == 0, validated.stderr
+    assert f"warning: storage folder {folder} is {said}" in validated.stderr
+    refused = "backups will refuse it" in validated.stderr
+    assert refused == (code == 1)
+    result = run_cli("backup", "-c", str(config), "--json", env=cli_env(pg))
+    assert result.returncode == code, result.stderr
+    assert f"warning: storage folder {folder} is {said}" in result.stderr
+    job = json.loads(result.stdout)["jobs"][0]
+    if code == 1:
+        assert "chmod o-w (or +t) it, or set allow_world_writable: true" in job["error"]
+        assert list(folder.glob("shop_*")) == []
+
+
+def test_a_backup_file_whose_manifest_never_came_is_removed_by_the_next_run_and_prune(
+    pg: ThrowawayCluster, s3: Any, tmp_path: Path, start_cli: Any
+) -> None:
+    """kill -9 after the folder's copy was renamed into place and before its manifest was
+    written — a window held open here by the bucket, frozen while the upload completes."""
+    import signal
+
+    from tests.conftest import is_gone
+    from tests.e2e.test_bounded_time import SLOW, HeldDump
+    from tests.waiting import wait_for
+
+    held = HeldDump.start(pg, s3, tmp_path, start_cli, "orphans", SLOW)
+    folder = tmp_path / "folder"
+    with s3.paused():
+        held.release()
+        wait_for(lambda: list(folder.glob("shop_*.sql")), what="the folder's copy to commit")
+        held.process.send_signal(signal.SIGKILL)
+        held.process.communicate()
+    (orphan,) = folder.glob("shop_*.sql")
+    assert not orphan.with_name(orphan.name + ".json").exists()
+    config = tmp_path / "backup.yml"
+    env = cli_env(pg, s3=s3, FAKE_STARTED_FILE=str(held.started), FAKE_GATE=str(held.gate))
+
+    verified = run_cli("verify", "-c", str(config), env=env)
+    assert f"FAILED  {orphan}: no manifest" in verified.stdout
+
+    rerun = run_cli("backup", "-c", str(config), "--json", env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"removed {orphan}, left behind by an interrupted run" in rerun.stderr
+    assert not orphan.exists()
+    wait_for(lambda: is_gone(held.dump_pid), what="the killed run's dump to be gone")
+
+    # The same state once more, for prune: a backup whose manifest is missing.
+    (backup,) = folder.glob("shop_*.sql")
+    backup.with_name(backup.name + ".json").unlink()
+    pruned = run_cli("prune", "-c", str(config), env=env)
+    assert pruned.returncode == 0, pruned.stderr
+    assert f"removed {backup}, left behind by an interrupted run" in pruned.stdout
+    assert not backup.exists()
+    verified = run_cli("verify", "-c", str(config), env=env)
+    assert "FAILED" not in verified.stdout.replace("FAILED  target", "")
+
+
+@pytest.fixture
+def odd_databases(pg: ThrowawayCluster, make_database: Any) -> tuple[str, str, list[str]]:
+    """`audit_x y` and the database named what its safe name is; and every other database
+    on the server, to exclude from a "*" backup."""
+    import psycopg
+
+    from db_backup.plan import safe_component
+
+    odd = make_database("audit_x y", "CREATE TABLE t AS SELECT 1 AS n;")
+    mimic = make_database(safe_component(odd), "CREATE TABLE t AS SELECT 2 AS n;")
+    with psycopg.connect(**pg.conninfo()) as conn:
+        rows = conn.execute("SELECT datname FROM pg_database").fetchall()
+    others = [name for (name,) in rows if name not in (odd, mimic)]
+    return odd, mimic, [name.replace("[", "[[]") for name in others]
+
+
+def test_two_databases_with_one_job_name_fail_alone(
+    pg: ThrowawayCluster, shop: str, odd_databases: tuple[str, str, list[str]], tmp_path: Path
+) -> None:
+    odd, mimic, others = odd_databases
+    config = config_file(
+        pg,
+        tmp_path / "backup.yml",
+        {"path": str(tmp_path / "store")},
+        [
+            {"name": "all", "database": "*", "exclude": others},
+            {"name": "shop", "database": shop},
+        ],
+    )
+    code, report = backup_json(config, pg)
+    assert code == 1
+    jobs = {job["database"]: job for job in report["jobs"]}
+    assert jobs[shop]["status"] == "succeeded"
+    assert Path(jobs[shop]["file"]).is_file()
+    for database in (odd, mimic):
+        assert jobs[database]["status"] == "failed"
+        assert f"job name 'all.{mimic}'" in jobs[database]["error"]
+
+
+def test_names_too_long_are_refused_by_validate_where_they_are_written(tmp_path: Path) -> None:
+    config = tmp_path / "backup.yml"
+    config.write_text(
+        "backups:\n"
+        f"  - name: {'n' * 100}\n"
+        '    database: "*"\n'
+        f"    storage: {{path: {tmp_path}, prefix: {'p' * 100}}}\n"
+    )
+    for command in (["validate"], ["backup", "--json"]):
+        result = run_cli(*command, "-c", str(config))
+        assert result.returncode == 2, result.stderr
+        assert f"{config}:2:11: backups[0].name: on local:{tmp_path}: " in result.stderr
+        assert "more than the 255 a file system allows" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_selection_that_matches_nothing_is_an_error_naming_the_near_matches(
+    pg: ThrowawayCluster, shop: str, odd_databases: tuple[str, str, list[str]], tmp_path: Path
+) -> None:
+    odd, _, others = odd_databases
+    store = tmp_path / "store"
+    config = config_file(
+        pg,
+        tmp_path / "backup.yml",
+        {"path": str(store)},
+        [{"name": "all", "database": "*", "exclude": others}],
+    )
+    result = run_cli("backup", "-c", str(config), "-n", "all.audit_x_z", env=cli_env(pg))
+    assert result.returncode == 2
+    assert "-n 'all.audit_x_z' matches no database" in result.stderr
+    assert "did you mean" in result.stderr
+    assert not list(store.glob("all.*"))
+    # The database's own name selects it.
+    code, report = backup_json(config, pg, "-n", f"all.{odd}")
+    assert code == 0
+    assert [job["database"] for job in report["jobs"]] == [odd]
