@@ -1,4 +1,8 @@
-"""The summary table at the end of a run, and the plan a dry run prints (rich tables)."""
+"""The summary table at the end of a run, and the plan a dry run prints (rich tables).
+
+Every cell is a Text, never a str: rich reads markup in a str, and names, paths and error
+messages are the user's data (`[/]` in a database name crashed the table, `[bold red]`
+restyled it). Only our own styles are styles."""
 
 from __future__ import annotations
 
@@ -26,12 +30,12 @@ def summary_table(report: RunReport) -> Table:
     for result in report.results:
         succeeded = result.status is JobStatus.SUCCEEDED
         table.add_row(
-            result.job.name,
+            Text(result.job.name),
             Text(result.status.value, style=STATUS_STYLE[result.status]),
-            format_bytes(result.stored_bytes) if succeeded else "-",
-            format_duration(result.duration) if result.started_at else "-",
-            format_rate(result.raw_bytes, result.duration) if succeeded else "-",
-            "\n".join(c.file for c in result.copies) if succeeded else (result.error or ""),
+            Text(format_bytes(result.stored_bytes) if succeeded else "-"),
+            Text(format_duration(result.duration) if result.started_at else "-"),
+            Text(format_rate(result.raw_bytes, result.duration) if succeeded else "-"),
+            Text("\n".join(c.file for c in result.copies) if succeeded else (result.error or "")),
         )
     counts = {status: 0 for status in JobStatus}
     for result in report.results:
@@ -55,18 +59,15 @@ def plan_table(plan: Plan, failures: Sequence[JobResult] = ()) -> Table:
     for job in plan.jobs:
         fmt = "globals" if job.kind == "globals" else job.backup.format
         where = "\n".join(open_store(t.storage).location(t.filename) for t in job.targets)
-        table.add_row(job.name, job.database, str(job.server), fmt, where)
+        table.add_row(*map(Text, (job.name, job.database, str(job.server), fmt, where)))
     for result in failures:
-        table.add_row(
-            result.job.name,
-            result.job.database,
-            str(result.job.server),
-            "-",
-            Text(f"cannot list databases: {result.error}", style="red"),
-        )
+        job = result.job
+        cells = map(Text, (job.name, job.database, str(job.server), "-"))
+        table.add_row(*cells, Text(result.error or "", style="red"))
     limits = ", ".join(f"{server}: {limit}" for server, limit in plan.host_limits.items())
-    table.caption = f"{len(plan.jobs)} jobs, at most {plan.concurrency} at once" + (
-        f"; per server: {limits}" if limits else ""
+    table.caption = Text(
+        f"{len(plan.jobs)} jobs, at most {plan.concurrency} at once"
+        + (f"; per server: {limits}" if limits else "")
     )
     table.caption_justify = "left"
     return table
@@ -80,7 +81,7 @@ def catalog_table(entries: Sequence[Entry]) -> Table:
     table.add_column("target", overflow="fold")
     table.add_column("file", overflow="fold")
     for entry in entries:
-        table.add_row(
+        cells = (
             entry.taken_at.strftime("%Y-%m-%d %H:%M:%S"),
             entry.job,
             entry.database,
@@ -89,6 +90,7 @@ def catalog_table(entries: Sequence[Entry]) -> Table:
             entry.target,
             entry.name,
         )
+        table.add_row(*map(Text, cells))
     table.caption = f"{len(entries)} backups"
     table.caption_justify = "left"
     return table

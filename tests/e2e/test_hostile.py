@@ -345,3 +345,73 @@ def test_a_selection_that_matches_nothing_is_an_error_naming_the_near_matches(
     code, report = backup_json(config, pg, "-n", f"all.{odd}")
     assert code == 0
     assert [job["database"] for job in report["jobs"]] == [odd]
+
+
+def test_a_run_never_waits_on_itself_when_one_folder_is_spelled_two_ways(
+    pg: ThrowawayCluster, shop: str, tmp_path: Path
+) -> None:
+    store = tmp_path / "x" / "store"
+    store.mkdir(parents=True)
+    (tmp_path / "x" / "link").symlink_to(store)
+    (tmp_path / "x" / "y").mkdir()
+    config = config_file(
+        pg,
+        tmp_path / "backup.yml",
+        {"path": str(store)},
+        [
+            {"name": "a", "database": shop},
+            {"name": "b", "database": shop, "storage": {"path": str(tmp_path / "x" / "link")}},
+            {"name": "c", "database": shop, "storage": {"path": f"{tmp_path}/x/y/../store"}},
+        ],
+    )
+    code, report = backup_json(config, pg, "--wait")
+    assert code == 0, [job["error"] for job in report["jobs"]]
+    assert sorted(p.name.split("_")[0] for p in store.glob("*.sql.gz")) == ["a", "b", "c"]
+
+
+def test_one_bucket_spelled_two_ways_is_one_target_for_locks_and_clean_up(
+    pg: ThrowawayCluster, s3: Any, tmp_path: Path, start_cli: Any
+) -> None:
+    from tests.conftest import s3_storage
+    from tests.e2e.test_bounded_time import SLOW, HeldDump
+
+    prefix = "spelled-two-ways"
+    held = HeldDump.start(pg, s3, tmp_path, start_cli, prefix, SLOW)
+    other = tmp_path / "other"
+    other.mkdir()
+    spelled = s3_storage(s3, prefix, endpoint_url=s3.endpoint.replace("http", "HTTP") + "/")
+    config = config_file(pg, other / "b.yml", spelled, [{"name": "shop", "database": "x"}])
+    pruned = run_cli("prune", "-c", str(config), env=cli_env(pg, s3=s3))
+    assert pruned.returncode == 1
+    assert "another db-backup run holds" in pruned.stderr
+    assert len(s3.incomplete_uploads(f"{prefix}/")) == 1  # the live upload was left alone
+    held.release()
+    stdout, stderr = held.process.communicate(timeout=120)
+    assert held.process.returncode == 0, stderr
+    remote = json.loads(stdout)["jobs"][0]["targets"][1]
+    assert remote["stored"]
+
+
+def test_markup_in_names_and_errors_is_printed_literally(
+    pg: ThrowawayCluster, make_database: Any, tmp_path: Path
+) -> None:
+    odd = make_database("[bold red]odd[/]", "CREATE TABLE t AS SELECT 1 AS n;")
+    config = config_file(
+        pg,
+        tmp_path / "backup.yml",
+        {"path": str(tmp_path / "store")},
+        [{"name": "odd", "database": odd}, {"name": "missing", "database": "x[/]"}],
+    )
+    dry = run_cli("backup", "-c", str(config), "--dry-run", env=cli_env(pg))
+    assert dry.returncode == 0, dry.stderr
+    assert odd in dry.stdout
+    assert "x[/]" in dry.stdout
+
+    ran = run_cli("backup", "-c", str(config), env=cli_env(pg))
+    assert ran.returncode == 1, ran.stderr
+    assert "internal error" not in ran.stderr
+    assert 'database "x[/]" does not exist' in ran.stdout.replace("\n", "")  # the summary
+
+    listed = run_cli("list", "-c", str(config))
+    assert listed.returncode == 0, listed.stderr
+    assert odd in listed.stdout

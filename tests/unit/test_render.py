@@ -90,3 +90,22 @@ def test_a_wait_that_lasts_gets_a_row_until_it_is_over_and_plain_lines() -> None
         f"waiting  {what} (2.0s so far)",
         f"waited   {what}: 13.5s",
     ]
+
+
+def test_the_live_view_prints_user_text_literally() -> None:
+    from db_backup.model import Waiting
+
+    job = many_jobs(1)[0]
+    screen = io.StringIO()
+    renderer = LiveRenderer(Console(file=screen, force_terminal=True, width=160))
+    try:
+        renderer(Waiting("connecting to [bold red]x[/]", 2.0))
+        renderer(JobQueued(job))
+        renderer(JobFinished(JobResult(job, JobStatus.FAILED, error='database "x[/]" missing')))
+        renderer.note("[/] a note")
+        rows = renderer.rows
+    finally:
+        renderer.close()
+    assert "waiting: connecting to [bold red]x[/]" in rows
+    assert 'database "x[/]" missing' in screen.getvalue()
+    assert "[/] a note" in screen.getvalue()
