@@ -1,7 +1,13 @@
-"""Keeping secrets out of anything a person or a log may read. Pure."""
+"""Keeping secrets out of anything a person or a log may read.
+
+Pure functions, and one registry: the secrets this process has come to know (passwords from
+the config or a password_file, S3 secret keys and session tokens), which `SecretFilter` masks
+in every log record — botocore at debug level logs request headers, session token included.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 
@@ -17,3 +23,35 @@ def redact(text: str, secret: str | None) -> str:
 def mask_command(argv: Sequence[str]) -> str:
     """A loggable rendering of argv with any conninfo `password=` masked."""
     return " ".join(_SECRET_IN_CONNINFO.sub(rf"\1{MASK}", arg) for arg in argv)
+
+
+_known: set[str] = set()
+
+
+def remember(secret: str | None) -> None:
+    """Keep `secret` out of every log line from now on (see SecretFilter)."""
+    if secret:
+        _known.add(secret)
+
+
+def redact_known(text: str) -> str:
+    """`text` with every remembered secret masked, longest first (one may contain another)."""
+    for secret in sorted(_known, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+class SecretFilter(logging.Filter):
+    """Masks remembered secrets in a record's message (and its traceback), whatever logged it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _known:
+            message = record.getMessage()
+            masked = redact_known(message)
+            if masked != message:
+                record.msg, record.args = masked, None
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            if record.exc_text:
+                record.exc_text = redact_known(record.exc_text)
+        return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
@@ -44,6 +45,14 @@ app = typer.Typer(
 )
 
 log = logging.getLogger("db_backup")
+
+# Secrets that may come from the environment, masked in every log line (see redact.py).
+SECRET_VARIABLES = (
+    "PGPASSWORD",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+)
 
 ConfigOption = Annotated[
     Path,
@@ -120,8 +129,13 @@ def configure_logging(spec: str) -> None:
                 f"invalid log level {level!r} in {spec!r}; use error, warning, info or debug"
             )
         levels[logger] = number
+    from db_backup.redact import SecretFilter, remember
+
     handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(SecretFilter())
+    for variable in SECRET_VARIABLES:
+        remember(os.environ.get(variable))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(levels.pop("", logging.WARNING))
@@ -129,11 +143,16 @@ def configure_logging(spec: str) -> None:
         logging.getLogger(logger).setLevel(number)
 
 
-def _load_config(path: Path, *, require_env: bool = True) -> Any:
+def _load_config(path: Path, *, require_env: bool = True, only: Sequence[str] | None = None) -> Any:
     """Load a config and print its warnings (exposed secrets) on stderr."""
     from db_backup.config import load_config
+    from db_backup.redact import remember
 
-    loaded = load_config(path, require_env=require_env)
+    loaded = load_config(path, require_env=require_env, only=only)
+    for backup in loaded.backups:
+        remember(backup.password)
+        for target in backup.targets:
+            remember(getattr(target, "secret_access_key", None))
     for warning in loaded.warnings:
         typer.echo(f"db-backup: warning: {warning}", err=True)
     return loaded
@@ -313,8 +332,8 @@ def backup(
             _fail_usage(f"--wait: {exc}")
     use_one_malloc_arena()
     with _errors_to_exit_codes():
-        loaded = _load_config(config)
         names = tuple(name or ())
+        loaded = _load_config(config, only=names or None)
         selected = select_backups(loaded, names)
         options = _RunOptions(names, jobs, dry_run, quiet, json_output, wait_seconds)
         code, _ = _run_backup(loaded, selected, options)

@@ -47,7 +47,10 @@ from db_backup.units import parse_duration, parse_size
 KeyPath = tuple[str | int, ...]
 Position = tuple[int, int]  # 0-based line, column as ruamel reports them
 
-_ENV_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# Bounds on a config document (see _Document): generous for any real config.
+MAX_CONFIG_CHARACTERS = 1_000_000
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_DEPTH = 50
 _MSGSPEC_PATH = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
 _PATH_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 # Keys whose relative paths are taken relative to the config file, not the working directory
@@ -60,12 +63,14 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     *,
     require_env: bool = True,
+    only: Sequence[str] | None = None,
 ) -> Config:
     """Read and validate a config file; raises ConfigError listing every problem found.
 
     `require_env=False` lets unset ${VAR}s expand to "" — for commands that never connect
     to a database (list, prune, verify), which should not need its secrets. Under `storage:`
-    they are required all the same: those commands read the targets."""
+    they are required all the same: those commands read the targets. `only`: the `-n`
+    names of a run; variables that only other backups use need not be set."""
     source = Path(path)
     display = str(path)
     try:
@@ -80,7 +85,12 @@ def load_config(
         issue = ConfigIssue(display, None, None, "", f"not UTF-8 text ({exc.reason})")
         raise ConfigError([issue]) from None
     config = parse_config(
-        text, display, base_dir=source.resolve().parent, environ=environ, require_env=require_env
+        text,
+        display,
+        base_dir=source.resolve().parent,
+        environ=environ,
+        require_env=require_env,
+        only=only,
     )
     warnings = [
         *_exposed_secret_warnings(source, config),
@@ -143,11 +153,13 @@ def parse_config(
     base_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
     require_env: bool = True,
+    only: Sequence[str] | None = None,
 ) -> Config:
     """Validate config text; `display` names the file in messages."""
     document = _Document.parse(text, display)
     loader = _Loader(document, os.environ if environ is None else environ, base_dir or Path.cwd())
     loader.require_env = require_env
+    loader.only = only
     return loader.load()
 
 
@@ -160,31 +172,70 @@ class _Document:
     value_positions: dict[KeyPath, Position] = field(default_factory=dict)
     key_positions: dict[KeyPath, Position] = field(default_factory=dict)
 
+    values: int = 0  # seen by _index, aliases counted each time they are used
+
     @classmethod
     def parse(cls, text: str, file: str) -> _Document:
+        if len(text) > MAX_CONFIG_CHARACTERS:
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        file,
+                        None,
+                        None,
+                        "",
+                        f"{len(text)} characters: a config may have "
+                        f"{MAX_CONFIG_CHARACTERS} at most",
+                    )
+                ]
+            )
         yaml = YAML(typ="rt", pure=True)
         try:
             tree = yaml.load(text)
         except MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
-            problem = exc.problem or exc.context or "invalid YAML"
+            problem = _without_values(exc.problem or exc.context or "invalid YAML")
             if mark is None:
                 raise ConfigError([ConfigIssue(file, None, None, "", problem)]) from None
             issue = ConfigIssue(file, mark.line + 1, mark.column + 1, "", f"YAML: {problem}")
             raise ConfigError([issue]) from None
         except YAMLError as exc:
-            raise ConfigError([ConfigIssue(file, None, None, "", f"YAML: {exc}")]) from None
+            issue = ConfigIssue(file, None, None, "", f"YAML: {_without_values(str(exc))}")
+            raise ConfigError([issue]) from None
+        except RecursionError:
+            issue = ConfigIssue(file, None, None, "", "YAML: nested too deeply")
+            raise ConfigError([issue]) from None
         document = cls(file, None)
         document.data = document._index(tree, ())
         return document
 
     def _index(self, node: Any, path: KeyPath) -> Any:
+        # Bounds against a hostile document: a few aliases can stand for billions of values
+        # (each alias of an alias multiplies), and deep nesting exhausts the stack.
+        self.values += 1
+        if self.values > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                [
+                    self.issue(
+                        path,
+                        f"more than {MAX_CONFIG_VALUES} values once YAML aliases "
+                        "are expanded; a config needs far fewer",
+                    )
+                ]
+            )
+        if len(path) > MAX_CONFIG_DEPTH:
+            raise ConfigError([self.issue(path, f"nested more than {MAX_CONFIG_DEPTH} deep")])
         if isinstance(node, CommentedMap):
             plain: dict[Any, Any] = {}
             for key, value in node.items():
                 child = (*path, str(key))
-                self.key_positions[child] = node.lc.key(key)
-                self.value_positions[child] = node.lc.value(key)
+                # A key brought in by a merge (`<<: *anchor`) is located where it is written.
+                source = next(
+                    (m for m in [node, *getattr(node, "merge", ())] if key in m.lc.data), None
+                )
+                if source is not None:
+                    self.key_positions[child] = source.lc.key(key)
+                    self.value_positions[child] = source.lc.value(key)
                 plain[str(key)] = self._index(value, child)
             return plain
         if isinstance(node, CommentedSeq):
@@ -215,6 +266,11 @@ class _Document:
         )
 
 
+def _without_values(problem: str) -> str:
+    """ruamel's duplicate-key message quotes both values, which may be secrets: drop them."""
+    return re.sub(r' with value ".*?"(?: \(original value: ".*?"\))?', "", problem, flags=re.S)
+
+
 def format_path(path: KeyPath) -> str:
     """("backups", 1, "port") → "backups[1].port"."""
     text = ""
@@ -223,25 +279,69 @@ def format_path(path: KeyPath) -> str:
     return text
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ENV_FORMS = "${VAR}, ${VAR:-default} or ${VAR-default} (and $$ for a literal $)"
+
+
 def expand_env(value: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
-    """Expand `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`.
+    """Expand `${VAR}`, `${VAR:-default}` (VAR unset or empty) and `${VAR-default}` (VAR
+    unset) as a shell does, defaults holding references of their own; `$$` is a literal `$`.
 
-    Returns the text and the names of referenced variables that are not set.
-    """
+    Returns the text and the names of referenced variables that are not set (and needed).
+    Any other `${...}` form raises ValueError: a silently wrong value is worse than none."""
     missing: list[str] = []
+    text, end = _expand_until(value, 0, environ, missing, closing=False)
+    assert end == len(value)
+    return text, missing
 
-    def substitute(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name, default = match.group(1), match.group(2)
-        if name in environ:
-            return environ[name]
-        if default is not None:
-            return default
-        missing.append(name)
-        return ""
 
-    return _ENV_REFERENCE.sub(substitute, value), missing
+def _expand_until(
+    value: str, start: int, environ: Mapping[str, str], missing: list[str], *, closing: bool
+) -> tuple[str, int]:
+    """Expand from `start` to the end, or (`closing`) to the `}` that closes a default;
+    returns the text and where it stopped (after that `}`)."""
+    out: list[str] = []
+    i = start
+    while i < len(value):
+        if value.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif value.startswith("${", i):
+            text, i = _reference(value, i + 2, environ, missing)
+            out.append(text)
+        elif closing and value[i] == "}":
+            return "".join(out), i + 1
+        else:
+            out.append(value[i])
+            i += 1
+    if closing:
+        raise ValueError("a ${ is not closed by }")
+    return "".join(out), i
+
+
+def _reference(
+    value: str, start: int, environ: Mapping[str, str], missing: list[str]
+) -> tuple[str, int]:
+    """One `${...}` whose name starts at `start`: its text and where it ends."""
+    name = _NAME.match(value, start)
+    after = name.end() if name else start
+    operator = next((op for op in ("}", ":-", "-") if value.startswith(op, after)), None)
+    if name is None or operator is None:
+        shown = value[start - 2 : value.find("}", start) + 1 or len(value)]
+        raise ValueError(f"unsupported reference {shown!r}: use {ENV_FORMS}")
+    variable = environ.get(name.group())
+    if operator == "}":
+        if variable is None:
+            missing.append(name.group())
+        return variable or "", after + 1
+    use_default = variable is None or (operator == ":-" and variable == "")
+    # The default is expanded only when it is used (a shell does the same): a variable
+    # named in an unused default need not be set.
+    ignored: list[str] = []
+    default, end = _expand_until(
+        value, after + len(operator), environ, missing if use_default else ignored, closing=True
+    )
+    return (default if use_default else variable or ""), end
 
 
 @dataclass
@@ -296,7 +396,9 @@ class _Loader:
         self.base_dir = base_dir
         self.issues: list[ConfigIssue] = []
         self.require_env = True
+        self.only: Sequence[str] | None = None  # the backups that will run (None: all)
         self.literal_secret_lines: list[int] = []
+        self._unset: list[tuple[KeyPath, str]] = []  # (where, variable) referenced, not set
 
     def load(self) -> Config:
         doc = self.document
@@ -304,7 +406,11 @@ class _Loader:
             self._fail(doc.issue((), "the file is empty; `db-backup generate` writes a sample"))
         if not isinstance(doc.data, dict):
             self._fail(doc.issue((), "expected a mapping with `backups:` at the top level"))
-        data = self._expand(doc.data, ())
+        # Top-level `x-...` keys are free for the user, as in docker compose: a place for
+        # YAML anchors that backups then merge in with `<<: *name`.
+        data = self._expand(
+            {key: value for key, value in doc.data.items() if not key.startswith("x-")}, ()
+        )
         self._check_keys(data, RawConfig, ())
         known = _struct_fields(RawConfig)
         raw = self._convert(
@@ -315,6 +421,7 @@ class _Loader:
             raise AssertionError("conversion failed without an issue")
         if not raw.backups:
             self._add(doc.issue(("backups",), "no backups listed; add at least one"))
+        self._report_unset(raw)
         backups = [self._backup(raw, index) for index in range(len(raw.backups))]
         self._check_names()
         self._check_file_names(backups)
@@ -338,15 +445,47 @@ class _Loader:
                 line = self.document.value_positions.get(path, (None, 0))[0]
                 if line is not None:
                     self.literal_secret_lines.append(line + 1)
-            text, missing = expand_env(node, self.environ)
-            for name in missing if self.require_env or "storage" in path else ():
+            try:
+                text, missing = expand_env(node, self.environ)
+            except ValueError as exc:
+                secret = bool(path) and path[-1] in SECRET_FIELDS
                 self._add(
                     self.document.issue(
-                        path, f"environment variable {name} is not set (use ${{{name}:-default}})"
+                        path, f"unsupported ${{...}}: use {ENV_FORMS}" if secret else str(exc)
                     )
                 )
+                return ""
+            self._unset += [(path, name) for name in missing]
             return text
         return node
+
+    def _report_unset(self, raw: RawConfig) -> None:
+        """Unset variables are errors where they are needed: in every backup that will run
+        (with `only`, the selected ones and the defaults they inherit), and under `storage:`
+        also for commands that never connect to a database (`require_env=False`)."""
+        for path, name in self._unset:
+            if self._needed(path, raw):
+                message = f"environment variable {name} is not set (use ${{{name}:-default}})"
+                self._add(self.document.issue(path, message))
+
+    def _needed(self, path: KeyPath, raw: RawConfig) -> bool:
+        """Does a run need the value at `path` (see _report_unset)?"""
+        if not (self.require_env or "storage" in path):
+            return False
+        if self.only is None or len(path) < 2:
+            return True
+        only = self.only
+
+        def selected(entry: Any) -> bool:
+            name = entry.get("name") if isinstance(entry, dict) else None
+            return any(n == name or n.startswith(f"{name}.") for n in only)
+
+        if path[0] == "backups" and isinstance(path[1], int):
+            return selected(raw.backups[path[1]])
+        if path[0] == "defaults":  # inherited by each selected backup that does not set it
+            chosen = [entry for entry in raw.backups if selected(entry)]
+            return any(isinstance(entry, dict) and path[1] not in entry for entry in chosen)
+        return True
 
     def _check_keys(
         self, mapping: Any, struct: type[Any], path: KeyPath, origin: Any = None

@@ -23,7 +23,7 @@ from db_backup.errors import (
     CredentialsError,
     ToolNotFoundError,
 )
-from db_backup.redact import redact
+from db_backup.redact import redact, remember
 from db_backup.sources.postgres import ClientBinary, choose_client, parse_client_version
 from db_backup.threads import in_thread
 
@@ -68,7 +68,9 @@ def resolve_password(backup: BackupConfig) -> str | None:
         raise CredentialsError(
             f"password_file {backup.password_file}: {exc.strerror or exc}"
         ) from None
-    return text.rstrip("\r\n")
+    password = text.rstrip("\r\n")
+    remember(password)
+    return password
 
 
 def _connect_kwargs(backup: BackupConfig, database: str, password: str | None) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from db_backup import threads
 from db_backup.config.schema import S3Storage
 from db_backup.errors import StorageError, TargetUnreachableError
 from db_backup.plan import is_own_file, leftovers
+from db_backup.redact import remember
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,12 @@ def _make_client(config: S3Storage) -> Any:
 
     session = botocore.session.Session(profile=config.profile)
     region = config.region or session.get_config_variable("region") or "us-east-1"
+    if not config.secret_access_key:  # from the chain: keep its secrets out of the logs
+        credentials = session.get_credentials()
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()
+            remember(frozen.secret_key)
+            remember(frozen.token)
     return session.create_client(
         "s3",
         endpoint_url=config.endpoint_url,

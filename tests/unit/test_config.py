@@ -55,7 +55,7 @@ def test_expand_env_forms() -> None:
     env = {"A": "alpha", "EMPTY": ""}
     assert expand_env("x${A}y", env) == ("xalphay", [])
     assert expand_env("${MISSING:-fallback}", env) == ("fallback", [])
-    assert expand_env("${EMPTY:-fallback}", env) == ("", [])
+    assert expand_env("${EMPTY:-fallback}", env) == ("fallback", [])  # as a shell does
     assert expand_env("pa$$word and $plain", env) == ("pa$word and $plain", [])
     assert expand_env("$${A}", env) == ("${A}", [])
     assert expand_env("${NOPE}${ALSO}", env) == ("", ["NOPE", "ALSO"])
