@@ -454,7 +454,7 @@ class _Loader:
                         path, f"unsupported ${{...}}: use {ENV_FORMS}" if secret else str(exc)
                     )
                 )
-                return ""
+                return node  # as written: the issue above is the one to report
             self._unset += [(path, name) for name in missing]
             return text
         return node

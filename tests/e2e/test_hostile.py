@@ -415,3 +415,40 @@ def test_markup_in_names_and_errors_is_printed_literally(
     listed = run_cli("list", "-c", str(config))
     assert listed.returncode == 0, listed.stderr
     assert odd in listed.stdout
+
+
+def test_a_run_of_one_backup_needs_only_its_own_variables(
+    pg: ThrowawayCluster, shop: str, tmp_path: Path
+) -> None:
+    config = config_file(
+        pg,
+        tmp_path / "backup.yml",
+        {"path": str(tmp_path / "store")},
+        [
+            {"name": "a", "database": shop},
+            {"name": "b", "database": shop, "password": "${OTHER_PW}"},
+        ],
+    )
+    code, report = backup_json(config, pg, "-n", "a")
+    assert code == 0
+    assert [job["job"] for job in report["jobs"]] == ["a"]
+    validated = run_cli("validate", "-c", str(config), env=cli_env(pg))
+    assert validated.returncode == 2
+    assert "environment variable OTHER_PW is not set" in validated.stderr
+
+
+def test_no_secret_reaches_the_log_even_at_debug_level(
+    pg: ThrowawayCluster, shop: str, s3: Any, tmp_path: Path
+) -> None:
+    from tests.conftest import s3_storage
+
+    token = "session-token-that-must-stay-secret"
+    storage = s3_storage(s3, "debug-log")
+    del storage["access_key_id"], storage["secret_access_key"]  # the standard AWS chain
+    config = config_file(pg, tmp_path / "backup.yml", storage, [{"name": "shop", "database": shop}])
+    env = cli_env(pg, s3=s3, AWS_SESSION_TOKEN=token)
+    result = run_cli("--log-level", "debug", "backup", "-c", str(config), env=env)
+    assert "X-Amz-Security-Token" in result.stderr  # botocore did log its headers
+    for secret in (token, s3.secret_key, pg.password):
+        assert secret not in result.stderr
+        assert secret not in result.stdout

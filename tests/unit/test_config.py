@@ -499,3 +499,97 @@ def test_a_backup_named_like_a_wildcard_job_collides_unless_excluded() -> None:
     assert "backups[1].name: backup 'all.shop' would write files of the same names" in error
     assert "as backup 'all' (database: \"*\")" in error
     assert "for a database named 'shop'" in error
+
+
+def test_a_duplicate_key_error_never_shows_the_values() -> None:
+    (error,) = errors_of(
+        BASE + "  - name: a\n    database: a\n    password: first-secret\n"
+        "    password: second-secret\n"
+    )
+    assert error == 'backup.yml:10:5: YAML: found duplicate key "password"'
+
+
+def test_yaml_merge_keys_work_and_errors_point_where_the_value_is_written() -> None:
+    text = """\
+x-server: &server
+  host: db9
+  port: 6543
+  storage: {path: /b}
+backups:
+  - <<: *server
+    name: a
+    database: a
+  - {<<: *server, name: b, database: b, port: 7000}
+"""
+    a, b = parse_config(text, environ={}).backups
+    assert (a.host, a.port, b.host, b.port) == ("db9", 6543, "db9", 7000)
+    (error,) = errors_of(text.replace("6543", "not-a-port"))
+    assert error.startswith("backup.yml:3:9: backups[0].port: expected int")
+
+
+@pytest.mark.parametrize(
+    ("value", "env", "expected"),
+    [
+        ("${A:-${B}}", {"A": "pw"}, "pw"),
+        ("${A:-${B}}", {"B": "b"}, "b"),
+        ("${BK:-${HOME}/bk}", {"HOME": "/home/x"}, "/home/x/bk"),
+        ("${E:-def}", {"E": ""}, "def"),
+        ("${E-def}", {"E": ""}, ""),
+        ("${U-def}", {}, "def"),
+        ("${A:-${B:-${C:-deep}}}!", {}, "deep!"),
+        ("$${A:-x}", {"A": "a"}, "${A:-x}"),
+    ],
+)
+def test_variables_expand_as_a_shell_expands_them(
+    value: str, env: dict[str, str], expected: str
+) -> None:
+    assert expand_env(value, env) == (expected, [])
+
+
+def test_an_unused_default_needs_no_variable_and_a_used_one_does() -> None:
+    assert expand_env("${A:-${MISSING}}", {"A": "a"}) == ("a", [])
+    assert expand_env("${A:-${MISSING}}", {}) == ("", ["MISSING"])
+
+
+@pytest.mark.parametrize("value", ["${A:?error}", "${A", "${A:-x", "${}", "${1}", "${A/x/y}"])
+def test_other_forms_are_refused_where_they_are_written(value: str) -> None:
+    (error,) = errors_of(BASE + f'  - name: a\n    database: "{value}"\n')
+    assert error.startswith("backup.yml:8:15: backups[0].database: ")
+    assert "${VAR}, ${VAR:-default} or ${VAR-default}" in error or "not closed" in error
+
+
+def test_a_refused_form_in_a_secret_does_not_echo_it() -> None:
+    (error,) = errors_of(BASE + '  - name: a\n    database: a\n    password: "pa${ss"\n')
+    assert "pa$" not in error
+    assert "backups[0].password: unsupported ${...}" in error
+
+
+def test_only_the_selected_backups_need_their_variables() -> None:
+    text = BASE + (
+        "  - {name: a, database: a, password: '${A_PW}'}\n"
+        "  - {name: b, database: b, password: '${OTHER_PW}'}\n"
+    )
+    config = parse_config(text, environ={"A_PW": "x"}, only=["a"])
+    assert [b.name for b in config.backups] == ["a", "b"]
+    with pytest.raises(ConfigError, match="OTHER_PW is not set"):
+        parse_config(text, environ={"A_PW": "x"}, only=["b"])
+    with pytest.raises(ConfigError, match="OTHER_PW is not set"):
+        parse_config(text, environ={"A_PW": "x"})  # validate: every backup
+    inherited = "defaults:\n  password: ${SHARED}\n  storage: {path: /b}\nbackups:\n" + (
+        "  - {name: a, database: a, password: '${A_PW}'}\n  - {name: b, database: b}\n"
+    )
+    parse_config(inherited, environ={"A_PW": "x"}, only=["a"])  # a sets its own
+    with pytest.raises(ConfigError, match="SHARED is not set"):
+        parse_config(inherited, environ={"A_PW": "x"}, only=["b"])
+
+
+def test_a_hostile_document_is_refused_quickly(tmp_path: Path) -> None:
+    aliases = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)
+    ]
+    (error,) = errors_of("\n".join([*aliases, "backups: *a8"]) + "\n")
+    assert "more than 100000 values once YAML aliases are expanded" in error
+    (error,) = errors_of("backups: " + "[" * 500 + "]" * 500 + "\n")
+    assert error == "backup.yml: YAML: nested too deeply"
+    (error,) = errors_of("backups: []\n" + "#" * 1_000_001)
+    assert "a config may have 1000000 at most" in error
