@@ -5,6 +5,7 @@ locks that depend on spelling, and orphans a killed run leaves."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -120,33 +121,60 @@ def one_backup(pg: ThrowawayCluster, tmp_path: Path, database: str, **storage: A
     )
 
 
+@pytest.fixture
+def shared(tmp_path: Path) -> Iterator[Path]:
+    """A folder holding `store`, which every user may write to (the config will allow it),
+    as /srv/dumps might be, and `victim`, a file of ours. Not under tmp_path, which other
+    users cannot reach."""
+    import shutil
+    import tempfile
+
+    place = Path(tempfile.mkdtemp(prefix="db-backup-shared-"))
+    place.chmod(0o755)
+    (place / "store").mkdir()
+    (place / "store").chmod(0o777)
+    (place / "victim").write_text("precious\n")
+    try:
+        yield place
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
+
+
+def plant_symlink(link: Path, target: Path) -> None:
+    """`ln -s target link` as the attacker: another user (nobody) when we are root."""
+    import os
+    import subprocess
+
+    as_other = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    argv = [*(as_other if os.geteuid() == 0 else []), "ln", "-s", str(target), str(link)]
+    subprocess.run(argv, check=True)
+
+
 def test_a_symlink_planted_at_the_lock_is_not_followed(
-    pg: ThrowawayCluster, shop: str, tmp_path: Path
+    pg: ThrowawayCluster, shop: str, tmp_path: Path, shared: Path
 ) -> None:
-    victim = tmp_path / "victim"
-    victim.write_text("precious\n")
-    folder = tmp_path / "store"
-    folder.mkdir(mode=0o700)
-    (folder / ".db-backup.lock").symlink_to(victim)
-    code, report = backup_json(one_backup(pg, tmp_path, shop), pg)
+    victim = shared / "victim"
+    plant_symlink(shared / "store" / ".db-backup.lock", victim)
+    storage = {"path": str(shared / "store"), "allow_world_writable": True}
+    config = config_file(pg, tmp_path / "backup.yml", storage, [{"name": "s", "database": shop}])
+    code, report = backup_json(config, pg)
     assert code == 1
     assert "symbolic link" in report["jobs"][0]["error"]
     assert victim.read_text() == "precious\n"
 
 
 def test_symlinks_planted_at_the_manifest_during_the_dump_are_not_followed(
-    pg: ThrowawayCluster, tmp_path: Path, start_cli: Any
+    pg: ThrowawayCluster, tmp_path: Path, start_cli: Any, shared: Path
 ) -> None:
     from tests.fakes import fake_pg_dump
     from tests.waiting import wait_for
 
-    victim = tmp_path / "victim"
-    victim.write_text("precious\n")
+    victim = shared / "victim"
     started, gate = tmp_path / "started", tmp_path / "gate"
     config = config_file(
         pg,
         tmp_path / "backup.yml",
-        {"path": str(tmp_path / "store")},
+        {"path": str(shared / "store"), "allow_world_writable": True},
         [
             {
                 "name": "shop",
@@ -158,10 +186,10 @@ def test_symlinks_planted_at_the_manifest_during_the_dump_are_not_followed(
     env = cli_env(pg, FAKE_STARTED_FILE=str(started), FAKE_GATE=str(gate))
     process = start_cli("backup", "-c", str(config), "--json", env=env)
     wait_for(started.exists, what="the dump's first half", process=process)
-    (partial,) = (tmp_path / "store").glob("shop_*.partial")
+    (partial,) = (shared / "store").glob("shop_*.partial")
     final = partial.with_name(partial.name.removesuffix(".partial"))
     for name in (f"{final.name}.json.partial", f"{final.name}.json"):  # the names to guess
-        (final.parent / name).symlink_to(victim)
+        plant_symlink(final.parent / name, victim)
     gate.touch()
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
