@@ -7,7 +7,7 @@ local ledger, so the catalog is the same from any machine that can reach them.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,13 +17,11 @@ import msgspec
 
 from db_backup import manifest
 from db_backup.config.schema import BackupConfig, Config, StorageConfig
-from db_backup.errors import StorageError
 from db_backup.manifest import Manifest
 from db_backup.model import Target
 from db_backup.plan import file_prefix, is_own_file, select_backups
 from db_backup.retention import CLOCK_SKEW
-from db_backup.storage import Store, open_store
-from db_backup.threads import in_thread
+from db_backup.storage import Store, ask_targets, open_store
 
 log = logging.getLogger(__name__)
 
@@ -151,19 +149,17 @@ async def list_backups(config: Config, names: Sequence[str] = ()) -> Catalog:
     `names` selects as `backup -n` does (a backup's name, or `<backup>.<database>` for one
     of a "*"). A target that cannot be listed is reported, and the others still are."""
     wanted = targets_of(select_backups(config, names))
-
-    async def one(storage: StorageConfig, backups: frozenset[str]) -> list[Entry]:
-        return await in_thread(scan, storage, backups)
-
-    found = await asyncio.gather(*(one(s, b) for s, b in wanted.items()), return_exceptions=True)
-    entries: list[Entry] = []
-    errors: dict[str, str] = {}
-    for storage, result in zip(wanted, found, strict=True):
-        if isinstance(result, StorageError):
-            errors[storage.label] = str(result)
-        elif isinstance(result, BaseException):
-            raise result
-        else:
-            entries += [e for e in result if not names or e.backup in names or e.job in names]
+    found, errors = await ask_targets(
+        {
+            storage.label: functools.partial(scan, storage, backups)
+            for storage, backups in wanted.items()
+        }
+    )
+    entries = [
+        entry
+        for listed in found.values()
+        for entry in listed
+        if not names or entry.backup in names or entry.job in names
+    ]
     entries.sort(key=lambda e: (e.taken_at, e.job, e.target), reverse=True)
     return Catalog(entries, errors)

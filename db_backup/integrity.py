@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -33,7 +34,7 @@ from db_backup.plan import BACKUP_SUFFIXES
 from db_backup.process import Child, spawn
 from db_backup.sources.postgres import plain_dump_is_complete
 from db_backup.stages import append_tail
-from db_backup.storage import Store, open_store
+from db_backup.storage import Store, ask_targets, open_store
 from db_backup.threads import in_thread
 
 READ_SIZE = 1024 * 1024
@@ -299,19 +300,13 @@ async def backups_on(
 ) -> tuple[list[tuple[Store, str]], dict[str, str]]:
     """Every backup (or manifest) on these targets, listed at once, and the targets that
     could not be listed (label → why)."""
-    stores = [open_store(storage) for storage in storages]
-    listings = await asyncio.gather(
-        *(in_thread(store.names, "") for store in stores), return_exceptions=True
+    stores = {store.label: store for store in map(open_store, storages)}
+    listings, errors = await ask_targets(
+        {label: functools.partial(store.names, "") for label, store in stores.items()}
     )
-    found: list[tuple[Store, str]] = []
-    errors: dict[str, str] = {}
-    for store, listing in zip(stores, listings, strict=True):
-        if isinstance(listing, StorageError):
-            errors[store.label] = str(listing)
-        elif isinstance(listing, BaseException):
-            raise listing
-        else:
-            found += [(store, name) for name in backup_names(listing)]
+    found = [
+        (stores[label], name) for label, names in listings.items() for name in backup_names(names)
+    ]
     return found, errors
 
 

@@ -7,13 +7,12 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from db_backup.config.schema import BackupConfig, StorageConfig
-from db_backup.errors import BackupError, StorageError
+from db_backup.config.schema import BackupConfig
+from db_backup.errors import BackupError
 from db_backup.model import JobSpec
 from db_backup.sources import pg_server
 from db_backup.sources.pg_server import ServerInfo
-from db_backup.storage import open_store
-from db_backup.threads import in_thread
+from db_backup.storage import ask_targets, open_store
 
 
 @dataclass(frozen=True)
@@ -67,16 +66,8 @@ async def check_jobs(jobs: Sequence[JobSpec], concurrency: int) -> list[CheckOut
     return list(await asyncio.gather(*(check(job) for job in jobs)))
 
 
-async def check_targets(backups: Sequence[BackupConfig]) -> dict[str, StorageError | None]:
-    """Every target of these backups, checked at once: label → None (usable) or the error."""
+async def check_targets(backups: Sequence[BackupConfig]) -> dict[str, str | None]:
+    """Every target of these backups, checked at once: label → None (usable) or why not."""
     storages = list(dict.fromkeys(storage for backup in backups for storage in backup.targets))
-
-    async def check(storage: StorageConfig) -> StorageError | None:
-        try:
-            await in_thread(open_store(storage).check)
-        except StorageError as exc:
-            return exc
-        return None
-
-    outcomes = await asyncio.gather(*(check(storage) for storage in storages))
-    return {storage.label: outcome for storage, outcome in zip(storages, outcomes, strict=True)}
+    _, errors = await ask_targets({s.label: open_store(s).check for s in storages})
+    return {storage.label: errors.get(storage.label) for storage in storages}

@@ -12,11 +12,17 @@ its Store and Upload, and a line in `open_store`.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from db_backup.config.schema import LocalStorage, StorageConfig
+from db_backup.errors import StorageError
+from db_backup.threads import in_thread
+
+T = TypeVar("T")
 
 
 class Readable(Protocol):
@@ -83,3 +89,25 @@ def open_store(storage: StorageConfig) -> Store:
     from db_backup.storage.s3 import S3Store  # imports botocore: only when S3 is configured
 
     return S3Store(storage)
+
+
+async def ask_targets(
+    questions: Mapping[str, Callable[[], T]],
+) -> tuple[dict[str, T], dict[str, str]]:
+    """Ask every target its question at once, each on a thread of its own (target label →
+    a blocking call); returns the answers, and why each target that could not answer did
+    not (label → the StorageError's message). One target's trouble never hides the others."""
+    labels = list(questions)
+    outcomes = await asyncio.gather(
+        *(in_thread(questions[label]) for label in labels), return_exceptions=True
+    )
+    answers: dict[str, T] = {}
+    errors: dict[str, str] = {}
+    for label, outcome in zip(labels, outcomes, strict=True):
+        if isinstance(outcome, StorageError):
+            errors[label] = str(outcome)
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            answers[label] = outcome
+    return answers, errors
