@@ -241,11 +241,8 @@ def _refuse_unmatched(
         candidates = [j.name for j in jobs if j.backup.name == backup]
         candidates += [f"{backup}.{j.database}" for j in jobs if j.backup.name == backup]
         near = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
-        hint = (
-            f"did you mean {', '.join(map(repr, near))}?"
-            if near
-            else (f"its databases are: {', '.join(sorted(candidates)[:10]) or 'none'}")
-        )
+        listed = ", ".join(sorted(candidates)[:10]) or "none"
+        hint = f"did you mean {', '.join(map(repr, near))}?" if near else f"jobs: {listed}"
         raise SelectionError(
             f'-n {name!r} matches no database that backup {backup!r} (database: "*") found '
             f"on its server; {hint}"
