@@ -19,7 +19,8 @@ from db_backup import manifest
 from db_backup.config.schema import BackupConfig, Config, StorageConfig
 from db_backup.manifest import Manifest
 from db_backup.model import Target
-from db_backup.plan import file_prefix, is_own_file, select_backups
+from db_backup.naming import file_prefix, is_own_file
+from db_backup.plan import select_backups
 from db_backup.retention import CLOCK_SKEW
 from db_backup.storage import Store, ask_targets, open_store
 

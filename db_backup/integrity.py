@@ -30,7 +30,7 @@ import msgspec
 from db_backup import manifest
 from db_backup.config.schema import LocalStorage, StorageConfig
 from db_backup.errors import DumpError, StorageError, ToolNotFoundError
-from db_backup.plan import BACKUP_SUFFIXES
+from db_backup.naming import BACKUP_SUFFIXES
 from db_backup.process import Child, spawn
 from db_backup.sources.postgres import plain_dump_is_complete
 from db_backup.stages import append_tail

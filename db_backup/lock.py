@@ -25,12 +25,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import assert_never
 
-from db_backup.config.schema import LocalStorage, StorageConfig
+from db_backup.config.schema import LocalStorage, S3Storage, StorageConfig
 from db_backup.errors import LockHeldError, StorageError
+from db_backup.naming import safe_component
 from db_backup.notice import Tell, waiting_notice
 from db_backup.place import place_of
-from db_backup.plan import safe_component
 from db_backup.storage.local import FILE_MODE, describe_os_error, ensure_directory
 from db_backup.threads import in_thread
 
@@ -171,8 +172,11 @@ def lock_folder(storage: StorageConfig) -> Path:
     """The folder whose lock file guards a target: the same for every spelling of one place
     (see storage.place_of), so a run never waits on itself."""
     place = place_of(storage)
-    if isinstance(storage, LocalStorage):
-        return Path(place.removeprefix("local:"))
-    digest = hashlib.sha256(place.encode()).hexdigest()[:16]
-    kind = place.split(":", 1)[0]
-    return state_directory() / "locks" / f"{kind}-{safe_component(storage.bucket)}-{digest}"
+    match storage:
+        case LocalStorage():  # a folder holds its own lock
+            return Path(place.removeprefix("local:"))
+        case S3Storage():  # a bucket is locked through this machine's state directory
+            digest = hashlib.sha256(place.encode()).hexdigest()[:16]
+            return state_directory() / "locks" / f"s3-{safe_component(storage.bucket)}-{digest}"
+        case _:
+            assert_never(storage)

@@ -8,18 +8,23 @@ waits on its own lock, and one config's clean-up never mistakes another's upload
 from __future__ import annotations
 
 import os
+from typing import assert_never
 from urllib.parse import urlsplit
 
-from db_backup.config.schema import LocalStorage, StorageConfig
+from db_backup.config.schema import LocalStorage, S3Storage, StorageConfig
 
 
 def place_of(storage: StorageConfig) -> str:
     """Where a target really is, however it is spelled: a folder's real path (symlinks and
     `..` resolved), a bucket's normalised endpoint, name and folder. Targets with one place
     are one target: one lock, one set of files."""
-    if isinstance(storage, LocalStorage):
-        return f"local:{os.path.realpath(storage.path)}"
-    return f"s3:{_endpoint(storage.endpoint_url)}/{storage.bucket}/{storage.folder}"
+    match storage:
+        case LocalStorage():
+            return f"local:{os.path.realpath(storage.path)}"
+        case S3Storage():
+            return f"s3:{_endpoint(storage.endpoint_url)}/{storage.bucket}/{storage.folder}"
+        case _:
+            assert_never(storage)
 
 
 def _endpoint(url: str | None) -> str:

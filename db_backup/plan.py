@@ -1,28 +1,28 @@
 """Config + selection + discovered databases → Plan. Pure: no I/O, so --dry-run stops here.
 
-File names are `<prefix>_<job>_<UTC YYYYmmddTHHMMSSZ><ext>`, one timestamp per run so a dry run
-shows the exact names. Names derived from database names (for `database: "*"`) are made safe
-for file systems and cannot escape the storage folder.
+Jobs get their file names from naming.py, one timestamp per run so a dry run shows the exact
+names; a job whose name cannot be used (too long, two databases sharing it) is refused alone.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
-import hashlib
 import os
-import re
-import unicodedata
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
-from db_backup.config.schema import NAME_PATTERN, BackupConfig, Config, LocalStorage, StorageConfig
+from db_backup.config.schema import BackupConfig, Config
 from db_backup.errors import SelectionError
 from db_backup.model import JobKind, JobSpec, Plan, Server, Target
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_MAX_COMPONENT = 60
-LONGEST_SAFE_NAME = _MAX_COMPONENT + 9  # and "-" and 8 hex digits of a hash
+from db_backup.naming import (
+    extension,
+    file_prefix,
+    globals_job_name,
+    safe_component,
+    timestamp,
+    unusable_name,
+)
 
 
 def default_concurrency() -> int:
@@ -30,101 +30,8 @@ def default_concurrency() -> int:
     return max(2, os.cpu_count() or 1)
 
 
-def timestamp(moment: datetime) -> str:
-    """UTC `YYYYmmddTHHMMSSZ`, sortable and free of characters file systems dislike."""
-    return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-
-
-def safe_component(text: str) -> str:
-    """A file-name-safe rendering of an arbitrary database or host name.
-
-    Accents are folded, anything else outside [A-Za-z0-9._-] becomes `_`. When that changed the
-    text, a short hash of the original is appended so distinct names never collide.
-    """
-    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    cleaned = _UNSAFE.sub("_", folded).lstrip("._-")[:_MAX_COMPONENT]
-    if cleaned == text and NAME_PATTERN.fullmatch(cleaned):
-        return cleaned
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
-    return f"{cleaned}-{digest}" if cleaned else f"db-{digest}"
-
-
 def server_of(backup: BackupConfig) -> Server:
     return Server(backup.host, backup.port)
-
-
-def extension(backup: BackupConfig, kind: JobKind = JobKind.DATABASE) -> str:
-    """.sql.gz / .sql.zst / .sql for plain SQL (and globals); .dump for custom format."""
-    if kind is JobKind.DATABASE and backup.format == "custom":
-        return ".dump"
-    return {"gzip": ".sql.gz", "zstd": ".sql.zst"}.get(backup.compression.algorithm, ".sql")
-
-
-def file_prefix(storage: StorageConfig, job_name: str) -> str:
-    """The start every file of this job shares on a target: `<prefix>_<job>_` in a local
-    folder with a prefix, else `<job>_` (an S3 prefix is a folder, not part of the name)."""
-    prefix = storage.prefix if isinstance(storage, LocalStorage) else ""
-    return f"{prefix}_{job_name}_" if prefix else f"{job_name}_"
-
-
-_STAMP_PATTERN = r"\d{8}T\d{6}Z\."
-
-
-def is_own_file(name: str, job_file_prefix: str) -> bool:
-    """Is `name` one of this job's files (dump, manifest or partial)? `<prefix>_shop_` must
-    not claim job `shop_eu`'s files: the run timestamp follows the prefix directly."""
-    return re.match(re.escape(job_file_prefix) + _STAMP_PATTERN, name) is not None
-
-
-# Most file systems allow 255 bytes in a file name; S3 allows 1024 in a key.
-FILE_NAME_BYTES = 255
-S3_KEY_BYTES = 1024
-# A manifest is written under `<file>.json.<random hex>.partial` first (storage.local).
-TEMPORARY_TOKEN_BYTES = 6
-_LONGEST_SIDE_FILE = len(".json.") + 2 * TEMPORARY_TOKEN_BYTES + len(".partial")
-
-
-def unusable_name(storage: StorageConfig, filename: str) -> str | None:
-    """Why a backup file cannot have this name on this target (it would leave its folder,
-    or it or its manifest's temporary name would be too long), or None."""
-    if os.path.basename(filename) != filename or filename.startswith("."):
-        return f"file name {filename!r} would leave its storage folder"
-    if isinstance(storage, LocalStorage):
-        size = len(filename.encode()) + _LONGEST_SIDE_FILE
-        if size > FILE_NAME_BYTES:
-            return (
-                f"file names would be {size} bytes long (with the manifest's temporary "
-                f"name), more than the {FILE_NAME_BYTES} a file system allows; shorten the "
-                f"backup's name or the target's prefix by {size - FILE_NAME_BYTES}"
-            )
-        return None
-    size = len(f"{storage.folder}{filename}.json".encode())
-    if size > S3_KEY_BYTES:
-        return (
-            f"object keys would be {size} bytes long, more than the {S3_KEY_BYTES} S3 "
-            f"allows; shorten the target's prefix or the backup's name by {size - S3_KEY_BYTES}"
-        )
-    return None
-
-
-# Every suffix a backup file can have (see `extension`).
-BACKUP_SUFFIXES = (".sql.gz", ".sql.zst", ".sql", ".dump")
-
-
-def leftovers(names: Iterable[str], file_prefixes: Iterable[str]) -> set[str]:
-    """Of the file names on a target, what interrupted runs of these jobs left: partial
-    files, and backup files whose manifest never came (a run killed between the two). Under
-    the target's lock nothing else is writing them, so they are safe to remove."""
-    present = set(names)
-    prefixes = tuple(file_prefixes)
-    found = set()
-    for name in present:
-        if not any(is_own_file(name, prefix) for prefix in prefixes):
-            continue
-        orphan = name.endswith(BACKUP_SUFFIXES) and f"{name}.json" not in present
-        if name.endswith(".partial") or orphan:
-            found.add(name)
-    return found
 
 
 def select_backups(config: Config, names: Sequence[str]) -> tuple[BackupConfig, ...]:
@@ -159,22 +66,6 @@ def matching_databases(backup: BackupConfig, available: Iterable[str]) -> list[s
         for name in available
         if not any(fnmatch.fnmatchcase(name, pattern) for pattern in backup.exclude)
     )
-
-
-def globals_job_name(backup: BackupConfig) -> str:
-    return f"globals-{safe_component(backup.host or 'local')}-{backup.port}"
-
-
-def longest_file_names(backup: BackupConfig, storage: StorageConfig) -> list[str]:
-    """The longest file names this backup's jobs can write to a target (for `validate`):
-    a "*" backup's databases are known only at run time, so the longest name a database can
-    be made (see safe_component) stands in for them."""
-    stamp = timestamp(datetime(2000, 1, 1, tzinfo=UTC))
-    job = f"{backup.name}.{'x' * LONGEST_SAFE_NAME}" if backup.is_wildcard else backup.name
-    kinds = [(job, JobKind.DATABASE)]
-    if backup.globals:
-        kinds.append((globals_job_name(backup), JobKind.GLOBALS))
-    return [f"{file_prefix(storage, name)}{stamp}{extension(backup, kind)}" for name, kind in kinds]
 
 
 def build_plan(

@@ -18,7 +18,8 @@ from db_backup.config.schema import Config, RetentionConfig
 from db_backup.errors import StorageError
 from db_backup.lock import lock_folder, lock_storage
 from db_backup.model import JobSpec, Target
-from db_backup.plan import file_prefix, select_backups
+from db_backup.naming import file_prefix
+from db_backup.plan import select_backups
 from db_backup.retention import Backup, Decision, decide
 from db_backup.storage import open_store
 from db_backup.threads import in_thread

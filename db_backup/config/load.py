@@ -28,8 +28,6 @@ from db_backup.config.schema import (
     ALL_DATABASES,
     LEVEL_RANGES,
     MAX_NAME_LENGTH,
-    MAX_PART_SIZE,
-    MIN_PART_SIZE,
     NAME_PATTERN,
     NAME_RULE,
     SECRET_FIELDS,
@@ -566,7 +564,7 @@ class _Loader:
                 f"invalid name {backup.name!r}: use {NAME_RULE}, at most {MAX_NAME_LENGTH}",
             )
         for index, target in enumerate(backup.targets):
-            for key, message in _storage_problems(target):
+            for key, message in target.problems():
                 problem((*_storage_path(backup, index), key), message)
         if backup.password is not None and backup.password_file is not None:
             problem(("password_file",), "give either password or password_file, not both")
@@ -632,8 +630,8 @@ class _Loader:
         with no prefix and `a` with `prefix: nightly` in one folder would (see place.py:
         two spellings of one folder are one place); so would backup `all.shop` and the
         job a `database: "*"` backup `all` makes for a database `shop`."""
+        from db_backup.naming import file_prefix, longest_file_names, unusable_name
         from db_backup.place import place_of  # not at the top: it imports this package
-        from db_backup.plan import file_prefix, longest_file_names, unusable_name
 
         present = [(index, backup) for index, backup in enumerate(backups) if backup]
         owners: dict[tuple[str, str], tuple[int, BackupConfig]] = {}
@@ -787,7 +785,6 @@ _STORAGE_KINDS = tuple(
     msgspec.inspect.type_info(kind).tag  # type: ignore[attr-defined]
     for kind in typing.get_args(StorageConfig)
 )
-_SAFE_KEY_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/-]*")
 
 
 def _storage_path(backup: BackupConfig, index: int) -> KeyPath:
@@ -805,34 +802,6 @@ def _same_places(backup: BackupConfig) -> Iterator[tuple[int, int, str]]:
         first = places.index(place)
         if first < index:
             yield index, first, place
-
-
-def _storage_problems(target: StorageConfig) -> Iterator[tuple[str, str]]:
-    """(key, message) for each fault in one storage entry."""
-    if isinstance(target, LocalStorage):
-        prefix = target.prefix
-        if prefix and (not NAME_PATTERN.fullmatch(prefix) or len(prefix) > MAX_NAME_LENGTH):
-            yield "prefix", f"invalid prefix {prefix!r}: use {NAME_RULE}"
-        if not target.path.strip():
-            yield "path", "storage path is empty"
-        return
-    if not target.bucket.strip():
-        yield "bucket", "bucket name is empty"
-    parts = target.prefix.strip("/").split("/")
-    if not _SAFE_KEY_PREFIX.fullmatch(target.prefix) or any(p in {".", ".."} for p in parts):
-        yield (
-            "prefix",
-            f"invalid prefix {target.prefix!r}: use letters, digits and !_.*'()-, "
-            "folders separated by '/', no '.' or '..' folders",
-        )
-    if target.part_size < MIN_PART_SIZE or target.part_size > MAX_PART_SIZE:
-        yield "part_size", "S3 parts must be between 5MiB and 5GiB"
-    if bool(target.access_key_id) != bool(target.secret_access_key):  # "" (${VAR:-}): none
-        yield "access_key_id", "give both access_key_id and secret_access_key, or neither"
-    if target.endpoint_url is not None and not re.match(
-        r"https?://[^/]", target.endpoint_url, re.IGNORECASE
-    ):
-        yield "endpoint_url", f"expected an http:// or https:// URL, got {target.endpoint_url!r}"
 
 
 def _lookup(data: Any, path: KeyPath) -> Any:

@@ -95,11 +95,39 @@ def _masked_repr(self: msgspec.Struct) -> str:
 class _Target(
     msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="kind"
 ):
-    """What every kind of storage target has; each kind is tagged by `kind:`."""
+    """What every kind of storage target has; each kind is tagged by `kind:` and describes
+    itself (label, what goes in front of its file names, how long a name may be), so code
+    above never asks which kind it holds."""
 
     retention: RetentionConfig | None = None  # this target only; else the backup's
 
     __repr__ = _masked_repr
+
+    @property
+    def label(self) -> str:
+        """How messages and `list` name this target."""
+        raise NotImplementedError
+
+    @property
+    def name_prefix(self) -> str:
+        """What goes in front of every file name here (before `<job>_<time>`)."""
+        raise NotImplementedError
+
+    def name_problem(self, filename: str) -> str | None:
+        """Why a backup file (and its manifest) cannot have this name here, or None."""
+        raise NotImplementedError
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(key, message) for each fault in this entry that msgspec cannot see."""
+        raise NotImplementedError
+
+
+# Most file systems allow 255 bytes in a file name; S3 allows 1024 in a key.
+FILE_NAME_BYTES = 255
+S3_KEY_BYTES = 1024
+# A manifest is first written under `<file>.json.<random hex>.partial` (storage.local).
+TEMPORARY_TOKEN_BYTES = 6
+_LONGEST_SIDE_FILE = len(".json.") + 2 * TEMPORARY_TOKEN_BYTES + len(".partial")
 
 
 class LocalStorage(_Target, frozen=True, tag="local"):
@@ -114,14 +142,38 @@ class LocalStorage(_Target, frozen=True, tag="local"):
 
     @property
     def label(self) -> str:
-        """How messages and `list` name this target."""
         return f"local:{self.path}"
+
+    @property
+    def name_prefix(self) -> str:
+        return f"{self.prefix}_" if self.prefix else ""
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if self.prefix and (
+            not NAME_PATTERN.fullmatch(self.prefix) or len(self.prefix) > MAX_NAME_LENGTH
+        ):
+            found.append(("prefix", f"invalid prefix {self.prefix!r}: use {NAME_RULE}"))
+        if not self.path.strip():
+            found.append(("path", "storage path is empty"))
+        return found
+
+    def name_problem(self, filename: str) -> str | None:
+        size = len(filename.encode()) + _LONGEST_SIDE_FILE
+        if size <= FILE_NAME_BYTES:
+            return None
+        return (
+            f"file names would be {size} bytes long (with the manifest's temporary name), "
+            f"more than the {FILE_NAME_BYTES} a file system allows; shorten the backup's "
+            f"name or the target's prefix by {size - FILE_NAME_BYTES}"
+        )
 
 
 # S3 allows 10,000 parts per upload, each (but the last) at least 5 MiB.
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PART_SIZE = 5 * 1024**3
 DEFAULT_PART_SIZE = 8 * 1024 * 1024  # as the aws CLI's
+_SAFE_KEY_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/-]*")
 
 
 class S3Storage(_Target, frozen=True, tag="s3"):
@@ -164,6 +216,43 @@ class S3Storage(_Target, frozen=True, tag="s3"):
     def label(self) -> str:
         endpoint = f" at {self.endpoint_url}" if self.endpoint_url else ""
         return f"s3://{self.bucket}/{self.folder}{endpoint}"
+
+    @property
+    def name_prefix(self) -> str:
+        return ""  # the prefix is a folder, not part of the name
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if not self.bucket.strip():
+            found.append(("bucket", "bucket name is empty"))
+        parts = self.prefix.strip("/").split("/")
+        if not _SAFE_KEY_PREFIX.fullmatch(self.prefix) or any(p in {".", ".."} for p in parts):
+            found.append(
+                (
+                    "prefix",
+                    f"invalid prefix {self.prefix!r}: use letters, digits and !_.*'()-, "
+                    "folders separated by '/', no '.' or '..' folders",
+                )
+            )
+        if self.part_size < MIN_PART_SIZE or self.part_size > MAX_PART_SIZE:
+            found.append(("part_size", "S3 parts must be between 5MiB and 5GiB"))
+        if bool(self.access_key_id) != bool(self.secret_access_key):  # "" (${VAR:-}): none
+            found.append(
+                ("access_key_id", "give both access_key_id and secret_access_key, or neither")
+            )
+        url = self.endpoint_url
+        if url is not None and not re.match(r"https?://[^/]", url, re.IGNORECASE):
+            found.append(("endpoint_url", f"expected an http:// or https:// URL, got {url!r}"))
+        return found
+
+    def name_problem(self, filename: str) -> str | None:
+        size = len(f"{self.folder}{filename}.json".encode())
+        if size <= S3_KEY_BYTES:
+            return None
+        return (
+            f"object keys would be {size} bytes long, more than the {S3_KEY_BYTES} S3 "
+            f"allows; shorten the target's prefix or the backup's name by {size - S3_KEY_BYTES}"
+        )
 
 
 # The union every storage entry converts to; GCS, Azure, SFTP slot in beside these.

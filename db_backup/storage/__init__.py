@@ -16,9 +16,9 @@ import asyncio
 import functools
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, assert_never
 
-from db_backup.config.schema import LocalStorage, StorageConfig
+from db_backup.config.schema import LocalStorage, S3Storage, StorageConfig
 from db_backup.errors import StorageError
 from db_backup.threads import in_thread
 
@@ -82,13 +82,17 @@ class Store(Protocol):
 @functools.cache
 def open_store(storage: StorageConfig) -> Store:
     """The store for a target; one per target per process (an S3 client is costly to make)."""
-    if isinstance(storage, LocalStorage):
-        from db_backup.storage.local import LocalStore
+    match storage:
+        case LocalStorage():
+            from db_backup.storage.local import LocalStore
 
-        return LocalStore(storage)
-    from db_backup.storage.s3 import S3Store  # imports botocore: only when S3 is configured
+            return LocalStore(storage)
+        case S3Storage():
+            from db_backup.storage.s3 import S3Store  # imports botocore: only when S3 is used
 
-    return S3Store(storage)
+            return S3Store(storage)
+        case _:
+            assert_never(storage)
 
 
 async def ask_targets(

@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from db_backup.config.schema import LocalStorage
+from db_backup.config.schema import TEMPORARY_TOKEN_BYTES, LocalStorage
 from db_backup.errors import StorageError
-from db_backup.plan import TEMPORARY_TOKEN_BYTES, leftovers
+from db_backup.naming import leftovers
 
 FILE_MODE = 0o600
 DIRECTORY_MODE = 0o700

@@ -33,7 +33,7 @@ from typing import Any
 from db_backup import threads
 from db_backup.config.schema import S3Storage
 from db_backup.errors import StorageError, TargetUnreachableError
-from db_backup.plan import is_own_file, leftovers
+from db_backup.naming import is_own_file, leftovers
 from db_backup.redact import remember
 
 log = logging.getLogger(__name__)

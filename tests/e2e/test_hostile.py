@@ -304,7 +304,7 @@ def odd_databases(pg: ThrowawayCluster, make_database: Any) -> tuple[str, str, l
     on the server, to exclude from a "*" backup."""
     import psycopg
 
-    from db_backup.plan import safe_component
+    from db_backup.naming import safe_component
 
     odd = make_database("audit_x y", "CREATE TABLE t AS SELECT 1 AS n;")
     mimic = make_database(safe_component(odd), "CREATE TABLE t AS SELECT 2 AS n;")
