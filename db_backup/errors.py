@@ -26,14 +26,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from db_backup.job import Committed
 
 
 class BackupError(Exception):
     """Root of every error db-backup reports to a user."""
+
+    kind = "error"  # for programs (`--json`): what kind of failure it was
 
 
 @dataclass(frozen=True)
@@ -58,6 +56,8 @@ class ConfigIssue:
 class ConfigError(BackupError):
     """The config could not be loaded; `issues` lists every problem found, in file order."""
 
+    kind = "config"
+
     def __init__(self, issues: Sequence[ConfigIssue]) -> None:
         self.issues = tuple(issues)
         super().__init__("\n".join(str(issue) for issue in self.issues))
@@ -66,13 +66,19 @@ class ConfigError(BackupError):
 class SelectionError(BackupError):
     """A `-n NAME` selection names no backup in the config."""
 
+    kind = "selection"
+
 
 class ToolNotFoundError(BackupError):
     """An external program we need is not installed or not executable."""
 
+    kind = "tool_missing"
+
 
 class ClientVersionError(BackupError):
     """No installed pg_dump is new enough for the server it must dump."""
+
+    kind = "client_version"
 
 
 class CheckFailure(StrEnum):
@@ -89,9 +95,13 @@ class CheckFailure(StrEnum):
 class CredentialsError(BackupError):
     """A configured secret (password_file) could not be read."""
 
+    kind = "credentials"
+
 
 class ConnectionCheckError(BackupError):
     """The quick connection check before a dump failed."""
+
+    kind = "connection"
 
     def __init__(self, kind: CheckFailure, detail: str) -> None:
         self.kind = kind
@@ -101,6 +111,8 @@ class ConnectionCheckError(BackupError):
 
 class DumpError(BackupError):
     """The dump program failed, or exited 0 with output that is not a complete dump."""
+
+    kind = "dump"
 
     def __init__(self, reason: str, *, exit_code: int | None = None, stderr_tail: str = "") -> None:
         self.reason = reason
@@ -115,32 +127,47 @@ class DumpError(BackupError):
 class StorageError(BackupError):
     """A target could not be written, read or listed; the message names it and the reason."""
 
+    kind = "storage"
+
 
 class TargetUnreachableError(StorageError):
     """A target did not answer in time, or refused the connection: the run stops asking it
     (its jobs still write to their other targets)."""
 
+    kind = "target_unreachable"
+
 
 class TargetsFailedError(StorageError):
-    """Some (or all) of a job's targets failed. `failures`: target label → why; `committed`:
-    what the other targets did store (None when none did)."""
+    """Targets of a job failed. `failures`: target label → why. Raised when no target took
+    the backup; when some did, the job's outcome is a value that carries the failures
+    (job.Committed), and `describe` words both for the report."""
 
-    def __init__(self, failures: Mapping[str, str], committed: Committed | None = None) -> None:
+    kind = "targets"
+
+    def __init__(self, failures: Mapping[str, str]) -> None:
         self.failures = dict(failures)
-        self.committed = committed
+        super().__init__(self.describe(failures))
+
+    @staticmethod
+    def describe(failures: Mapping[str, str], stored: Sequence[str] = ()) -> str:
         reasons = "; ".join(f"target {label} failed: {why}" for label, why in failures.items())
-        stored = [copy.file for copy in committed.copies] if committed else []
         kept = f"; stored on the other targets as {', '.join(stored)}" if stored else ""
-        super().__init__(reasons + kept)
+        return reasons + kept
 
 
 class LockHeldError(BackupError):
     """Another db-backup run is using the same storage folder."""
 
+    kind = "lock_held"
+
 
 class JobTimeoutError(BackupError):
     """A job exceeded its configured `timeout`."""
 
+    kind = "timeout"
+
 
 class DemoError(BackupError):
     """A step of `db-backup demo` failed."""
+
+    kind = "demo"

@@ -55,10 +55,13 @@ Emit = Callable[[JobEvent], None]
 
 @dataclass(frozen=True)
 class Committed:
-    """What a successful job produced: its manifest and a copy on every target."""
+    """What a job that stored its backup produced: the manifest, a copy on each target that
+    took it, and the targets that did not (label, why) — by the commit rule the job then
+    failed, but the copies it made are kept and reported."""
 
     manifest: Manifest
     copies: tuple[StoredCopy, ...]
+    failed_targets: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -85,8 +88,9 @@ def utcnow() -> datetime:
 
 
 async def run_job(job: JobSpec, emit: Emit, *, cores: int = 1) -> Committed:
-    """Run one job; raises a BackupError (or CancelledError) when it does not commit on every
-    target (TargetsFailedError says which failed, and where it was stored nonetheless).
+    """Run one job. Returns what was stored, with the targets that failed if some did; raises
+    a BackupError (or CancelledError) when nothing was stored (TargetsFailedError when every
+    target failed).
 
     `cores`: the CPU cores this job may use for compression, by default."""
     timeout = job.backup.timeout
@@ -128,17 +132,15 @@ async def _run(job: JobSpec, emit: Emit, cores: int) -> Committed:
     async with waiting_notice(emit, f"{job.name}: writing manifests, applying retention", job):
         finishing = (_finish_target(job, d, record) for d in deliveries if d.live)
         copies = await asyncio.gather(*finishing)
-    committed = Committed(record, tuple(copy for copy in copies if copy is not None))
-    if any(d.error is not None for d in deliveries):
-        raise _targets_failed(deliveries, committed if committed.copies else None)
-    return committed
+    stored = tuple(copy for copy in copies if copy is not None)
+    if not stored:
+        raise _targets_failed(deliveries)
+    failed = tuple((d.target.label, d.error) for d in deliveries if d.error is not None)
+    return Committed(record, stored, failed)
 
 
-def _targets_failed(
-    deliveries: Sequence[Delivery], committed: Committed | None = None
-) -> TargetsFailedError:
-    failures = {d.target.label: d.error for d in deliveries if d.error is not None}
-    return TargetsFailedError(failures, committed)
+def _targets_failed(deliveries: Sequence[Delivery]) -> TargetsFailedError:
+    return TargetsFailedError({d.target.label: d.error for d in deliveries if d.error})
 
 
 async def _finish_target(job: JobSpec, delivery: Delivery, record: Manifest) -> StoredCopy | None:

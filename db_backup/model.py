@@ -100,6 +100,7 @@ class JobResult:
     raw_bytes: int = 0
     stored_bytes: int = 0
     error: str | None = None
+    error_kind: str | None = None  # the BackupError's `kind` ("connection", "dump", ...)
     # Where the backup was stored (also when another target failed), in config order.
     copies: tuple[StoredCopy, ...] = ()
     failed_targets: tuple[tuple[str, str], ...] = ()  # (target label, why) for each that failed

@@ -115,46 +115,50 @@ class Orchestrator:
             if self.interrupted_by is None:
                 raise  # cancelled from outside the orchestrator: let it propagate
             return result
-        except TargetsFailedError as exc:  # kept on some targets, perhaps: say where
-            result = dataclasses.replace(
-                self._failed(job, tries, str(exc), exc.committed),
-                failed_targets=tuple(exc.failures.items()),
-            )
         except BackupError as exc:
             gave_up = f" (gave up after {len(tries)} attempts)" if len(tries) > 1 else ""
-            result = self._failed(job, tries, f"{exc}{gave_up}")
+            result = self._failed(job, tries, f"{exc}{gave_up}", exc.kind)
+            if isinstance(exc, TargetsFailedError):  # no target took it: say why, per target
+                result = dataclasses.replace(result, failed_targets=tuple(exc.failures.items()))
         except Exception as exc:  # a bug in one job must not take the others down
             log.exception("internal error in job %s", job.name)
-            result = self._failed(job, tries, f"internal error: {type(exc).__name__}: {exc}")
+            error = f"internal error: {type(exc).__name__}: {exc}"
+            result = self._failed(job, tries, error, "internal")
         else:
-            record = committed.manifest
-            result = JobResult(
-                job,
-                JobStatus.SUCCEEDED,
-                started_at=tries[0],
-                finished_at=datetime.now(UTC),
-                raw_bytes=record.raw_bytes,
-                stored_bytes=record.stored_bytes,
-                copies=committed.copies,
-                sha256=record.sha256,
-                dump_started_at=record.started_at,
-                dump_finished_at=record.finished_at,
-            )
+            result = self._stored(job, tries, committed)
         self.emit(JobFinished(result))
         return result
 
     @staticmethod
-    def _failed(
-        job: JobSpec, tries: list[datetime], error: str, committed: Committed | None = None
-    ) -> JobResult:
+    def _failed(job: JobSpec, tries: list[datetime], error: str, kind: str) -> JobResult:
+        started = tries[0] if tries else None
         return JobResult(
             job,
             JobStatus.FAILED,
-            started_at=tries[0] if tries else None,
+            started_at=started,
             finished_at=datetime.now(UTC),
             error=error,
-            raw_bytes=committed.manifest.raw_bytes if committed else 0,
-            stored_bytes=committed.manifest.stored_bytes if committed else 0,
-            copies=committed.copies if committed else (),
-            sha256=committed.manifest.sha256 if committed else None,
+            error_kind=kind,
+        )
+
+    @staticmethod
+    def _stored(job: JobSpec, tries: list[datetime], committed: Committed) -> JobResult:
+        """Stored on every target: succeeded. Stored on some only: failed (the commit rule),
+        saying which targets failed and where the backup is nonetheless."""
+        record, failed = committed.manifest, dict(committed.failed_targets)
+        stored = [copy.file for copy in committed.copies]
+        return JobResult(
+            job,
+            JobStatus.FAILED if failed else JobStatus.SUCCEEDED,
+            started_at=tries[0],
+            finished_at=datetime.now(UTC),
+            raw_bytes=record.raw_bytes,
+            stored_bytes=record.stored_bytes,
+            error=TargetsFailedError.describe(failed, stored) if failed else None,
+            error_kind=TargetsFailedError.kind if failed else None,
+            copies=committed.copies,
+            failed_targets=committed.failed_targets,
+            sha256=record.sha256,
+            dump_started_at=record.started_at,
+            dump_finished_at=record.finished_at,
         )

@@ -159,6 +159,7 @@ class _JobReport(msgspec.Struct, kw_only=True):
     server: str
     status: str
     error: str | None
+    error_kind: str | None  # what kind of failure: connection, dump, storage, targets, ...
     file: str | None  # on the first target that stored it
     manifest: str | None
     targets: list[_TargetReport]
@@ -207,6 +208,7 @@ def json_report(report: RunReport, exit_code: int) -> bytes:
             server=str(r.job.server),
             status=r.status.value,
             error=r.error,
+            error_kind=r.error_kind,
             file=r.copies[0].file if r.copies else None,
             manifest=r.copies[0].manifest if r.copies else None,
             targets=_target_reports(r),

@@ -122,6 +122,7 @@ def test_a_silent_endpoint_fails_only_its_target_within_the_bound(
     assert not remote["stored"]
     assert "timed out" in remote["error"]
     assert f"target {remote['target']} failed" in job["error"]
+    assert job["error_kind"] == "targets"
     # The endpoint was asked one question (with its retries), not once per step and job.
     assert hole.connections <= QUICK["max_attempts"]
     assert elapsed < request_bound(QUICK) + SLACK_SECONDS
