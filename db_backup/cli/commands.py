@@ -145,7 +145,7 @@ def configure_logging(spec: str) -> None:
 
 def _load_config(path: Path, *, require_env: bool = True, only: Sequence[str] | None = None) -> Any:
     """Load a config and print its warnings (exposed secrets) on stderr."""
-    from db_backup.config import load_config
+    from db_backup.config.load import load_config
     from db_backup.redact import remember
 
     loaded = load_config(path, require_env=require_env, only=only)

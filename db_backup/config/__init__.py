@@ -1,6 +1,3 @@
-"""Config: the YAML file's typed shape, its loader and the sample `generate` writes."""
-
-from db_backup.config.load import load_config, parse_config
-from db_backup.config.schema import BackupConfig, Config, PostgresBackup
-
-__all__ = ["BackupConfig", "Config", "PostgresBackup", "load_config", "parse_config"]
+"""Config: the YAML file's typed shape (schema.py), its loader (load.py) and the sample
+`generate` writes (sample.py). Import from those modules: this package imports nothing, so
+that the schema stays on the bottom floor and the loader may build on the floors above it."""

@@ -40,6 +40,8 @@ from db_backup.config.schema import (
     StorageConfig,
 )
 from db_backup.errors import ConfigError, ConfigIssue
+from db_backup.naming import file_prefix, longest_file_names, unusable_name
+from db_backup.place import place_of, shared_folder_risk
 from db_backup.units import parse_duration, parse_size
 
 KeyPath = tuple[str | int, ...]
@@ -129,8 +131,6 @@ def _secret_file_warnings(config: Config) -> list[str]:
 def _shared_folder_warnings(config: Config) -> list[str]:
     """Storage folders other users may write to: a warning; one that runs will refuse (see
     storage.local.shared_folder_risk) says so."""
-    from db_backup.storage.local import shared_folder_risk  # it imports this package
-
     warnings = []
     targets = {t for b in config.backups for t in b.targets if isinstance(t, LocalStorage)}
     for target in sorted(targets, key=lambda t: t.path):
@@ -630,9 +630,6 @@ class _Loader:
         with no prefix and `a` with `prefix: nightly` in one folder would (see place.py:
         two spellings of one folder are one place); so would backup `all.shop` and the
         job a `database: "*"` backup `all` makes for a database `shop`."""
-        from db_backup.naming import file_prefix, longest_file_names, unusable_name
-        from db_backup.place import place_of  # not at the top: it imports this package
-
         present = [(index, backup) for index, backup in enumerate(backups) if backup]
         owners: dict[tuple[str, str], tuple[int, BackupConfig]] = {}
         for index, backup in present:
@@ -795,8 +792,6 @@ def _storage_path(backup: BackupConfig, index: int) -> KeyPath:
 def _same_places(backup: BackupConfig) -> Iterator[tuple[int, int, str]]:
     """(index, index of the first, place) for each target that repeats an earlier one's
     place, however differently spelled (see place.py)."""
-    from db_backup.place import place_of  # not at the top: it imports this package
-
     places = [place_of(target) for target in backup.targets]
     for index, place in enumerate(places):
         first = places.index(place)

@@ -25,6 +25,7 @@ from typing import BinaryIO
 from db_backup.config.schema import TEMPORARY_TOKEN_BYTES, LocalStorage
 from db_backup.errors import StorageError
 from db_backup.naming import leftovers
+from db_backup.place import shared_folder_risk
 
 FILE_MODE = 0o600
 DIRECTORY_MODE = 0o700
@@ -53,26 +54,6 @@ def open_regular(path: Path) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
-
-
-def shared_folder_risk(directory: Path) -> tuple[bool, str] | None:
-    """Whether other users may write to a folder: (refused, why), or None. Writable by every
-    user without the sticky bit, anyone may delete or replace the backups in it: refused
-    unless the target says `allow_world_writable: true`."""
-    try:
-        mode = os.stat(directory).st_mode
-    except OSError:
-        return None  # missing: created 0700
-    if not mode & 0o022:
-        return None
-    bits = f"mode {stat.S_IMODE(mode):04o}"
-    if mode & 0o002 and not mode & stat.S_ISVTX:
-        return True, (
-            f"storage folder {directory} is writable by every user without the sticky bit "
-            f"({bits}): anyone could delete or replace backups in it"
-        )
-    who = "every user" if mode & 0o002 else "its group"
-    return False, f"storage folder {directory} is writable by {who} ({bits})"
 
 
 def describe_os_error(exc: OSError) -> str:

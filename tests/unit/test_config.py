@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from db_backup.config import load_config, parse_config
-from db_backup.config.load import deep_merge, expand_env
+from db_backup.config.load import deep_merge, expand_env, load_config, parse_config
 from db_backup.config.sample import SAMPLE_CONFIG
 from db_backup.errors import ConfigError
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from db_backup.cli.commands import app
-from db_backup.config import parse_config
+from db_backup.config.load import parse_config
 from db_backup.config.sample import SAMPLE_CONFIG
 from db_backup.errors import ConfigError
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from db_backup import manifest
-from db_backup.config import parse_config
+from db_backup.config.load import parse_config
 from db_backup.job import _estimate
 from db_backup.manifest import CompressionInfo, Manifest
 from db_backup.plan import build_plan

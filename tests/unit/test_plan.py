@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from db_backup.config import parse_config
+from db_backup.config.load import parse_config
 from db_backup.errors import ConfigError, SelectionError
 from db_backup.model import JobKind, Server
 from db_backup.plan import (

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from db_backup.config import parse_config
+from db_backup.config.load import parse_config
 from db_backup.errors import ClientVersionError
 from db_backup.sources.postgres import (
     ClientBinary,

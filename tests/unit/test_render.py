@@ -9,7 +9,7 @@ from rich.console import Console
 
 from db_backup.cli.live import LiveRenderer
 from db_backup.cli.render import PlainRenderer
-from db_backup.config import parse_config
+from db_backup.config.load import parse_config
 from db_backup.model import JobFinished, JobProgress, JobQueued, JobResult, JobStarted, JobStatus
 from db_backup.plan import build_plan
 

@@ -1,0 +1,126 @@
+"""The rooms of db_backup import downwards only, and nothing imports itself round in a circle.
+
+Every `import`/`from ... import` of a db_backup module anywhere in a module counts (also one
+inside a function: a lower room must not reach up, not even lazily, not even for a type).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "db_backup"
+
+# Lowest first. A module may import its own floor and the floors below, never above.
+FLOORS: list[set[str]] = [
+    # values, errors and pure helpers every room may use
+    {
+        "db_backup",
+        "errors",
+        "units",
+        "redact",
+        "threads",
+        "manifest",
+        "config",
+        "config.schema",
+        "config.sample",
+        "stages",
+        "sources",
+    },
+    # the domain's values and pure rules
+    {
+        "model",
+        "naming",
+        "place",
+        "retention",
+        "retry",
+        "notice",
+        "process",
+        "stages.compress",
+        "sources.postgres",
+    },
+    # the config loader; I/O with one thing: a store, a server, a throwaway cluster
+    {
+        "config.load",
+        "storage",
+        "storage.local",
+        "storage.s3",
+        "sources.pg_server",
+        "pgcluster",
+    },
+    # what reads or guards many targets, and the planner
+    {"catalog", "plan", "lock", "integrity", "preflight"},
+    {"prune"},
+    {"job"},  # one job
+    {"orchestrator"},  # many jobs
+    {"run"},  # one run
+    {"demo"},
+    {"cli", "cli.commands", "cli.interrupts", "cli.render", "cli.live", "cli.tables", "__main__"},
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    name = ".".join(part for part in parts if part != "__init__")
+    return name or "db_backup"
+
+
+def imports_of(path: Path) -> set[str]:
+    """The db_backup modules `path` imports (names relative to the package)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            if name == "db_backup":
+                found.add("db_backup")
+            elif name.startswith("db_backup."):
+                relative = name.removeprefix("db_backup.")
+                if relative in MODULES:
+                    found.add(relative)
+    return found
+
+
+MODULES = {module_name(path) for path in PACKAGE.rglob("*.py")}
+GRAPH = {
+    module_name(path): imports_of(path) - {module_name(path)} for path in PACKAGE.rglob("*.py")
+}
+
+
+def floor_of(module: str) -> int:
+    return next(index for index, floor in enumerate(FLOORS) if module in floor)
+
+
+def test_every_module_has_a_floor() -> None:
+    placed = set().union(*FLOORS)
+    assert sorted(MODULES - placed) == []
+    assert sorted(placed - MODULES) == []
+
+
+def test_no_module_imports_a_higher_floor() -> None:
+    upward = [
+        f"{module} (floor {floor_of(module)}) imports {target} (floor {floor_of(target)})"
+        for module, targets in sorted(GRAPH.items())
+        for target in sorted(targets)
+        if floor_of(target) > floor_of(module)
+    ]
+    assert upward == []
+
+
+def test_no_import_cycle() -> None:
+    def cycle_from(start: str) -> list[str] | None:
+        stack = [(start, [start])]
+        while stack:
+            module, path = stack.pop()
+            for target in GRAPH[module]:
+                if target == start:
+                    return [*path, start]
+                if target not in path:
+                    stack.append((target, [*path, target]))
+        return None
+
+    cycles = [cycle for module in sorted(GRAPH) if (cycle := cycle_from(module))]
+    assert cycles == []
