@@ -1,10 +1,11 @@
 """Is a backup whole? Checks shared by the runner (before commit) and `db-backup verify`.
 
-- plain SQL ends with pg_dump's completion marker;
+- the dump is complete, as its engine tells it (sources/): its output ends with the engine's
+  completion marker (PostgreSQL's plain SQL), or a reader program takes it through
+  (`pg_restore --file=/dev/null` for custom format; `pg_restore --list` is not enough: it
+  reads only the table of contents, and accepts a dump cut anywhere after it);
 - gzip streams are complete (every member's CRC and length trailer checks out), zstd streams
   too (every frame's checksum);
-- custom-format dumps are read through by `pg_restore --file=/dev/null`. (`pg_restore --list`
-  is not enough: it reads only the table of contents, and accepts a dump cut anywhere after it);
 - the stored file matches its manifest's size and sha256.
 
 `verify` reads each backup once, as a stream, from any target (a folder or a bucket: no
@@ -18,7 +19,6 @@ import contextlib
 import functools
 import hashlib
 import os
-import shutil
 import zlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,9 +30,11 @@ import msgspec
 from db_backup import manifest
 from db_backup.config.schema import LocalStorage, StorageConfig
 from db_backup.errors import DumpError, StorageError, ToolNotFoundError
-from db_backup.naming import BACKUP_SUFFIXES
+from db_backup.model import JobKind
+from db_backup.naming import BACKUP_SUFFIXES, format_of
 from db_backup.process import Child, spawn
-from db_backup.sources.postgres import plain_dump_is_complete
+from db_backup.sources import source_named
+from db_backup.sources.base import Completion, Source
 from db_backup.stages import append_tail
 from db_backup.storage import Store, ask_targets, open_store
 from db_backup.threads import in_thread
@@ -40,17 +42,18 @@ from db_backup.threads import in_thread
 READ_SIZE = 1024 * 1024
 
 
-class RestoreCheck:
-    """`pg_restore --file=/dev/null` reading a custom-format dump as it is being stored,
-    fed on the job's pump thread: the check needs no local copy (the only target may be S3)
-    and costs no second pass."""
+class ReadThrough:
+    """A reader program (pg_restore --file=/dev/null for custom format: the engine says, see
+    Dump.reader_argv) fed the stored bytes as they go out, on the job's pump thread: the
+    check needs no local copy (the only target may be S3) and costs no second pass."""
 
-    def __init__(self, child: Child) -> None:
+    def __init__(self, child: Child, completion: Completion) -> None:
         self._child = child
+        self._completion = completion
         self._stopped_reading = False
 
     def write(self, data: bytes) -> None:
-        """Feed the next stored bytes; blocks while pg_restore is behind."""
+        """Feed the next stored bytes; blocks while the reader is behind."""
         fd = self._child.stdin_fd
         if self._stopped_reading or fd is None:
             return
@@ -62,39 +65,20 @@ class RestoreCheck:
             self._stopped_reading = True  # it exited early: its exit code says why
 
     async def finish(self) -> None:
-        """Send EOF; raise DumpError unless pg_restore read the whole dump."""
+        """Send EOF; raise DumpError unless the reader read the whole dump."""
         self._child.close_stdin()
         code = await self._child.wait()
         if code != 0:
             raise DumpError(
-                "the custom-format dump is incomplete or unreadable (pg_restore could not "
-                "read it through)",
-                exit_code=code,
-                stderr_tail=self._child.stderr_tail(),
+                self._completion.failed, exit_code=code, stderr_tail=self._child.stderr_tail()
             )
 
 
 @contextlib.asynccontextmanager
-async def restore_check(pg_restore: Path) -> AsyncIterator[RestoreCheck]:
-    """A running RestoreCheck; on leaving the block pg_restore is gone."""
-    argv = [str(pg_restore), "--file=/dev/null"]
+async def read_through(argv: Sequence[str], completion: Completion) -> AsyncIterator[ReadThrough]:
+    """A running ReadThrough; on leaving the block the reader is gone."""
     async with spawn(argv, os.environ, capture_stdout=False, feed_stdin=True) as child:
-        yield RestoreCheck(child)
-
-
-def find_pg_restore() -> Path:
-    """The newest installed pg_restore (it reads dumps of every older version)."""
-    from db_backup.sources.pg_server import installed_clients
-
-    clients = sorted(installed_clients(), key=lambda client: client.major, reverse=True)
-    for client in clients:
-        candidate = client.sibling("pg_restore")
-        if candidate.exists():
-            return candidate
-    on_path = shutil.which("pg_restore")
-    if on_path:
-        return Path(on_path)
-    raise ToolNotFoundError("pg_restore not found; it is needed to check custom-format dumps")
+        yield ReadThrough(child, completion)
 
 
 @dataclass
@@ -154,7 +138,7 @@ class _Decompressed:
 class _StreamCheck:
     """Everything verify learns from one pass over the stored bytes."""
 
-    def __init__(self, name: str, restore: RestoreCheck | None) -> None:
+    def __init__(self, name: str, restore: ReadThrough | None) -> None:
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.tail = b""
@@ -196,7 +180,12 @@ def _pass_over(store: Store, name: str, check: _StreamCheck) -> None:
         check.decompressed.close()
 
 
-def _judge(check: _StreamCheck, record: manifest.Manifest | None, verdict: Verdict) -> None:
+def _judge(
+    check: _StreamCheck,
+    record: manifest.Manifest | None,
+    completion: Completion,
+    verdict: Verdict,
+) -> None:
     """The manifest comparison, then the stream and the dump inside it, into `verdict`."""
     if record is not None:
         digest = check.sha256.hexdigest()
@@ -211,7 +200,7 @@ def _judge(check: _StreamCheck, record: manifest.Manifest | None, verdict: Verdi
         else:
             verdict.checks.append("size and sha256 match the manifest")
     if check.restore is not None:
-        return  # a custom-format dump: pg_restore's verdict follows
+        return  # read through: the reader's verdict follows
     tail, unpacked = check.tail, check.decompressed
     if unpacked is not None:
         if unpacked.error is not None:
@@ -229,45 +218,73 @@ def _judge(check: _StreamCheck, record: manifest.Manifest | None, verdict: Verdi
                 f"decompresses to {unpacked.raw_bytes} bytes, the manifest says {record.raw_bytes}"
             )
         tail = unpacked.tail
-    globals_only = record is not None and record.kind == "globals"
-    if plain_dump_is_complete(tail, globals_only=globals_only):
-        verdict.checks.append("dump complete (ends with pg_dump's marker)")
+    if completion.ends_whole(tail):
+        verdict.checks.append(completion.passed)
     else:
-        verdict.problems.append("the SQL dump does not end with pg_dump's completion marker")
+        verdict.problems.append(completion.failed)
 
 
-async def verify_backup(store: Store, name: str, pg_restore: Path | None) -> Verdict:
+def _completion_of(name: str, record: manifest.Manifest | None) -> tuple[Source, Completion]:
+    """The engine that made a stored dump and how its completeness is told: from its
+    manifest, or (without one) from its file name and the manifests' default engine."""
+    source = source_named(record.engine if record else manifest.DEFAULT_ENGINE)
+    kind = JobKind(record.kind) if record else JobKind.DATABASE
+    return source, source.completion(record.format if record else format_of(name), kind)
+
+
+async def verify_backup(store: Store, name: str, readers: Readers) -> Verdict:
     """Every check that applies to backup `name` on `store`, in one pass over its bytes:
     size and sha256 against the manifest, the compressed stream, the dump inside (its end
-    marker, or a pg_restore read-through for custom format)."""
+    marker, or a read-through by the engine's reader)."""
     verdict = Verdict(store.location(name))
     try:
         record = await in_thread(_read_manifest, store, name, verdict)
         if not await in_thread(store.exists, name):
             verdict.problems.append("the backup file is missing (only its manifest exists)")
             return verdict
-        custom = name.endswith(".dump")
-        if custom and pg_restore is None:
-            verdict.problems.append("pg_restore not found: cannot read the custom-format dump")
-            return verdict
+        source, completion = _completion_of(name, record)
+        reader = None
+        if completion.read_through:
+            reader = await readers.argv(source)
+            if reader is None:
+                verdict.problems.append(f"{readers.missing[source.name]}: cannot read it through")
+                return verdict
         async with contextlib.AsyncExitStack() as stack:
             restore = None
-            if custom:
-                assert pg_restore is not None
-                restore = await stack.enter_async_context(restore_check(pg_restore))
+            if reader is not None:
+                restore = await stack.enter_async_context(read_through(reader, completion))
             check = _StreamCheck(name, restore)
             await in_thread(_pass_over, store, name, check)
-            _judge(check, record, verdict)
+            _judge(check, record, completion, verdict)
             if restore is not None:
                 try:
                     await restore.finish()
                 except DumpError as exc:
                     verdict.problems.append(str(exc))
                 else:
-                    verdict.checks.append("custom-format dump read through by pg_restore")
+                    verdict.checks.append(completion.passed)
     except StorageError as exc:
         verdict.problems.append(str(exc))
     return verdict
+
+
+@dataclass
+class Readers:
+    """Each engine's reader program, found once per verify run."""
+
+    found: dict[str, list[str] | None] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)  # engine → why there is none
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def argv(self, source: Source) -> list[str] | None:
+        async with self._lock:
+            if source.name not in self.found:
+                try:
+                    self.found[source.name] = await source.reader_argv()
+                except ToolNotFoundError as exc:
+                    self.found[source.name] = None
+                    self.missing[source.name] = str(exc)
+            return self.found[source.name]
 
 
 def backup_names(names: Iterable[str]) -> list[str]:
@@ -312,14 +329,11 @@ async def backups_on(
 
 async def verify_all(backups: Sequence[tuple[Store, str]], concurrency: int = 2) -> list[Verdict]:
     """Verify backups concurrently, in the order given."""
-    pg_restore: Path | None = None
-    if any(name.endswith(".dump") for _, name in backups):
-        with contextlib.suppress(ToolNotFoundError):
-            pg_restore = await in_thread(find_pg_restore)
+    readers = Readers()
     slots = asyncio.Semaphore(concurrency)
 
     async def one(store: Store, name: str) -> Verdict:
         async with slots:
-            return await verify_backup(store, name, pg_restore)
+            return await verify_backup(store, name, readers)
 
     return list(await asyncio.gather(*(one(store, name) for store, name in backups)))

@@ -1,8 +1,9 @@
-"""One job, start to finish: check → pg_dump → compress → every target → commit → manifests.
+"""One job, start to finish: check → dump → compress → every target → commit → manifests.
 
-A backup is committed only when the dump program exited 0 and its output is complete (plain
-SQL ends with the completion marker; custom format is read through by pg_restore as it is
-stored); in every other case (error, timeout, cancellation) the child is stopped and every
+The engine (sources/) says what to run and how completeness is told; this module names none.
+A backup is committed only when the dump program exited 0 and its output is complete (it ends
+with the engine's completion marker, or a reader takes the stored bytes through as they go
+out); in every other case (error, timeout, cancellation) the child is stopped and every
 upload aborted, and the error propagates for the orchestrator to record.
 """
 
@@ -15,17 +16,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import msgspec
 
 from db_backup import __version__, catalog, integrity, manifest, prune
 from db_backup.errors import DumpError, JobTimeoutError, StorageError, TargetsFailedError
-from db_backup.integrity import RestoreCheck
+from db_backup.integrity import ReadThrough
 from db_backup.manifest import CompressionInfo, Manifest
 from db_backup.model import (
     JobEvent,
-    JobKind,
     JobProgress,
     JobSpec,
     JobStarted,
@@ -35,9 +34,8 @@ from db_backup.model import (
 from db_backup.notice import waiting_notice
 from db_backup.process import Child, spawn
 from db_backup.redact import redact
-from db_backup.sources import pg_server, postgres
-from db_backup.sources.pg_server import ServerInfo
-from db_backup.sources.postgres import ClientBinary, DumpCommand
+from db_backup.sources import source_for
+from db_backup.sources.base import Dump, ServerInfo
 from db_backup.stages import Pipeline
 from db_backup.stages.compress import compressor_for
 from db_backup.storage import Upload, open_store
@@ -110,25 +108,20 @@ async def _run(job: JobSpec, emit: Emit, cores: int) -> Committed:
     is dropped and the others carry on, so the backup is kept wherever it could be; the job
     then fails naming each failed target. Retention runs on a target only after the backup
     committed there, so a failing target never deletes anything, anywhere."""
-    backup = job.backup
     deliveries = [Delivery(target) for target in job.targets]
     for delivery in deliveries:
         delivery.error = dict(job.unusable).get(delivery.target.label)
     if not any(d.error is None for d in deliveries):
         raise _targets_failed(deliveries)
-    password = pg_server.resolve_password(backup)
+    source = source_for(job.backup)
     async with waiting_notice(emit, f"{job.name}: connecting to {job.server}", job):
-        server = await pg_server.check_connection(backup, job.database, password)
-        client = await pg_server.client_for(backup, server.version_num)
-    command = postgres.dump_command(
-        client, backup, job.database, globals_only=job.kind is JobKind.GLOBALS
-    )
-    emit(JobStarted(job, await in_thread(_estimate, job, server.database_size)))
+        server = await source.probe(job.backup, job.database)
+        dump = await source.dump(job, server)
+    emit(JobStarted(job, await in_thread(_estimate, job, dump.expected_bytes)))
 
     started = utcnow()
-    pipeline = await _dump(job, command, client, password, deliveries, emit, cores)
-    checks = ("sha256", "end marker" if command.plain else "pg_restore read-through")
-    record = _manifest(job, server, client, command, pipeline, started, utcnow(), checks)
+    pipeline = await _dump(job, dump, deliveries, emit, cores)
+    record = _manifest(job, source.name, server, dump, pipeline, started, utcnow())
     async with waiting_notice(emit, f"{job.name}: writing manifests, applying retention", job):
         finishing = (_finish_target(job, d, record) for d in deliveries if d.live)
         copies = await asyncio.gather(*finishing)
@@ -167,11 +160,6 @@ async def _finish_target(job: JobSpec, delivery: Delivery, record: Manifest) -> 
     return StoredCopy(
         target.label, store.location(target.filename), store.location(target.manifest_name)
     )
-
-
-async def _pg_restore(client: ClientBinary) -> Path:
-    beside = client.sibling("pg_restore")
-    return beside if beside.exists() else await in_thread(integrity.find_pg_restore)
 
 
 async def _open_uploads(deliveries: Sequence[Delivery]) -> None:
@@ -219,9 +207,7 @@ async def _abort_all(deliveries: Sequence[Delivery]) -> None:
 
 async def _dump(
     job: JobSpec,
-    command: DumpCommand,
-    client: ClientBinary,
-    password: str | None,
+    dump: Dump,
     deliveries: Sequence[Delivery],
     emit: Emit,
     cores: int,
@@ -229,10 +215,11 @@ async def _dump(
     """Stream the dump through the pipeline to every target at once (no second dump, no
     local copy first); commit only a complete dump, and only where nothing failed."""
     compressor = compressor_for(
-        job.backup.compression, dump_compresses_itself=not command.plain, cores_per_job=cores
+        job.backup.compression,
+        dump_compresses_itself=dump.compression is not None,
+        cores_per_job=cores,
     )
     pipeline = Pipeline(compressor)
-    env = postgres.child_env(os.environ, job.backup, password)
     # Before spawning: an unwritable target fails without touching the server.
     async with waiting_notice(emit, f"{job.name}: starting uploads", job):
         await _open_uploads(deliveries)
@@ -241,15 +228,15 @@ async def _dump(
             raise _targets_failed(deliveries)
         async with contextlib.AsyncExitStack() as stack:
             check = None
-            if not command.plain:  # no end marker in this format: read it through instead
+            if dump.reader_argv is not None:  # no end marker: read it through instead
                 check = await stack.enter_async_context(
-                    integrity.restore_check(await _pg_restore(client))
+                    integrity.read_through(dump.reader_argv, dump.completion)
                 )
-            child = await stack.enter_async_context(spawn(command.argv, env))
+            child = await stack.enter_async_context(spawn(dump.argv, dump.env))
             await _pump(child, pipeline, deliveries, check, lambda: emit(_progress(job, pipeline)))
             exit_code = await child.wait()
-            stderr_tail = redact(child.stderr_tail(), password)
-            _check_outcome(command, exit_code, stderr_tail, pipeline)
+            stderr_tail = redact(child.stderr_tail(), dump.secret)
+            _check_outcome(dump, exit_code, stderr_tail, pipeline)
             rest = await in_thread(pipeline.finish)
             await in_thread(_deliver_all, deliveries, check, rest)
             if check is not None:
@@ -264,7 +251,7 @@ async def _dump(
         pipeline.close()
 
 
-def _deliver_all(deliveries: Sequence[Delivery], check: RestoreCheck | None, data: bytes) -> None:
+def _deliver_all(deliveries: Sequence[Delivery], check: ReadThrough | None, data: bytes) -> None:
     if data:
         if check is not None:
             check.write(data)
@@ -279,7 +266,7 @@ async def _pump(
     child: Child,
     pipeline: Pipeline,
     deliveries: Sequence[Delivery],
-    check: RestoreCheck | None,
+    check: ReadThrough | None,
     on_progress: Callable[[], None],
 ) -> None:
     """Move the child's whole output through the pipeline to the targets, on a worker thread.
@@ -324,17 +311,15 @@ async def _pump(
     on_progress()
 
 
-def _check_outcome(
-    command: DumpCommand, exit_code: int, stderr_tail: str, pipeline: Pipeline
-) -> None:
+def _check_outcome(dump: Dump, exit_code: int, stderr_tail: str, pipeline: Pipeline) -> None:
     """Raise DumpError unless the dump program succeeded and its output is complete."""
     if exit_code > 0:
-        reason = f"{command.tool} exited with code {exit_code}"
+        reason = f"{dump.program} exited with code {exit_code}"
     elif exit_code < 0:
-        reason = f"{command.tool} was killed by signal {-exit_code}"
-    elif not command.is_complete(pipeline.raw_tail):
+        reason = f"{dump.program} was killed by signal {-exit_code}"
+    elif not dump.completion.ends_whole(pipeline.raw_tail):
         reason = (
-            f"{command.tool} exited 0 but its output ends without the completion marker "
+            f"{dump.program} exited 0 but its output ends without the completion marker "
             f"(truncated after {pipeline.raw_bytes} bytes)"
         )
     else:
@@ -344,25 +329,25 @@ def _check_outcome(
 
 def _manifest(
     job: JobSpec,
+    engine: str,
     server: ServerInfo,
-    client: ClientBinary,
-    command: DumpCommand,
+    dump: Dump,
     pipeline: Pipeline,
     started: datetime,
     finished: datetime,
-    checks: tuple[str, ...],
 ) -> Manifest:
     return Manifest(
         tool_version=__version__,
+        engine=engine,
         job=job.name,
         backup=job.backup.name,
         kind=job.kind.value,
         database=job.database,
         server=str(job.server),
         server_version=server.version,
-        client=f"{command.tool} {client.version}",
-        format=command.format,
-        compression=_compression_info(job, command.plain),
+        client=dump.client,
+        format=dump.format,
+        compression=dump.compression or _compression_info(job),
         file=job.filename,  # each target's manifest names its own file (_finish_target)
         raw_bytes=pipeline.raw_bytes,
         stored_bytes=pipeline.stored_bytes,
@@ -370,30 +355,24 @@ def _manifest(
         started_at=started,
         finished_at=finished,
         duration_seconds=round((finished - started).total_seconds(), 3),
-        checks=checks,
+        checks=("sha256", dump.completion.check),
     )
 
 
-def _compression_info(job: JobSpec, plain: bool) -> CompressionInfo:
+def _compression_info(job: JobSpec) -> CompressionInfo:
+    """How the pipeline compressed a dump that does not compress itself."""
     compression = job.backup.compression
-    if not plain:
-        return CompressionInfo(algorithm="pg_dump", level=postgres.custom_format_level(job.backup))
     if compression.algorithm == "none":
         return CompressionInfo(algorithm="none", level=None)
     return CompressionInfo(algorithm=compression.algorithm, level=compression.effective_level)
 
 
-def _estimate(job: JobSpec, database_size: int | None) -> int | None:
-    """Expected bytes of dump output: the previous backup's, else (for plain SQL) the
-    database's size on disk. Custom-format output is compressed by pg_dump, so its size on
-    disk says nothing about it."""
+def _estimate(job: JobSpec, expected: int | None) -> int | None:
+    """Expected bytes of dump output: the previous backup's, else what the engine expects."""
     unusable = dict(job.unusable)
     usable = [target for target in job.targets if target.label not in unusable]
     try:
         previous = catalog.latest(usable[0], job.name, job.backup.name) if usable else None
     except StorageError:
         previous = None  # only an estimate; the upload will say what is wrong
-    if previous is not None:
-        return previous.raw_bytes
-    plain_database = job.kind is JobKind.DATABASE and job.backup.format == "plain"
-    return database_size if plain_database else None
+    return previous.raw_bytes if previous is not None else expected

@@ -11,6 +11,8 @@ from datetime import datetime
 import msgspec
 
 MANIFEST_VERSION = 1
+# Manifests written before engines had names were all PostgreSQL's.
+DEFAULT_ENGINE = "postgres"
 
 
 class CompressionInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -22,6 +24,7 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     manifest_version: int = MANIFEST_VERSION
     tool: str = "db-backup"
     tool_version: str
+    engine: str = DEFAULT_ENGINE  # the Source that made it (see sources/)
     job: str
     backup: str  # the config entry the job came from
     kind: str  # database | globals
@@ -29,7 +32,7 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     server: str  # host:port
     server_version: str
     client: str  # the dump program and its version, e.g. "pg_dump 15.18"
-    format: str  # plain | custom
+    format: str  # the engine's: plain | custom for PostgreSQL
     compression: CompressionInfo
     file: str  # the backup's file name, beside this manifest
     raw_bytes: int  # bytes the dump program wrote

@@ -53,6 +53,11 @@ def extension(backup: BackupConfig, kind: JobKind = JobKind.DATABASE) -> str:
     return {"gzip": ".sql.gz", "zstd": ".sql.zst"}.get(backup.compression.algorithm, ".sql")
 
 
+def format_of(name: str) -> str:
+    """The dump format a stored file's name says (see `extension`)."""
+    return "custom" if name.endswith(".dump") else "plain"
+
+
 def file_prefix(storage: StorageConfig, job_name: str) -> str:
     """The start every file of this job shares on a target: `[<prefix>_]<job>_`."""
     return f"{storage.name_prefix}{job_name}_"

@@ -27,7 +27,8 @@ from db_backup.model import (
     Plan,
     RunReport,
 )
-from db_backup.retry import backoff_delay, is_transient
+from db_backup.retry import backoff_delay
+from db_backup.sources import source_for
 from db_backup.stages.compress import available_cores
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class Orchestrator:
                     tries.append(datetime.now(UTC))
                     return await run_job(job, self.emit, cores=self._cores_per_job)
             except BackupError as exc:
-                if len(tries) >= allowed or not is_transient(exc):
+                if len(tries) >= allowed or not source_for(job.backup).is_transient(exc):
                     raise
                 delay = backoff_delay(len(tries), job.backup.retry_delay)
                 self.emit(JobRetrying(job, len(tries), allowed, delay, str(exc)))

@@ -23,6 +23,7 @@ from db_backup.naming import (
     timestamp,
     unusable_name,
 )
+from db_backup.sources import source_for
 
 
 def default_concurrency() -> int:
@@ -97,7 +98,15 @@ def build_plan(
         if backup.globals and server not in servers_with_globals:
             servers_with_globals.add(server)
             globals_name = globals_job_name(backup)
-            jobs.append(_job(backup, JobKind.GLOBALS, globals_name, _maintenance_db(backup), stamp))
+            jobs.append(
+                _job(
+                    backup,
+                    JobKind.GLOBALS,
+                    globals_name,
+                    source_for(backup).maintenance_database(backup),
+                    stamp,
+                )
+            )
     explicit = {
         name for name in names if "." in name and name not in {b.name for b in config.backups}
     }
@@ -138,10 +147,6 @@ def _refuse_unmatched(
             f'-n {name!r} matches no database that backup {backup!r} (database: "*") found '
             f"on its server; {hint}"
         )
-
-
-def _maintenance_db(backup: BackupConfig) -> str:
-    return "postgres" if backup.is_wildcard else backup.database
 
 
 def _job(backup: BackupConfig, kind: JobKind, name: str, database: str, stamp: str) -> JobSpec:

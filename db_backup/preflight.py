@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from db_backup.config.schema import BackupConfig
 from db_backup.errors import BackupError
 from db_backup.model import JobSpec
-from db_backup.sources import pg_server
-from db_backup.sources.pg_server import ServerInfo
+from db_backup.sources import source_for
+from db_backup.sources.base import ServerInfo
 from db_backup.storage import ask_targets, open_store
 
 
@@ -28,7 +28,7 @@ async def discover(backups: Sequence[BackupConfig]) -> Discovery:
     wildcards = [backup for backup in backups if backup.is_wildcard]
 
     async def listing(backup: BackupConfig) -> list[str]:
-        return await pg_server.list_databases(backup, pg_server.resolve_password(backup))
+        return await source_for(backup).list_databases(backup)
 
     outcomes = await asyncio.gather(*(listing(b) for b in wildcards), return_exceptions=True)
     found: dict[str, list[str]] = {}
@@ -57,8 +57,7 @@ async def check_jobs(jobs: Sequence[JobSpec], concurrency: int) -> list[CheckOut
     async def check(job: JobSpec) -> CheckOutcome:
         async with slots:
             try:
-                password = pg_server.resolve_password(job.backup)
-                info = await pg_server.check_connection(job.backup, job.database, password)
+                info = await source_for(job.backup).probe(job.backup, job.database)
             except BackupError as exc:
                 return CheckOutcome(job, None, exc)
             return CheckOutcome(job, info, None)

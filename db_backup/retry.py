@@ -3,13 +3,14 @@
 Retried: the server could not be reached, refused or reset the connection, was starting up or
 shutting down, or dropped the connection mid-dump. Never retried: authentication failures,
 missing databases, permission problems, timeouts, storage errors — another attempt would fail
-the same way, or (a timeout) has already used the time the user allowed.
+the same way, or (a timeout) has already used the time the user allowed. What a dump program's
+words mean is the engine's to say (its Source passes its markers here).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from db_backup.errors import BackupError, CheckFailure, ConnectionCheckError, DumpError
 
@@ -17,36 +18,18 @@ MAX_DELAY_SECONDS = 300.0
 
 _TRANSIENT_CHECKS = frozenset({CheckFailure.UNREACHABLE, CheckFailure.UNAVAILABLE})
 
-# What pg_dump (libpq) prints when the server or the network, not the request, is at fault.
-_TRANSIENT_DUMP_MARKERS = (
-    "server closed the connection unexpectedly",
-    "terminating connection due to administrator command",
-    "connection reset",
-    "connection refused",
-    "could not receive data from server",
-    "could not send data to server",
-    "no connection to the server",
-    "the database system is shutting down",
-    "the database system is starting up",
-    "the database system is in recovery mode",
-    "ssl syscall error",
-)
-_PERMANENT_DUMP_MARKERS = (
-    "password authentication failed",
-    "does not exist",
-    "permission denied",
-)
 
-
-def is_transient(error: BackupError) -> bool:
-    """Might the same job succeed if simply tried again a little later?"""
+def is_transient(error: BackupError, *, transient: Sequence[str], permanent: Sequence[str]) -> bool:
+    """Might the same job succeed if simply tried again a little later? A failed dump is
+    judged by its program's last words: any of `permanent` says no, else any of `transient`
+    says yes (lower case)."""
     if isinstance(error, ConnectionCheckError):
         return error.kind in _TRANSIENT_CHECKS
     if isinstance(error, DumpError):
         text = error.stderr_tail.lower()
-        if any(marker in text for marker in _PERMANENT_DUMP_MARKERS):
+        if any(marker in text for marker in permanent):
             return False
-        return any(marker in text for marker in _TRANSIENT_DUMP_MARKERS)
+        return any(marker in text for marker in transient)
     return False
 
 

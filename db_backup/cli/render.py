@@ -54,7 +54,8 @@ def check_line(outcome: CheckOutcome) -> str:
     if error is not None:
         return f"{job.name}: error ({where}): {error}"
     assert outcome.server is not None
-    return f"{job.name}: reachable ({where}, PostgreSQL {outcome.server.version.split(' ')[0]})"
+    server = outcome.server
+    return f"{job.name}: reachable ({where}, {server.product} {server.version.split(' ')[0]})"
 
 
 def retry_line(event: JobRetrying) -> str:

@@ -8,7 +8,7 @@ live in `load.py`, which reports them with file positions.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -268,6 +268,8 @@ class PostgresBackup(
     tag_field="type",
 ):
     """One `backups:` entry after `defaults:` were merged under it."""
+
+    engine: ClassVar[str] = "postgres"  # its `type`: which Source dumps it (sources/)
 
     name: str
     database: str

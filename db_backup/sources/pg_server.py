@@ -1,4 +1,5 @@
-"""PostgreSQL as a dump source, the I/O part: connection checks, discovery, installed clients.
+"""PostgreSQL as a dump source, the I/O part: connection checks, discovery, installed clients,
+and `PostgresSource`, PostgreSQL behind the one engine interface (sources/base.py).
 
 psycopg's errors are translated here, once, into ConnectionCheckError with a `kind` a person
 can act on (auth failed / database missing / timed out / unreachable). libpq reports connection
@@ -11,20 +12,37 @@ import asyncio
 import glob
 import os
 import shutil
-from dataclasses import dataclass
+import threading
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from db_backup.config.schema import BackupConfig
 from db_backup.errors import (
+    BackupError,
     CheckFailure,
     ConnectionCheckError,
     CredentialsError,
     ToolNotFoundError,
 )
+from db_backup.manifest import CompressionInfo
+from db_backup.model import JobKind, JobSpec
 from db_backup.redact import redact, remember
-from db_backup.sources.postgres import ClientBinary, choose_client, parse_client_version
+from db_backup.retry import is_transient
+from db_backup.sources.base import Completion, Dump, ServerInfo
+from db_backup.sources.postgres import (
+    PERMANENT_DUMP_MARKERS,
+    PLAIN_DUMP_COMPLETE,
+    PLAIN_GLOBALS_COMPLETE,
+    TRANSIENT_DUMP_MARKERS,
+    ClientBinary,
+    child_env,
+    choose_client,
+    custom_format_level,
+    dump_command,
+    expected_bytes,
+    parse_client_version,
+)
 from db_backup.threads import in_thread
 
 if TYPE_CHECKING:
@@ -47,15 +65,6 @@ _UNREACHABLE_MARKERS = (
     "network is unreachable",
     "no such file or directory",  # the local socket does not exist
 )
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """What the connection check learned about one database's server."""
-
-    version_num: int  # server_version_num, e.g. 150018
-    version: str  # server_version, e.g. "15.18 (Debian 15.18-0+deb12u1)"
-    database_size: int | None  # pg_database_size, a rough estimate of the dump's size
 
 
 def resolve_password(backup: BackupConfig) -> str | None:
@@ -157,7 +166,7 @@ async def check_connection(backup: BackupConfig, database: str, password: str | 
     finally:
         await conn.close()
     assert row is not None
-    return ServerInfo(version_num=row[0], version=row[1], database_size=row[2])
+    return ServerInfo("PostgreSQL", version=row[1], version_num=row[0], database_size=row[2])
 
 
 async def list_databases(backup: BackupConfig, password: str | None) -> list[str]:
@@ -195,18 +204,23 @@ def _client_version(pg_dump: Path) -> str:
         raise ToolNotFoundError(f"{pg_dump}: {exc}") from None
 
 
-@cache
+# Jobs start together; one probe of each pg_dump's version serves them all. A thread lock,
+# not an asyncio one: it is taken on worker threads, and works under any event loop.
+_probe_lock = threading.Lock()
+
+
+def client_version(pg_dump: Path) -> str:
+    with _probe_lock:
+        return _client_version(pg_dump)
+
+
 def installed_clients() -> tuple[ClientBinary, ...]:
     """Every pg_dump in /usr/lib/postgresql/*/bin, else the one on PATH."""
     paths = [Path(p) for p in sorted(glob.glob(CLIENT_GLOB)) if os.access(p, os.X_OK)]
     if not paths:
         on_path = shutil.which("pg_dump")
         paths = [Path(on_path)] if on_path else []
-    return tuple(ClientBinary(path, _client_version(path)) for path in paths)
-
-
-# Jobs start together; one probe of each pg_dump's version serves them all.
-_probe_lock = asyncio.Lock()
+    return tuple(ClientBinary(path, client_version(path)) for path in paths)
 
 
 async def client_for(backup: BackupConfig, server_version_num: int) -> ClientBinary:
@@ -215,14 +229,92 @@ async def client_for(backup: BackupConfig, server_version_num: int) -> ClientBin
         path = Path(backup.pg_dump_path)
         if not os.access(path, os.X_OK):
             raise ToolNotFoundError(f"pg_dump_path {path} is not an executable file")
-        async with _probe_lock:
-            version = await in_thread(_client_version, path)
+        version = await in_thread(client_version, path)
         return choose_client([ClientBinary(path, version)], server_version_num)
-    async with _probe_lock:
-        clients = await in_thread(installed_clients)
+    clients = await in_thread(installed_clients)
     if not clients:
         raise ToolNotFoundError(
             "pg_dump not found (looked in /usr/lib/postgresql/*/bin and PATH); install "
             "postgresql-client or set pg_dump_path"
         )
     return choose_client(clients, server_version_num)
+
+
+def find_pg_restore() -> Path:
+    """The newest installed pg_restore (it reads dumps of every older version)."""
+    clients = sorted(installed_clients(), key=lambda client: client.major, reverse=True)
+    for client in clients:
+        candidate = client.sibling("pg_restore")
+        if candidate.exists():
+            return candidate
+    on_path = shutil.which("pg_restore")
+    if on_path:
+        return Path(on_path)
+    raise ToolNotFoundError("pg_restore not found; it is needed to check custom-format dumps")
+
+
+class PostgresSource:
+    """PostgreSQL behind the Source interface (sources/base.py): psycopg for the checks,
+    pg_dump / pg_dumpall for the dumps, pg_restore to read custom format through."""
+
+    name = "postgres"
+
+    async def probe(self, backup: BackupConfig, database: str) -> ServerInfo:
+        return await check_connection(backup, database, resolve_password(backup))
+
+    async def list_databases(self, backup: BackupConfig) -> list[str]:
+        return await list_databases(backup, resolve_password(backup))
+
+    async def dump(self, job: JobSpec, server: ServerInfo) -> Dump:
+        backup = job.backup
+        password = resolve_password(backup)
+        client = await client_for(backup, server.version_num)
+        command = dump_command(
+            client, backup, job.database, globals_only=job.kind is JobKind.GLOBALS
+        )
+        reader = None
+        if not command.plain:  # no end marker in custom format: pg_restore reads it through
+            beside = client.sibling("pg_restore")
+            pg_restore = beside if beside.exists() else await in_thread(find_pg_restore)
+            reader = [str(pg_restore), "--file=/dev/null"]
+        return Dump(
+            program=command.tool,
+            client=f"{command.tool} {client.version}",
+            argv=command.argv,
+            env=child_env(os.environ, backup, password),
+            format=command.format,
+            completion=self.completion(command.format, job.kind),
+            compression=None
+            if command.plain
+            else CompressionInfo(algorithm="pg_dump", level=custom_format_level(backup)),
+            expected_bytes=expected_bytes(command, server.database_size),
+            reader_argv=reader,
+            secret=password,
+        )
+
+    def maintenance_database(self, backup: BackupConfig) -> str:
+        return "postgres" if backup.is_wildcard else backup.database
+
+    def completion(self, format: str, kind: JobKind) -> Completion:
+        if format == "custom":
+            return Completion(
+                "pg_restore read-through",
+                passed="custom-format dump read through by pg_restore",
+                failed="the custom-format dump is incomplete or unreadable (pg_restore could "
+                "not read it through)",
+                read_through=True,
+            )
+        return Completion(
+            "end marker",
+            passed="dump complete (ends with pg_dump's marker)",
+            failed="the SQL dump does not end with pg_dump's completion marker",
+            end_marker=PLAIN_GLOBALS_COMPLETE if kind is JobKind.GLOBALS else PLAIN_DUMP_COMPLETE,
+        )
+
+    async def reader_argv(self) -> list[str]:
+        return [str(await in_thread(find_pg_restore)), "--file=/dev/null"]
+
+    def is_transient(self, error: BackupError) -> bool:
+        return is_transient(
+            error, transient=TRANSIENT_DUMP_MARKERS, permanent=PERMANENT_DUMP_MARKERS
+        )

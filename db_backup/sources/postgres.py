@@ -147,6 +147,13 @@ class DumpCommand:
         return not self.plain or plain_dump_is_complete(tail, globals_only=self.globals_only)
 
 
+def expected_bytes(command: DumpCommand, database_size: int | None) -> int | None:
+    """Raw output to expect from a dump: plain SQL of a database is about as large as the
+    database on disk; pg_dump's own compression makes that size say nothing about custom
+    format's, and globals are small."""
+    return database_size if command.plain and not command.globals_only else None
+
+
 def dump_command(
     client: ClientBinary, backup: BackupConfig, database: str, *, globals_only: bool
 ) -> DumpCommand:
@@ -181,3 +188,24 @@ def plain_dump_is_complete(tail: bytes, *, globals_only: bool = False) -> bool:
     """Does the end of a plain dump carry pg_dump's (or pg_dumpall's) completion marker?"""
     marker = PLAIN_GLOBALS_COMPLETE if globals_only else PLAIN_DUMP_COMPLETE
     return marker in tail[-TAIL_BYTES:]
+
+
+# What pg_dump (libpq) prints when the server or the network, not the request, is at fault.
+TRANSIENT_DUMP_MARKERS = (
+    "server closed the connection unexpectedly",
+    "terminating connection due to administrator command",
+    "connection reset",
+    "connection refused",
+    "could not receive data from server",
+    "could not send data to server",
+    "no connection to the server",
+    "the database system is shutting down",
+    "the database system is starting up",
+    "the database system is in recovery mode",
+    "ssl syscall error",
+)
+PERMANENT_DUMP_MARKERS = (
+    "password authentication failed",
+    "does not exist",
+    "permission denied",
+)

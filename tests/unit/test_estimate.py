@@ -1,4 +1,5 @@
-"""The size estimate behind the ETA: previous manifest first, database size only for plain SQL."""
+"""The size estimate behind the ETA: previous manifest first, else what the engine expects
+(PostgreSQL: the database size, for plain SQL only)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from db_backup.config.load import parse_config
 from db_backup.job import _estimate
 from db_backup.manifest import CompressionInfo, Manifest
 from db_backup.plan import build_plan
+from db_backup.sources.postgres import ClientBinary, dump_command, expected_bytes
 
 NOW = datetime(2026, 11, 26, 3, 0, 0, tzinfo=UTC)
 
@@ -49,8 +51,13 @@ def write_manifest(directory: Path, job: str, stamp: str, raw: int) -> None:
 
 def test_without_history_plain_uses_the_database_size_and_custom_has_none(tmp_path: Path) -> None:
     by_name = jobs(tmp_path)
-    assert _estimate(by_name["shop"], 12345) == 12345
-    assert _estimate(by_name["big"], 12345) is None
+    client = ClientBinary(Path("/usr/lib/postgresql/15/bin/pg_dump"), "15.18")
+    for name, expected in (("shop", 12345), ("big", None)):
+        job = by_name[name]
+        command = dump_command(client, job.backup, job.database, globals_only=False)
+        assert _estimate(job, expected_bytes(command, 12345)) == expected
+    globals_dump = dump_command(client, by_name["shop"].backup, "postgres", globals_only=True)
+    assert expected_bytes(globals_dump, 12345) is None
 
 
 def test_the_newest_own_manifest_wins(tmp_path: Path) -> None:

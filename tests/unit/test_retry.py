@@ -13,7 +13,8 @@ from db_backup.errors import (
     JobTimeoutError,
     StorageError,
 )
-from db_backup.retry import MAX_DELAY_SECONDS, backoff_delay, is_transient
+from db_backup.retry import MAX_DELAY_SECONDS, backoff_delay
+from db_backup.sources.pg_server import PostgresSource
 
 
 @pytest.mark.parametrize(
@@ -73,7 +74,7 @@ from db_backup.retry import MAX_DELAY_SECONDS, backoff_delay, is_transient
     ],
 )
 def test_only_server_and_network_trouble_is_retried(error: Exception, transient: bool) -> None:
-    assert is_transient(error) is transient  # type: ignore[arg-type]
+    assert PostgresSource().is_transient(error) is transient  # type: ignore[arg-type]
 
 
 @given(

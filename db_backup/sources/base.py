@@ -1,0 +1,98 @@
+"""What a database engine is to the rest of db-backup: one interface, `Source`.
+
+The job, the orchestrator, preflight, the planner and verify talk to an engine only through
+it (and find it by the config's `type`, see sources/__init__.py), so another engine is one
+more module: check a connection, list databases, build the dump (argv, environment, format,
+whether it compresses itself, how its completeness is told), say which failures are worth
+another attempt. Restore and throwaway servers join here later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from db_backup.config.schema import BackupConfig
+from db_backup.errors import BackupError
+from db_backup.manifest import CompressionInfo
+from db_backup.model import JobKind, JobSpec
+from db_backup.stages import TAIL_BYTES
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What a connection check learned about one database's server."""
+
+    product: str  # "PostgreSQL", for people
+    version: str  # e.g. "15.18 (Debian 15.18-0+deb12u1)"
+    version_num: int  # comparable, e.g. 150018
+    database_size: int | None  # bytes on disk, a rough hint of the dump's size
+
+
+@dataclass(frozen=True)
+class Completion:
+    """How a finished dump is told from one cut short: its output ends with a marker, or a
+    reader program (`Dump.reader_argv`) takes the stored bytes through without complaint."""
+
+    check: str  # what the manifest's `checks` calls it: "end marker", "pg_restore read-through"
+    passed: str  # what verify says when it holds
+    failed: str  # ... and when it does not
+    end_marker: bytes | None = None
+    read_through: bool = False
+
+    def ends_whole(self, tail: bytes) -> bool:
+        """Does output ending in `tail` carry the end marker (when there is one)?"""
+        return self.end_marker is None or self.end_marker in tail[-TAIL_BYTES:]
+
+
+@dataclass(frozen=True)
+class Dump:
+    """One dump, ready to run: what to spawn and what its output will be."""
+
+    program: str  # "pg_dump", for messages
+    client: str  # "pg_dump 15.18", for the manifest
+    argv: list[str]
+    env: dict[str, str]
+    format: str  # "plain" | "custom", for the manifest and verify
+    completion: Completion
+    # Set when the dump program compresses its own output (how, for the manifest): the
+    # pipeline then stores it as it comes.
+    compression: CompressionInfo | None
+    expected_bytes: int | None  # raw output to expect, for an ETA; None when unknown
+    reader_argv: list[str] | None = None  # reads the stored bytes through (read_through)
+    secret: str | None = None  # masked in what the dump program says
+
+
+class Source(Protocol):
+    """One database engine (see the module's docstring)."""
+
+    name: str  # the config's `type:`, and the manifest's `engine`
+
+    async def probe(self, backup: BackupConfig, database: str) -> ServerInfo:
+        """Connect to `database` as the dump will; raise ConnectionCheckError (or another
+        BackupError) saying how it failed."""
+        ...
+
+    async def list_databases(self, backup: BackupConfig) -> list[str]:
+        """Every database on the backup's server that a `database: "*"` backup takes."""
+        ...
+
+    async def dump(self, job: JobSpec, server: ServerInfo) -> Dump:
+        """The dump of `job` against a server the probe described (chooses the client)."""
+        ...
+
+    def maintenance_database(self, backup: BackupConfig) -> str:
+        """The database to connect to for server-wide work (globals, listing)."""
+        ...
+
+    def completion(self, format: str, kind: JobKind) -> Completion:
+        """How completeness is told for a stored dump of this format and kind (verify)."""
+        ...
+
+    async def reader_argv(self) -> list[str]:
+        """A program that reads a `read_through` dump from stdin (verify)."""
+        ...
+
+    def is_transient(self, error: BackupError) -> bool:
+        """Might the same job succeed if simply tried again a little later?"""
+        ...
