@@ -15,14 +15,14 @@ from datetime import datetime
 
 import msgspec
 
-from db_backup import manifest
+from db_backup import manifest, runtime
 from db_backup.config.schema import BackupConfig, Config, StorageConfig
 from db_backup.manifest import Manifest
 from db_backup.model import Target
 from db_backup.naming import file_prefix, is_own_file
 from db_backup.plan import select_backups
 from db_backup.retention import CLOCK_SKEW
-from db_backup.storage import Store, ask_targets, open_store
+from db_backup.storage import Store, ask_targets
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def scan(storage: StorageConfig, backups: frozenset[str]) -> list[Entry]:
     """Finished backups of the named config backups on one target: their own files only —
     a file named as its job's files are here (`[<prefix>_]<job>_<time>`), so another
     config's backup of the same name with another prefix in the same folder is not ours."""
-    store = open_store(storage)
+    store = runtime.current().store(storage)
     return [
         _entry(store, name, record)
         for name, record in _records(store, "")
@@ -103,7 +103,7 @@ def scan(storage: StorageConfig, backups: frozenset[str]) -> list[Entry]:
 
 
 def _job_entries(target: Target, job_name: str, backup: str) -> Iterator[Entry]:
-    store = open_store(target.storage)
+    store = runtime.current().store(target.storage)
     for name, record in _records(store, target.file_prefix):
         if is_own_file(name, target.file_prefix) and (record.job, record.backup) == (
             job_name,

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from db_backup import manifest
+from db_backup import manifest, runtime
 from db_backup.config.schema import LocalStorage, StorageConfig
 from db_backup.errors import DumpError, StorageError, ToolNotFoundError
 from db_backup.model import JobKind
@@ -36,7 +36,7 @@ from db_backup.process import Child, spawn
 from db_backup.sources import source_named
 from db_backup.sources.base import Completion, Source
 from db_backup.stages import append_tail
-from db_backup.storage import Store, ask_targets, open_store
+from db_backup.storage import Store, ask_targets
 from db_backup.threads import in_thread
 
 READ_SIZE = 1024 * 1024
@@ -307,7 +307,7 @@ def backups_in(paths: Iterable[Path]) -> list[tuple[Store, str]]:
         else:
             found.add((path.parent, path.name.removesuffix(".json")))
     return [
-        (open_store(LocalStorage(path=str(folder.absolute()))), name)
+        (runtime.current().store(LocalStorage(path=str(folder.absolute()))), name)
         for folder, name in sorted(found)
     ]
 
@@ -317,7 +317,7 @@ async def backups_on(
 ) -> tuple[list[tuple[Store, str]], dict[str, str]]:
     """Every backup (or manifest) on these targets, listed at once, and the targets that
     could not be listed (label → why)."""
-    stores = {store.label: store for store in map(open_store, storages)}
+    stores = {store.label: store for store in map(runtime.current().store, storages)}
     listings, errors = await ask_targets(
         {label: functools.partial(store.names, "") for label, store in stores.items()}
     )

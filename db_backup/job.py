@@ -15,11 +15,11 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import msgspec
 
-from db_backup import __version__, catalog, integrity, manifest, prune
+from db_backup import __version__, catalog, integrity, manifest, prune, runtime
 from db_backup.errors import DumpError, JobTimeoutError, StorageError, TargetsFailedError
 from db_backup.integrity import ReadThrough
 from db_backup.manifest import CompressionInfo, Manifest
@@ -34,11 +34,10 @@ from db_backup.model import (
 from db_backup.notice import waiting_notice
 from db_backup.process import Child, spawn
 from db_backup.redact import redact
-from db_backup.sources import source_for
 from db_backup.sources.base import Dump, ServerInfo
 from db_backup.stages import Pipeline
 from db_backup.stages.compress import compressor_for
-from db_backup.storage import Upload, open_store
+from db_backup.storage import Upload
 from db_backup.threads import in_thread, start_in_thread
 from db_backup.units import format_duration
 
@@ -81,10 +80,6 @@ class Delivery:
             self.upload.abort()
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 async def run_job(job: JobSpec, emit: Emit, *, cores: int = 1) -> Committed:
     """Run one job. Returns what was stored, with the targets that failed if some did; raises
     a BackupError (or CancelledError) when nothing was stored (TargetsFailedError when every
@@ -113,15 +108,16 @@ async def _run(job: JobSpec, emit: Emit, cores: int) -> Committed:
         delivery.error = dict(job.unusable).get(delivery.target.label)
     if not any(d.error is None for d in deliveries):
         raise _targets_failed(deliveries)
-    source = source_for(job.backup)
+    run = runtime.current()
+    source = run.source(job.backup)
     async with waiting_notice(emit, f"{job.name}: connecting to {job.server}", job):
         server = await source.probe(job.backup, job.database)
         dump = await source.dump(job, server)
     emit(JobStarted(job, await in_thread(_estimate, job, dump.expected_bytes)))
 
-    started = utcnow()
+    started = run.now()
     pipeline = await _dump(job, dump, deliveries, emit, cores)
-    record = _manifest(job, source.name, server, dump, pipeline, started, utcnow())
+    record = _manifest(job, source.name, server, dump, pipeline, started, run.now())
     async with waiting_notice(emit, f"{job.name}: writing manifests, applying retention", job):
         finishing = (_finish_target(job, d, record) for d in deliveries if d.live)
         copies = await asyncio.gather(*finishing)
@@ -139,7 +135,7 @@ def _targets_failed(deliveries: Sequence[Delivery]) -> TargetsFailedError:
 async def _finish_target(job: JobSpec, delivery: Delivery, record: Manifest) -> StoredCopy | None:
     """Upload the manifest (last: only now is the file a backup), then apply retention."""
     target = delivery.target
-    store = open_store(target.storage)
+    store = runtime.current().store(target.storage)
     own = msgspec.structs.replace(record, file=target.filename)
     try:
         await in_thread(store.put, target.manifest_name, manifest.encode(own))
@@ -149,7 +145,7 @@ async def _finish_target(job: JobSpec, delivery: Delivery, record: Manifest) -> 
             await in_thread(store.delete, target.filename)
         return None
     # Only now, with this backup committed here, may older ones here go.
-    await in_thread(prune.prune_job, job, target, utcnow())
+    await in_thread(prune.prune_job, job, target, runtime.current().now())
     try:
         still_there = await in_thread(store.exists, target.filename)
     except StorageError as exc:
@@ -166,7 +162,7 @@ async def _open_uploads(deliveries: Sequence[Delivery]) -> None:
     """Start an upload on every usable target, at once; a target that refuses is dropped."""
 
     async def one(delivery: Delivery) -> None:
-        store = open_store(delivery.target.storage)
+        store = runtime.current().store(delivery.target.storage)
         try:
             delivery.upload = await in_thread(store.open_upload, delivery.target.filename)
         except StorageError as exc:

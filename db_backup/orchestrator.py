@@ -12,8 +12,9 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
+from db_backup import runtime
 from db_backup.errors import BackupError, TargetsFailedError
 from db_backup.job import Committed, run_job
 from db_backup.model import (
@@ -28,7 +29,6 @@ from db_backup.model import (
     RunReport,
 )
 from db_backup.retry import backoff_delay
-from db_backup.sources import source_for
 from db_backup.stages.compress import available_cores
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class Orchestrator:
 
     async def run(self, failures: Sequence[JobResult] = ()) -> RunReport:
         """Run every job; `failures` are jobs that failed before they could be planned."""
-        started = datetime.now(UTC)
+        started = runtime.current().now()
         for result in failures:
             self.emit(JobFinished(result))
         for job in self.plan.jobs:
@@ -78,7 +78,7 @@ class Orchestrator:
                 results.append(outcome)
             else:  # cancelled before its task began running
                 results.append(JobResult(job, JobStatus.CANCELLED, error="cancelled"))
-        return RunReport(started, datetime.now(UTC), tuple(results), self.interrupted_by)
+        return RunReport(started, runtime.current().now(), tuple(results), self.interrupted_by)
 
     async def _attempts(self, job: JobSpec, tries: list[datetime]) -> Committed:
         """Run the job, again after a transient failure while `retries` allow; each attempt's
@@ -90,10 +90,11 @@ class Orchestrator:
                 # The server's limit first: a job waiting for its busy server must not hold
                 # one of the global slots that jobs for other servers could use.
                 async with server_slot, self._slots:
-                    tries.append(datetime.now(UTC))
+                    tries.append(runtime.current().now())
                     return await run_job(job, self.emit, cores=self._cores_per_job)
             except BackupError as exc:
-                if len(tries) >= allowed or not source_for(job.backup).is_transient(exc):
+                source = runtime.current().source(job.backup)
+                if len(tries) >= allowed or not source.is_transient(exc):
                     raise
                 delay = backoff_delay(len(tries), job.backup.retry_delay)
                 self.emit(JobRetrying(job, len(tries), allowed, delay, str(exc)))
@@ -109,7 +110,7 @@ class Orchestrator:
                 job,
                 JobStatus.CANCELLED,
                 started_at=started,
-                finished_at=datetime.now(UTC) if started else None,
+                finished_at=runtime.current().now() if started else None,
                 error=f"cancelled ({self.interrupted_by})" if self.interrupted_by else "cancelled",
             )
             self.emit(JobFinished(result))
@@ -137,7 +138,7 @@ class Orchestrator:
             job,
             JobStatus.FAILED,
             started_at=started,
-            finished_at=datetime.now(UTC),
+            finished_at=runtime.current().now(),
             error=error,
             error_kind=kind,
         )
@@ -152,7 +153,7 @@ class Orchestrator:
             job,
             JobStatus.FAILED if failed else JobStatus.SUCCEEDED,
             started_at=tries[0],
-            finished_at=datetime.now(UTC),
+            finished_at=runtime.current().now(),
             raw_bytes=record.raw_bytes,
             stored_bytes=record.stored_bytes,
             error=TargetsFailedError.describe(failed, stored) if failed else None,

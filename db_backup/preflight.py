@@ -7,12 +7,12 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from db_backup import runtime
 from db_backup.config.schema import BackupConfig
 from db_backup.errors import BackupError
 from db_backup.model import JobSpec
-from db_backup.sources import source_for
 from db_backup.sources.base import ServerInfo
-from db_backup.storage import ask_targets, open_store
+from db_backup.storage import ask_targets
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ async def discover(backups: Sequence[BackupConfig]) -> Discovery:
     wildcards = [backup for backup in backups if backup.is_wildcard]
 
     async def listing(backup: BackupConfig) -> list[str]:
-        return await source_for(backup).list_databases(backup)
+        return await runtime.current().source(backup).list_databases(backup)
 
     outcomes = await asyncio.gather(*(listing(b) for b in wildcards), return_exceptions=True)
     found: dict[str, list[str]] = {}
@@ -57,7 +57,7 @@ async def check_jobs(jobs: Sequence[JobSpec], concurrency: int) -> list[CheckOut
     async def check(job: JobSpec) -> CheckOutcome:
         async with slots:
             try:
-                info = await source_for(job.backup).probe(job.backup, job.database)
+                info = await runtime.current().source(job.backup).probe(job.backup, job.database)
             except BackupError as exc:
                 return CheckOutcome(job, None, exc)
             return CheckOutcome(job, info, None)
@@ -68,5 +68,6 @@ async def check_jobs(jobs: Sequence[JobSpec], concurrency: int) -> list[CheckOut
 async def check_targets(backups: Sequence[BackupConfig]) -> dict[str, str | None]:
     """Every target of these backups, checked at once: label → None (usable) or why not."""
     storages = list(dict.fromkeys(storage for backup in backups for storage in backup.targets))
-    _, errors = await ask_targets({s.label: open_store(s).check for s in storages})
+    stores = runtime.current()
+    _, errors = await ask_targets({s.label: stores.store(s).check for s in storages})
     return {storage.label: errors.get(storage.label) for storage in storages}

@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from db_backup import runtime
 from db_backup.catalog import Entry, job_entries, list_backups, targets_of, warn_about_future
 from db_backup.config.schema import Config, RetentionConfig
 from db_backup.errors import StorageError
@@ -21,7 +22,6 @@ from db_backup.model import JobSpec, Target
 from db_backup.naming import file_prefix
 from db_backup.plan import select_backups
 from db_backup.retention import Backup, Decision, decide
-from db_backup.storage import open_store
 from db_backup.threads import in_thread
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def prune_job(job: JobSpec, target: Target, now: datetime) -> list[Entry]:
     try:
         entries = job_entries(target, job.name, job.backup.name)
         policies = {(job.backup.name, target.label): policy}
-        just_made = open_store(target.storage).location(target.filename)
+        just_made = runtime.current().store(target.storage).location(target.filename)
         verdicts = plan_prune(entries, policies, now, keep={just_made})
         warn_about_future(entries, now)
         deleted, errors = apply(verdicts)
@@ -151,7 +151,7 @@ async def prune_config(
                 | {file_prefix(storage, name) for name in backups}
             )
             try:
-                store = open_store(storage)
+                store = runtime.current().store(storage)
                 report.cleaned += await in_thread(store.clean_incomplete, prefixes)
             except StorageError as exc:
                 report.errors[storage.label] = str(exc)

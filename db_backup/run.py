@@ -9,8 +9,8 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 
+from db_backup import runtime
 from db_backup.config.schema import BackupConfig, Config, StorageConfig
 from db_backup.errors import StorageError, TargetUnreachableError
 from db_backup.lock import lock_folder, lock_storage
@@ -19,7 +19,6 @@ from db_backup.notice import Tell, waiting_notice
 from db_backup.orchestrator import Orchestrator, Subscriber
 from db_backup.plan import build_plan, server_of, wildcard_job
 from db_backup.preflight import discover
-from db_backup.storage import open_store
 from db_backup.threads import in_thread
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ async def prepare_plan(
     tell: Tell | None = None,
 ) -> tuple[Plan, list[JobResult]]:
     """Discover `database: "*"` databases, then plan; failed discoveries come back as results."""
-    now = datetime.now(UTC)
+    now = runtime.current().now()
     servers = sorted({str(server_of(b)) for b in selected if b.is_wildcard})
     async with waiting_notice(
         tell if servers else None, f"listing databases on {', '.join(servers)}"
@@ -67,7 +66,7 @@ def _names_taken(plan: Plan, unusable: Mapping[str, str]) -> bool:
         if target.label in unreachable:
             return False
         try:
-            return open_store(target.storage).exists(target.filename)
+            return runtime.current().store(target.storage).exists(target.filename)
         except StorageError:
             unreachable.add(target.label)
             return False
@@ -96,7 +95,7 @@ async def _clean_leftovers(
     silent: dict[str, str] = {}
 
     async def one(storage: StorageConfig, wanted: set[str]) -> None:
-        store = open_store(storage)
+        store = runtime.current().store(storage)
         what = f"{storage.label}: looking for what interrupted runs left"
         try:
             async with waiting_notice(tell, what):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -24,9 +25,11 @@ T = TypeVar("T")
 
 
 def submit(function: Callable[..., T], *args: object, name: str | None = None) -> Future[T]:
-    """Run `function(*args)` on a new daemon thread; the Future holds its outcome."""
+    """Run `function(*args)` on a new daemon thread, in a copy of the caller's context (its
+    runtime, see runtime.py); the Future holds its outcome."""
     future: Future[T] = Future()
     future.set_running_or_notify_cancel()
+    context = contextvars.copy_context()
 
     def target() -> None:
         try:
@@ -37,7 +40,7 @@ def submit(function: Callable[..., T], *args: object, name: str | None = None) -
             future.set_result(result)
 
     thread_name = name or f"db-backup {getattr(function, '__name__', 'call')}"
-    threading.Thread(target=target, name=thread_name, daemon=True).start()
+    threading.Thread(target=context.run, args=(target,), name=thread_name, daemon=True).start()
     return future
 
 

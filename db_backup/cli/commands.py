@@ -1,6 +1,6 @@
 """`db-backup` commands. Thin: options → one plain function → exit code.
 
-This is the only place that runs the event loop (through cli.interrupts, which handles
+This is the only place that runs the event loop (through interrupts.py, which handles
 SIGINT and SIGTERM), and turns BackupErrors into messages and exit codes; no traceback
 reaches a user.
 """
@@ -20,7 +20,7 @@ from typing import Annotated, Any, NoReturn, TypeVar, cast
 import typer
 
 from db_backup import __version__
-from db_backup.cli.interrupts import SIGNAL_EXIT, run_interruptible
+from db_backup.interrupts import SIGNAL_EXIT, run_interruptible
 
 T = TypeVar("T")
 
@@ -377,7 +377,7 @@ def _print_table(table: Any) -> None:
 
 def _run_backup(loaded: Any, selected: Sequence[Any], options: _RunOptions) -> tuple[int, Any]:
     """Plan, run and report one backup run; returns the exit code and the RunReport."""
-    from db_backup.cli.interrupts import run_interruptible
+    from db_backup.interrupts import run_interruptible
     from db_backup.run import BackupRun
 
     run = BackupRun(wait=options.wait)

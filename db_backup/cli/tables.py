@@ -12,10 +12,10 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from db_backup import runtime
 from db_backup.catalog import Entry
 from db_backup.cli.render import STATUS_STYLE
 from db_backup.model import JobResult, JobStatus, Plan, RunReport
-from db_backup.storage import open_store
 from db_backup.units import format_bytes, format_duration, format_rate
 
 
@@ -58,7 +58,8 @@ def plan_table(plan: Plan, failures: Sequence[JobResult] = ()) -> Table:
     table.add_column("target file", overflow="fold")
     for job in plan.jobs:
         fmt = "globals" if job.kind == "globals" else job.backup.format
-        where = "\n".join(open_store(t.storage).location(t.filename) for t in job.targets)
+        stores = runtime.current()
+        where = "\n".join(stores.store(t.storage).location(t.filename) for t in job.targets)
         table.add_row(*map(Text, (job.name, job.database, str(job.server), fmt, where)))
     for result in failures:
         job = result.job

@@ -187,7 +187,9 @@ async def list_databases(backup: BackupConfig, password: str | None) -> list[str
 
 
 @cache
-def _client_version(pg_dump: Path) -> str:
+def _client_version(pg_dump: Path, modified: int, size: int) -> str:
+    """`pg_dump --version`, asked once per binary as it is on disk (an upgrade changes its
+    modification time and size, so an upgraded pg_dump is asked again)."""
     import subprocess
 
     try:
@@ -210,8 +212,12 @@ _probe_lock = threading.Lock()
 
 
 def client_version(pg_dump: Path) -> str:
+    try:
+        status = pg_dump.stat()
+    except OSError as exc:
+        raise ToolNotFoundError(f"{pg_dump}: cannot run: {exc.strerror or exc}") from None
     with _probe_lock:
-        return _client_version(pg_dump)
+        return _client_version(pg_dump, status.st_mtime_ns, status.st_size)
 
 
 def installed_clients() -> tuple[ClientBinary, ...]:

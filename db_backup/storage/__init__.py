@@ -13,7 +13,6 @@ its Store and Upload, and a line in `open_store`.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Protocol, TypeVar, assert_never
@@ -79,9 +78,8 @@ class Store(Protocol):
         multipart uploads. Only under the target's lock. Returns what was removed."""
 
 
-@functools.cache
 def open_store(storage: StorageConfig) -> Store:
-    """The store for a target; one per target per process (an S3 client is costly to make)."""
+    """A new store for a target (runtime.Runtime keeps one per target)."""
     match storage:
         case LocalStorage():
             from db_backup.storage.local import LocalStore

@@ -46,6 +46,7 @@ FLOORS: list[set[str]] = [
         "storage.local",
         "storage.s3",
         "sources",  # the engines' registry
+        "runtime",  # the clock, stores and engines of a run
         "sources.pg_server",
         "pgcluster",
     },
@@ -54,9 +55,9 @@ FLOORS: list[set[str]] = [
     {"prune"},
     {"job"},  # one job
     {"orchestrator"},  # many jobs
-    {"run"},  # one run
+    {"run", "interrupts"},  # one run; how signals stop one
     {"demo"},
-    {"cli", "cli.commands", "cli.interrupts", "cli.render", "cli.live", "cli.tables", "__main__"},
+    {"cli", "cli.commands", "cli.render", "cli.live", "cli.tables", "__main__"},
 ]
 
 
