@@ -12,9 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from db_backup.pgcluster import ThrowawayCluster
 from tests.seaweed import SeaweedServer
@@ -83,6 +81,9 @@ def s3_storage(server: SeaweedServer, prefix: str, **extra: Any) -> dict[str, An
 
 def create_database(cluster: ThrowawayCluster, name: str, script: str = "") -> None:
     """(Re)create database `name` and run `script` in it."""
+    import psycopg  # here: the unit tests need neither a server nor its driver
+    from psycopg import sql
+
     with psycopg.connect(**cluster.conninfo(), autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
@@ -104,6 +105,9 @@ def make_database(pg: ThrowawayCluster) -> Iterator[Any]:
         return name
 
     yield make
+    import psycopg
+    from psycopg import sql
+
     with psycopg.connect(**pg.conninfo(), autocommit=True) as conn:
         for name in created:
             conn.execute(
