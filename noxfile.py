@@ -24,9 +24,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the package."""
-    session.install("-e", ".[lint]")
-    session.run("mypy", "--strict", "db_backup")
+    """mypy --strict on the package and its tests."""
+    session.install("-e", ".[test,lint]")
+    session.run("mypy", "--strict", "db_backup", "tests")
 
 
 @nox.session

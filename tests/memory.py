@@ -118,6 +118,7 @@ class ScriptSource:
         "import sys; sys.stdout.write('-- fake dump\\n' * 2000 + '-- fake dump complete\\n')"
     )
     name: str = "fake"
+    expected_bytes: int | None = None  # what the engine expects the dump to be
     probes: list[str] = field(default_factory=list)
 
     async def probe(self, backup: BackupConfig, database: str) -> ServerInfo:
@@ -136,7 +137,7 @@ class ScriptSource:
             format="plain",
             completion=self.completion("plain", job.kind),
             compression=None,
-            expected_bytes=None,
+            expected_bytes=self.expected_bytes,
         )
 
     def maintenance_database(self, backup: BackupConfig) -> str:

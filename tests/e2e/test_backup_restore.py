@@ -93,23 +93,23 @@ def restore(pg: ThrowawayCluster, command: list[str], target_db: str, dump: Path
     env = cli_env(PGPASSWORD=pg.password)
     connection = [f"--host={pg.host}", f"--port={pg.port}", f"--username={pg.superuser}"]
     if command[0] in ("gunzip", "zstd"):
-        gunzip = subprocess.Popen([*command, "--stdout", str(dump)], stdout=subprocess.PIPE)
-        psql = subprocess.run(
-            [
-                str(pg.client_bin("psql")),
-                "--no-psqlrc",
-                "--quiet",
-                "--set=ON_ERROR_STOP=1",
-                *connection,
-                f"--dbname={target_db}",
-            ],
-            stdin=gunzip.stdout,
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-        )
-        assert gunzip.wait() == 0
+        with subprocess.Popen([*command, "--stdout", str(dump)], stdout=subprocess.PIPE) as gunzip:
+            psql = subprocess.run(
+                [
+                    str(pg.client_bin("psql")),
+                    "--no-psqlrc",
+                    "--quiet",
+                    "--set=ON_ERROR_STOP=1",
+                    *connection,
+                    f"--dbname={target_db}",
+                ],
+                stdin=gunzip.stdout,
+                capture_output=True,
+                text=True,
+                env=env,
+                check=False,
+            )
+            assert gunzip.wait() == 0
         assert psql.returncode == 0, psql.stderr
     else:
         restored = subprocess.run(
@@ -137,7 +137,8 @@ def run_backup(pg: ThrowawayCluster, tmp_path: Path, **backup: Any) -> dict[str,
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["exit_code"] == 0
-    return report["jobs"][0]
+    job: dict[str, Any] = report["jobs"][0]
+    return job
 
 
 RESTORES = {

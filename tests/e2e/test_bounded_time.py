@@ -14,12 +14,13 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from db_backup.config.schema import S3Storage
+from db_backup.config.schema import Duration, S3Storage
 from db_backup.lock import LOCK_NAME
 from db_backup.pgcluster import ThrowawayCluster
 from tests.blackhole import BlackHole
@@ -39,11 +40,39 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
+
 # Short bounds, so that a test waits them out in seconds; and long ones, so that a run is
 # surely still blocked when a signal arrives.
-QUICK = {"connect_timeout": "1s", "read_timeout": "2s", "max_attempts": 2}
-QUICKER = {"connect_timeout": "1s", "read_timeout": "1s", "max_attempts": 2}
-SLOW = {"connect_timeout": "60s", "read_timeout": "60s", "max_attempts": 1}
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float
+    read: float
+    attempts: int
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """As a target's keys."""
+        return {
+            "connect_timeout": f"{self.connect:g}s",
+            "read_timeout": f"{self.read:g}s",
+            "max_attempts": self.attempts,
+        }
+
+    @property
+    def bound(self) -> float:
+        """The documented bound on one request to a silent endpoint."""
+        target = S3Storage(
+            bucket="b",
+            connect_timeout=Duration(self.connect),
+            read_timeout=Duration(self.read),
+            max_attempts=self.attempts,
+        )
+        return target.request_bound
+
+
+QUICK = Timeouts(connect=1, read=2, attempts=2)
+QUICKER = Timeouts(connect=1, read=1, attempts=2)
+SLOW = Timeouts(connect=60, read=60, attempts=1)
 # Start-up, a small dump and the commit on a busy shared machine: generous on purpose. The
 # bound is what must not be paid several times over, which the connection counts show.
 SLACK_SECONDS = 30.0
@@ -52,15 +81,7 @@ SIGNAL_EXIT_SECONDS = 5.0
 SIGNAL_CODES = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
 
 
-def request_bound(timeouts: dict[str, Any]) -> float:
-    """The documented bound on one request to a silent endpoint (S3Storage.request_bound)."""
-    seconds = {
-        key: float(value.rstrip("s")) for key, value in timeouts.items() if key != "max_attempts"
-    }
-    return S3Storage(bucket="b", max_attempts=timeouts["max_attempts"], **seconds).request_bound
-
-
-def silent_target(hole: BlackHole, timeouts: dict[str, Any]) -> dict[str, Any]:
+def silent_target(hole: BlackHole, timeouts: Timeouts) -> dict[str, Any]:
     return {
         "kind": "s3",
         "bucket": "backups",
@@ -69,7 +90,7 @@ def silent_target(hole: BlackHole, timeouts: dict[str, Any]) -> dict[str, Any]:
         "path_style": True,
         "access_key_id": "${AWS_ACCESS_KEY_ID}",
         "secret_access_key": "${AWS_SECRET_ACCESS_KEY}",
-        **timeouts,
+        **timeouts.config,
     }
 
 
@@ -95,8 +116,8 @@ def config_with(
     return write_config(tmp_path / "backup.yml", document)
 
 
-def env_for(pg: ThrowawayCluster, **extra: str) -> dict[str, str]:
-    return cli_env(pg, AWS_ACCESS_KEY_ID="someone", AWS_SECRET_ACCESS_KEY="something", **extra)
+def env_for(pg: ThrowawayCluster) -> dict[str, str]:
+    return cli_env(pg, AWS_ACCESS_KEY_ID="someone", AWS_SECRET_ACCESS_KEY="something")
 
 
 def timed(*args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -124,8 +145,8 @@ def test_a_silent_endpoint_fails_only_its_target_within_the_bound(
     assert f"target {remote['target']} failed" in job["error"]
     assert job["error_kind"] == "targets"
     # The endpoint was asked one question (with its retries), not once per step and job.
-    assert hole.connections <= QUICK["max_attempts"]
-    assert elapsed < request_bound(QUICK) + SLACK_SECONDS
+    assert hole.connections <= QUICK.attempts
+    assert elapsed < QUICK.bound + SLACK_SECONDS
     # The wait was announced while it lasted, and how long it took once it was over.
     waiting = f"waiting  {remote['target']}: looking for what interrupted runs left"
     assert waiting in result.stderr
@@ -140,7 +161,7 @@ def test_a_server_that_stalls_mid_upload_fails_only_its_target(
     with s3.paused():
         started = time.monotonic()
         held.release()
-        stdout, stderr = held.process.communicate(timeout=request_bound(QUICK) + 120)
+        stdout, stderr = held.process.communicate(timeout=QUICK.bound + 120)
         elapsed = time.monotonic() - started
 
     assert held.process.returncode == 1, stderr
@@ -154,7 +175,7 @@ def test_a_server_that_stalls_mid_upload_fails_only_its_target(
     assert stored.endswith(b"-- PostgreSQL database dump complete\n--\n")
     assert not remote["stored"]
     assert "timed out" in remote["error"]
-    assert elapsed < request_bound(QUICK) + SLACK_SECONDS
+    assert elapsed < QUICK.bound + SLACK_SECONDS
     assert s3.objects(f"{prefix}/") == []  # nothing under a final key
 
 
@@ -173,10 +194,10 @@ class HeldDump:
         tmp_path: Path,
         start_cli: StartCli,
         prefix: str,
-        timeouts: dict[str, Any],
+        timeouts: Timeouts,
     ) -> HeldDump:
         started, gate = tmp_path / "started", tmp_path / "gate"
-        storage = [{"path": str(tmp_path / "folder")}, s3_storage(s3, prefix, **timeouts)]
+        storage = [{"path": str(tmp_path / "folder")}, s3_storage(s3, prefix, **timeouts.config)]
         config = config_with(
             pg,
             tmp_path,
@@ -298,8 +319,8 @@ def test_other_commands_name_a_silent_target_within_the_bound_and_serve_the_rest
     result, elapsed = timed(command[0], "-c", str(config), *command[1:], env=env_for(pg))
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
-    assert elapsed < request_bound(QUICKER) + SLACK_SECONDS
-    assert shared_hole.connections - asked_before <= QUICKER["max_attempts"]
+    assert elapsed < QUICKER.bound + SLACK_SECONDS
+    assert shared_hole.connections - asked_before <= QUICKER.attempts
     silent = next(line for line in output.splitlines() if "s3://backups/bounded/" in line)
     assert "timed out" in silent
     served_lines = [line for line in output.splitlines() if served in line]

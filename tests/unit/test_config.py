@@ -9,6 +9,7 @@ import pytest
 
 from db_backup.config.load import deep_merge, expand_env, load_config, parse_config
 from db_backup.config.sample import SAMPLE_CONFIG
+from db_backup.config.schema import LocalStorage, S3Storage
 from db_backup.errors import ConfigError
 
 BASE = """\
@@ -45,7 +46,9 @@ def test_defaults_merge_under_each_backup_and_nested_keys_merge_key_by_key() -> 
     assert (shop.host, shop.username, shop.port) == ("db1.internal", "backup", 5432)
     assert analytics.host == "db2.internal"
     assert analytics.username == "backup"
-    assert (analytics.targets[0].path, analytics.targets[0].prefix) == ("/var/backups/db", "hourly")
+    target = analytics.targets[0]
+    assert isinstance(target, LocalStorage)
+    assert (target.path, target.prefix) == ("/var/backups/db", "hourly")
     assert (analytics.compression.algorithm, analytics.compression.level) == ("gzip", 9)
     assert shop.targets[0].prefix == "nightly"
 
@@ -250,6 +253,7 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
         "    pg_dump_path: bin/pg_dump\n"
     )
     backup = load_config(config_file).backups[0]
+    assert isinstance(backup.targets[0], LocalStorage)
     assert backup.targets[0].path == str(tmp_path / "conf" / "out")
     assert backup.pg_dump_path == str(tmp_path / "conf" / "bin" / "pg_dump")
 
@@ -433,6 +437,7 @@ backups:
     storage: {kind: s3, bucket: vault, access_key_id: "${KEY:-}", secret_access_key: "${SECRET:-}"}
 """
     (target,) = parse_config(text, environ={}).backups[0].targets
+    assert isinstance(target, S3Storage)
     assert (target.access_key_id, target.secret_access_key) == ("", "")  # both or neither: ok
     with pytest.raises(ConfigError, match="give both access_key_id and secret_access_key"):
         parse_config(text, environ={"KEY": "AKIA1"})

@@ -7,16 +7,11 @@ from datetime import UTC, datetime
 import pytest
 
 from db_backup.config.load import parse_config
+from db_backup.config.schema import Config
 from db_backup.errors import ConfigError, SelectionError
 from db_backup.model import JobKind, Server
-from db_backup.plan import (
-    build_plan,
-    default_concurrency,
-    matching_databases,
-    safe_component,
-    select_backups,
-    timestamp,
-)
+from db_backup.naming import safe_component, timestamp
+from db_backup.plan import build_plan, default_concurrency, matching_databases, select_backups
 
 NOW = datetime(2026, 11, 26, 3, 4, 5, tzinfo=UTC)
 
@@ -42,7 +37,7 @@ backups:
 """
 
 
-def config():  # type: ignore[no-untyped-def]
+def config() -> Config:
     return parse_config(CONFIG, environ={})
 
 
@@ -211,7 +206,7 @@ backups:
     # Should a config get past that (the check bypassed here), only that job fails.
     import msgspec
 
-    from db_backup.plan import unusable_name
+    from db_backup.naming import unusable_name
 
     config = parse_config(text.replace("p" * 100, "p"), environ={})
     wild, short = config.backups

@@ -10,7 +10,15 @@ from rich.console import Console
 from db_backup.cli.live import LiveRenderer
 from db_backup.cli.render import PlainRenderer
 from db_backup.config.load import parse_config
-from db_backup.model import JobFinished, JobProgress, JobQueued, JobResult, JobStarted, JobStatus
+from db_backup.model import (
+    JobEvent,
+    JobFinished,
+    JobProgress,
+    JobQueued,
+    JobResult,
+    JobStarted,
+    JobStatus,
+)
 from db_backup.plan import build_plan
 
 
@@ -46,7 +54,7 @@ def test_hundreds_of_jobs_show_running_rows_plus_counts() -> None:
 
 def test_plain_renderer_lines_and_quiet_mode() -> None:
     job = many_jobs(1)[0]
-    events = [
+    events: list[JobEvent] = [
         JobStarted(job, None),
         JobProgress(job, 10, 5),
         JobFinished(JobResult(job, JobStatus.FAILED, error="pg_dump exited with code 1")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
@@ -11,9 +12,19 @@ from db_backup.catalog import Entry
 from db_backup.config.schema import Duration
 from db_backup.config.schema import RetentionConfig as Policy
 from db_backup.prune import plan_prune
-from db_backup.retention import PERIODS, Backup, decide
+from db_backup.retention import Backup, decide
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+# The calendar periods, written out here rather than taken from the code under test: UTC
+# hours, days, ISO weeks, months, years.
+PERIODS: dict[str, Callable[[datetime], str]] = {
+    "hourly": lambda t: t.astimezone(UTC).strftime("%Y-%m-%d %H"),
+    "daily": lambda t: t.astimezone(UTC).strftime("%Y-%m-%d"),
+    "weekly": lambda t: t.astimezone(UTC).strftime("%G-W%V"),
+    "monthly": lambda t: t.astimezone(UTC).strftime("%Y-%m"),
+    "yearly": lambda t: t.astimezone(UTC).strftime("%Y"),
+}
 
 histories = st.lists(
     st.integers(min_value=0, max_value=3 * 365 * 24 * 60),  # minutes before NOW
@@ -48,7 +59,7 @@ def test_policy_invariants(backups: list[Backup], policy: Policy) -> None:
     assert {b.id for b in newest_first[: policy.keep_last]} <= kept
     for name, period in PERIODS.items():
         count = getattr(policy, f"keep_{name}")
-        newest_per_period: dict[tuple[int, ...], Backup] = {}
+        newest_per_period: dict[str, Backup] = {}
         for backup in newest_first:
             newest_per_period.setdefault(period(backup.taken_at), backup)
         recent = sorted(newest_per_period, reverse=True)[:count]
@@ -74,7 +85,7 @@ def test_deleted_backups_are_kept_by_no_rule(backups: list[Backup], policy: Poli
         wanted |= {b.id for b in backups}
     wanted |= {b.id for b in newest_first[: policy.keep_last]}
     for name, period in PERIODS.items():
-        newest_per_period: dict[tuple[int, ...], Backup] = {}
+        newest_per_period: dict[str, Backup] = {}
         for backup in newest_first:
             newest_per_period.setdefault(period(backup.taken_at), backup)
         for bucket in sorted(newest_per_period, reverse=True)[: getattr(policy, f"keep_{name}")]:

@@ -74,30 +74,39 @@ def test_an_empty_parallel_stream_is_still_valid_gzip() -> None:
     assert tool(["gunzip", "-c"], stored) == b""
 
 
-def test_parallel_compression_keeps_at_most_two_blocks_per_thread_in_flight() -> None:
-    lock = threading.Lock()
-    in_flight = peak = 0
+def test_a_slow_compressor_holds_the_feeder_back_after_two_blocks_per_thread() -> None:
+    """Back-pressure, seen from outside: while compression is held, `feed` takes two blocks
+    per thread (each chunk here is one block) and then waits, so memory cannot grow."""
+    release = threading.Event()
     compress = gzip_block_compressor(1)
 
-    def counting(block: bytes) -> bytes:
-        nonlocal in_flight, peak
-        with lock:
-            in_flight += 1
-            peak = max(peak, in_flight)
-        try:
-            return compress(block)
-        finally:
-            with lock:
-                in_flight -= 1
+    def held(block: bytes) -> bytes:
+        release.wait()
+        return compress(block)
 
-    stage = ParallelBlocksStage(counting, threads=2, block_bytes=64 * 1024)
-    pending_peak = 0
-    for chunk in CHUNKS:
-        stage.feed(chunk)
-        pending_peak = max(pending_peak, len(stage._in_flight))
-    stage.flush()
-    assert pending_peak <= 4
-    assert peak <= 2
+    stage = ParallelBlocksStage(held, threads=2, block_bytes=64 * 1024)
+    fed: list[bytes] = []
+    output: list[bytes] = []
+
+    def feeder() -> None:
+        for chunk in CHUNKS:
+            output.append(stage.feed(chunk))
+            fed.append(chunk)
+        output.append(stage.flush())
+
+    thread = threading.Thread(target=feeder, daemon=True)
+    thread.start()
+    try:
+        # Without back-pressure the feeder would be through all 40 chunks at once.
+        thread.join(timeout=0.5)
+        assert thread.is_alive()
+        assert len(fed) == 2 * 2
+    finally:
+        release.set()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert len(fed) == len(CHUNKS)
+    assert gzip.decompress(b"".join(output)) == RAW
 
 
 def test_zstd_is_read_by_the_zstd_tool_and_carries_a_checksum() -> None:

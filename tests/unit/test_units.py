@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from db_backup.units import format_bytes, format_duration, format_rate, parse_duration
@@ -43,7 +45,7 @@ def test_parse_duration(text: str | int | float, seconds: float) -> None:
         float("inf"),
     ],
 )
-def test_parse_duration_rejects(bad: object) -> None:
+def test_parse_duration_rejects(bad: Any) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(bad)
 
