@@ -9,21 +9,33 @@ than raised one at a time, so a user fixes a file in one pass.
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import os
-import re
 import typing
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from db_backup.config.checks import (
+    exposed_secret_warnings,
+    file_name_problems,
+    same_places,
+    secret_file_warnings,
+    shared_folder_warnings,
+)
+from db_backup.config.convert import (
+    MSGSPEC_PATH,
+    PATH_TOKEN,
+    decode_custom,
+    humanize,
+    item_type,
+    lookup,
+    nested_struct,
+    struct_fields,
+)
+from db_backup.config.document import Document, KeyPath
+from db_backup.config.merge import Origin, deep_merge, default_storage_kind, same_storage_kind
 from db_backup.config.schema import (
     ALL_DATABASES,
     LEVEL_RANGES,
@@ -32,27 +44,14 @@ from db_backup.config.schema import (
     NAME_RULE,
     SECRET_FIELDS,
     BackupConfig,
-    ByteSize,
     Config,
-    Duration,
     LocalStorage,
     RawConfig,
     StorageConfig,
 )
+from db_backup.config.variables import ENV_FORMS, expand_env
 from db_backup.errors import ConfigError, ConfigIssue
-from db_backup.naming import file_prefix, longest_file_names, unusable_name
-from db_backup.place import place_of, shared_folder_risk
-from db_backup.units import parse_duration, parse_size
 
-KeyPath = tuple[str | int, ...]
-Position = tuple[int, int]  # 0-based line, column as ruamel reports them
-
-# Bounds on a config document (see _Document): generous for any real config.
-MAX_CONFIG_CHARACTERS = 1_000_000
-MAX_CONFIG_VALUES = 100_000
-MAX_CONFIG_DEPTH = 50
-_MSGSPEC_PATH = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
-_PATH_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 # Keys whose relative paths are taken relative to the config file, not the working directory
 # (cron runs in /, and a config should mean the same thing wherever it is run from).
 _PATH_KEYS = ("password_file", "pg_dump_path")
@@ -93,55 +92,11 @@ def load_config(
         only=only,
     )
     warnings = [
-        *_exposed_secret_warnings(source, config),
-        *_secret_file_warnings(config),
-        *_shared_folder_warnings(config),
+        *exposed_secret_warnings(source, config),
+        *secret_file_warnings(config),
+        *shared_folder_warnings(config),
     ]
     return msgspec.structs.replace(config, warnings=tuple(warnings))
-
-
-def _exposed_secret_warnings(source: Path, config: Config) -> list[str]:
-    """A literal password or secret key in a file other users can read is a leak waiting
-    to happen."""
-    mode = source.stat().st_mode & 0o777
-    if not mode & 0o044 or not config.literal_secret_lines:
-        return []
-    where = ", ".join(str(n) for n in config.literal_secret_lines)
-    display = config.source
-    return [
-        f"{display} is readable by other users (mode {mode:04o}) and holds a literal secret "
-        f"(line {where}); chmod 600 it, or use ${{VAR}} or password_file"
-    ]
-
-
-def _secret_file_warnings(config: Config) -> list[str]:
-    warnings = []
-    for path in sorted({b.password_file for b in config.backups if b.password_file}):
-        try:
-            mode = Path(path).stat().st_mode & 0o777
-        except OSError:
-            continue  # reported when a job needs it
-        if mode & 0o004:
-            warnings.append(
-                f"password_file {path} is readable by every user (mode {mode:04o}); chmod 600 it"
-            )
-    return warnings
-
-
-def _shared_folder_warnings(config: Config) -> list[str]:
-    """Storage folders other users may write to: a warning; one that runs will refuse (see
-    storage.local.shared_folder_risk) says so."""
-    warnings = []
-    targets = {t for b in config.backups for t in b.targets if isinstance(t, LocalStorage)}
-    for target in sorted(targets, key=lambda t: t.path):
-        risk = shared_folder_risk(Path(target.path))
-        if risk is None:
-            continue
-        refused, why = risk
-        if refused and not target.allow_world_writable:
-            why += "; backups will refuse it: chmod o-w (or +t), or set allow_world_writable: true"
-        warnings.append(why)
-    return warnings
 
 
 def parse_config(
@@ -154,241 +109,15 @@ def parse_config(
     only: Sequence[str] | None = None,
 ) -> Config:
     """Validate config text; `display` names the file in messages."""
-    document = _Document.parse(text, display)
+    document = Document.parse(text, display)
     loader = _Loader(document, os.environ if environ is None else environ, base_dir or Path.cwd())
     loader.require_env = require_env
     loader.only = only
     return loader.load()
 
 
-@dataclass
-class _Document:
-    """Plain data from the YAML plus where each key and value sits in the file."""
-
-    file: str
-    data: Any
-    value_positions: dict[KeyPath, Position] = field(default_factory=dict)
-    key_positions: dict[KeyPath, Position] = field(default_factory=dict)
-
-    values: int = 0  # seen by _index, aliases counted each time they are used
-
-    @classmethod
-    def parse(cls, text: str, file: str) -> _Document:
-        if len(text) > MAX_CONFIG_CHARACTERS:
-            raise ConfigError(
-                [
-                    ConfigIssue(
-                        file,
-                        None,
-                        None,
-                        "",
-                        f"{len(text)} characters: a config may have "
-                        f"{MAX_CONFIG_CHARACTERS} at most",
-                    )
-                ]
-            )
-        yaml = YAML(typ="rt", pure=True)
-        try:
-            tree = yaml.load(text)
-        except MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            problem = _without_values(exc.problem or exc.context or "invalid YAML")
-            if mark is None:
-                raise ConfigError([ConfigIssue(file, None, None, "", problem)]) from None
-            issue = ConfigIssue(file, mark.line + 1, mark.column + 1, "", f"YAML: {problem}")
-            raise ConfigError([issue]) from None
-        except YAMLError as exc:
-            issue = ConfigIssue(file, None, None, "", f"YAML: {_without_values(str(exc))}")
-            raise ConfigError([issue]) from None
-        except RecursionError:
-            issue = ConfigIssue(file, None, None, "", "YAML: nested too deeply")
-            raise ConfigError([issue]) from None
-        document = cls(file, None)
-        document.data = document._index(tree, ())
-        return document
-
-    def _index(self, node: Any, path: KeyPath) -> Any:
-        # Bounds against a hostile document: a few aliases can stand for billions of values
-        # (each alias of an alias multiplies), and deep nesting exhausts the stack.
-        self.values += 1
-        if self.values > MAX_CONFIG_VALUES:
-            raise ConfigError(
-                [
-                    self.issue(
-                        path,
-                        f"more than {MAX_CONFIG_VALUES} values once YAML aliases "
-                        "are expanded; a config needs far fewer",
-                    )
-                ]
-            )
-        if len(path) > MAX_CONFIG_DEPTH:
-            raise ConfigError([self.issue(path, f"nested more than {MAX_CONFIG_DEPTH} deep")])
-        if isinstance(node, CommentedMap):
-            plain: dict[Any, Any] = {}
-            for key, value in node.items():
-                child = (*path, str(key))
-                # A key brought in by a merge (`<<: *anchor`) is located where it is written.
-                source = next(
-                    (m for m in [node, *getattr(node, "merge", ())] if key in m.lc.data), None
-                )
-                if source is not None:
-                    self.key_positions[child] = source.lc.key(key)
-                    self.value_positions[child] = source.lc.value(key)
-                plain[str(key)] = self._index(value, child)
-            return plain
-        if isinstance(node, CommentedSeq):
-            items = []
-            for index, value in enumerate(node):
-                child = (*path, index)
-                self.value_positions[child] = node.lc.item(index)
-                self.key_positions[child] = node.lc.item(index)
-                items.append(self._index(value, child))
-            return items
-        if isinstance(node, str):
-            return str(node)  # ruamel's scalar string subclasses → plain str
-        return node
-
-    def issue(self, path: KeyPath, message: str, *, at_key: bool = False) -> ConfigIssue:
-        """An issue located at `path` (the key itself with at_key, else its value)."""
-        positions = self.key_positions if at_key else self.value_positions
-        probe = path
-        while probe and probe not in positions:  # missing keys point at their parent
-            probe = probe[:-1]
-        line, column = positions.get(probe, (None, None)) if probe else (None, None)
-        return ConfigIssue(
-            self.file,
-            None if line is None else line + 1,
-            None if column is None else column + 1,
-            format_path(path),
-            message,
-        )
-
-
-def _without_values(problem: str) -> str:
-    """ruamel's duplicate-key message quotes both values, which may be secrets: drop them."""
-    return re.sub(r' with value ".*?"(?: \(original value: ".*?"\))?', "", problem, flags=re.S)
-
-
-def format_path(path: KeyPath) -> str:
-    """("backups", 1, "port") → "backups[1].port"."""
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text
-
-
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-ENV_FORMS = "${VAR}, ${VAR:-default} or ${VAR-default} (and $$ for a literal $)"
-
-
-def expand_env(value: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
-    """Expand `${VAR}`, `${VAR:-default}` (VAR unset or empty) and `${VAR-default}` (VAR
-    unset) as a shell does, defaults holding references of their own; `$$` is a literal `$`.
-
-    Returns the text and the names of referenced variables that are not set (and needed).
-    Any other `${...}` form raises ValueError: a silently wrong value is worse than none."""
-    missing: list[str] = []
-    text, end = _expand_until(value, 0, environ, missing, closing=False)
-    assert end == len(value)
-    return text, missing
-
-
-def _expand_until(
-    value: str, start: int, environ: Mapping[str, str], missing: list[str], *, closing: bool
-) -> tuple[str, int]:
-    """Expand from `start` to the end, or (`closing`) to the `}` that closes a default;
-    returns the text and where it stopped (after that `}`)."""
-    out: list[str] = []
-    i = start
-    while i < len(value):
-        if value.startswith("$$", i):
-            out.append("$")
-            i += 2
-        elif value.startswith("${", i):
-            text, i = _reference(value, i + 2, environ, missing)
-            out.append(text)
-        elif closing and value[i] == "}":
-            return "".join(out), i + 1
-        else:
-            out.append(value[i])
-            i += 1
-    if closing:
-        raise ValueError("a ${ is not closed by }")
-    return "".join(out), i
-
-
-def _reference(
-    value: str, start: int, environ: Mapping[str, str], missing: list[str]
-) -> tuple[str, int]:
-    """One `${...}` whose name starts at `start`: its text and where it ends."""
-    name = _NAME.match(value, start)
-    after = name.end() if name else start
-    operator = next((op for op in ("}", ":-", "-") if value.startswith(op, after)), None)
-    if name is None or operator is None:
-        shown = value[start - 2 : value.find("}", start) + 1 or len(value)]
-        raise ValueError(f"unsupported reference {shown!r}: use {ENV_FORMS}")
-    variable = environ.get(name.group())
-    if operator == "}":
-        if variable is None:
-            missing.append(name.group())
-        return variable or "", after + 1
-    use_default = variable is None or (operator == ":-" and variable == "")
-    # The default is expanded only when it is used (a shell does the same): a variable
-    # named in an unused default need not be set.
-    ignored: list[str] = []
-    default, end = _expand_until(
-        value, after + len(operator), environ, missing if use_default else ignored, closing=True
-    )
-    return (default if use_default else variable or ""), end
-
-
-@dataclass
-class _Origin:
-    """Where each key of one merged backup came from: the backup entry or `defaults:`."""
-
-    entry: Mapping[Any, Any]
-    defaults: Mapping[Any, Any]
-    entry_path: KeyPath
-    defaults_path: KeyPath
-
-    def locate(self, path: KeyPath) -> KeyPath:
-        """The document path a merged path came from."""
-        entry, defaults = self.entry, self.defaults
-        entry_path, defaults_path = self.entry_path, self.defaults_path
-        for depth, part in enumerate(path):
-            in_entry = isinstance(entry, Mapping) and part in entry
-            in_defaults = isinstance(defaults, Mapping) and part in defaults
-            both_mappings = (
-                in_entry
-                and in_defaults
-                and isinstance(entry[part], dict)
-                and isinstance(defaults[part], dict)
-            )
-            if both_mappings:
-                entry, defaults = entry[part], defaults[part]
-                entry_path, defaults_path = (*entry_path, part), (*defaults_path, part)
-                continue
-            if in_entry:
-                return (*entry_path, *path[depth:])
-            if in_defaults:
-                return (*defaults_path, *path[depth:])
-            return (*entry_path, *path[depth:])
-        return entry_path
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """`override` on top of `base`; nested mappings merge key by key, anything else replaces."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 class _Loader:
-    def __init__(self, document: _Document, environ: Mapping[str, str], base_dir: Path) -> None:
+    def __init__(self, document: Document, environ: Mapping[str, str], base_dir: Path) -> None:
         self.document = document
         self.environ = environ
         self.base_dir = base_dir
@@ -410,7 +139,7 @@ class _Loader:
             {key: value for key, value in doc.data.items() if not key.startswith("x-")}, ()
         )
         self._check_keys(data, RawConfig, ())
-        known = _struct_fields(RawConfig)
+        known = struct_fields(RawConfig)
         raw = self._convert(
             {key: value for key, value in data.items() if key in known}, RawConfig, lambda p: p
         )
@@ -491,7 +220,7 @@ class _Loader:
         """Report every unknown key under `path`, with the nearest valid one as a hint."""
         if not isinstance(mapping, dict):
             return
-        known = _struct_fields(struct)
+        known = struct_fields(struct)
         for key, value in mapping.items():
             where = origin.locate((*path, key)) if origin else (*path, key)
             if key not in known:
@@ -505,13 +234,13 @@ class _Loader:
                 self._add(self.document.issue(where, message, at_key=True))
                 continue
             if isinstance(value, list):
-                item_type = _item_type(known[key])
-                for index, item in enumerate(value if item_type is not None else ()):
-                    nested = _nested_struct(item_type, item)
+                element = item_type(known[key])
+                for index, item in enumerate(value if element is not None else ()):
+                    nested = nested_struct(element, item)
                     if nested is not None:
                         self._check_keys(item, nested, (*path, key, index), origin)
                 continue
-            nested = _nested_struct(known[key], value)
+            nested = nested_struct(known[key], value)
             if nested is not None:
                 self._check_keys(value, nested, (*path, key), origin)
 
@@ -529,7 +258,7 @@ class _Loader:
             )
             return None
         defaults = dict(raw.defaults)
-        if not _same_storage_kind(defaults.get("storage"), entry.get("storage")):
+        if not same_storage_kind(defaults.get("storage"), entry.get("storage")):
             defaults.pop("storage", None)  # a target of another kind, or a list, replaces
         # A backup's own secret replaces the inherited one of the other kind.
         for own, inherited in (("password", "password_file"), ("password_file", "password")):
@@ -537,8 +266,8 @@ class _Loader:
                 defaults.pop(inherited, None)
         merged = deep_merge({"type": "postgres", **defaults}, entry)
         if "storage" in merged:
-            merged["storage"] = _default_storage_kind(merged["storage"])
-        origin = _Origin(entry, raw.defaults, entry_path, ("defaults",))
+            merged["storage"] = default_storage_kind(merged["storage"])
+        origin = Origin(entry, raw.defaults, entry_path, ("defaults",))
         before = len(self.issues)
         self._check_keys(merged, BackupConfig, (), origin)
         if len(self.issues) > before:
@@ -550,7 +279,7 @@ class _Loader:
             return None
         return self._check_backup(backup, origin)
 
-    def _check_backup(self, backup: BackupConfig, origin: _Origin) -> BackupConfig | None:
+    def _check_backup(self, backup: BackupConfig, origin: Origin) -> BackupConfig | None:
         before = len(self.issues)
 
         def problem(key: KeyPath, message: str) -> None:
@@ -596,7 +325,7 @@ class _Loader:
                 if (value := getattr(backup, key)) is not None
             },
         )
-        for index, first, place in _same_places(resolved):
+        for index, first, place in same_places(resolved):
             targets = resolved.targets
             problem(
                 _storage_path(backup, index),
@@ -625,54 +354,8 @@ class _Loader:
                 seen[name] = index
 
     def _check_file_names(self, backups: Sequence[BackupConfig | None]) -> None:
-        """Every file name must fit its target (255 bytes in a folder, 1024 in a bucket key),
-        and two backups must not write files of the same names in one place: `nightly_a`
-        with no prefix and `a` with `prefix: nightly` in one folder would (see place.py:
-        two spellings of one folder are one place); so would backup `all.shop` and the
-        job a `database: "*"` backup `all` makes for a database `shop`."""
-        present = [(index, backup) for index, backup in enumerate(backups) if backup]
-        owners: dict[tuple[str, str], tuple[int, BackupConfig]] = {}
-        for index, backup in present:
-            for storage in backup.targets:
-                problem = next(
-                    filter(
-                        None,
-                        map(partial(unusable_name, storage), longest_file_names(backup, storage)),
-                    ),
-                    None,
-                )
-                if problem is not None:
-                    longest = "for the longest database names, " if backup.is_wildcard else ""
-                    self._name_issue(index, f"on {storage.label}: {longest}{problem}")
-                key = (place_of(storage), file_prefix(storage, backup.name))
-                owner = owners.setdefault(key, (index, backup))[1]
-                if owner is not backup:
-                    self._name_issue(
-                        index,
-                        f"backups {owner.name!r} and {backup.name!r} would write files of the "
-                        f"same names ({key[1]}<time>...) in {storage.label}",
-                    )
-        for (place, start), (index, backup) in owners.items():
-            for (wildcard_place, wildcard_start), (_, wildcard) in owners.items():
-                stem = wildcard_start[:-1] + "."  # the start of its databases' jobs' files
-                database = start[len(stem) : -1]
-                if (
-                    not wildcard.is_wildcard
-                    or backup.is_wildcard
-                    or place != wildcard_place
-                    or not start.startswith(stem)
-                    or any(fnmatch.fnmatchcase(database, p) for p in wildcard.exclude)
-                ):
-                    continue
-                self._name_issue(
-                    index,
-                    f"backup {backup.name!r} would write files of the same names as backup "
-                    f'{wildcard.name!r} (database: "*") writes for a database named '
-                    f"{database!r}; rename one, or exclude {database!r} there",
-                )
-
-    def _name_issue(self, index: int, message: str) -> None:
-        self._add(self.document.issue(("backups", index, "name"), message))
+        for index, message in file_name_problems(backups):
+            self._add(self.document.issue(("backups", index, "name"), message))
 
     def _backup_entries(self) -> Iterator[Any]:
         data = self.document.data
@@ -683,15 +366,15 @@ class _Loader:
 
     def _convert(self, data: Any, target: type[Any], locate: Any, name: Any = None) -> Any:
         try:
-            return msgspec.convert(data, target, strict=False, dec_hook=_decode_custom)
+            return msgspec.convert(data, target, strict=False, dec_hook=decode_custom)
         except msgspec.ValidationError as exc:
-            match = _MSGSPEC_PATH.match(str(exc))
+            match = MSGSPEC_PATH.match(str(exc))
             message, dotted = (match["message"], match["path"]) if match else (str(exc), "")
             path: KeyPath = tuple(
-                int(index) if index else key for key, index in _PATH_TOKEN.findall(dotted)
+                int(index) if index else key for key, index in PATH_TOKEN.findall(dotted)
             )
-            value = _lookup(data, path)
-            text = _humanize(message, path, value, target)
+            value = lookup(data, path)
+            text = humanize(message, path, value, target)
             if isinstance(name, str):
                 text += f" (backup {name!r})"
             self._add(self.document.issue(locate(path), text))
@@ -713,131 +396,6 @@ class _Loader:
             raise ConfigError(ordered)
 
 
-def _decode_custom(target: type[Any], value: Any) -> Any:
-    if target is Duration:
-        return Duration(parse_duration(value))
-    if target is ByteSize:
-        return ByteSize(parse_size(value))
-    raise NotImplementedError(target)
-
-
-def _struct_fields(struct: type[Any]) -> dict[str, Any]:
-    info = msgspec.inspect.type_info(struct)
-    fields: dict[str, Any] = {}
-    if isinstance(info, msgspec.inspect.StructType):
-        if info.tag_field:
-            fields[info.tag_field] = msgspec.inspect.LiteralType((info.tag,))
-        for field_info in info.fields:
-            fields[field_info.encode_name] = field_info.type
-    return fields
-
-
-def _nested_struct(type_info: Any, value: Any) -> type[Any] | None:
-    """The struct a mapping `value` will become: for a tagged union, the member its tag
-    names (the first when the tag is missing; none when it is unknown: conversion reports
-    that, rather than keys that another kind would not know)."""
-    if isinstance(type_info, msgspec.inspect.StructType):
-        cls: type[Any] = type_info.cls
-        return cls
-    if isinstance(type_info, msgspec.inspect.UnionType):
-        members = [t for t in type_info.types if isinstance(t, msgspec.inspect.StructType)]
-        tag = value.get(members[0].tag_field) if members and isinstance(value, dict) else None
-        fallback = members[0] if members and tag is None else None  # unknown kind: msgspec says
-        chosen = next((m for m in members if m.tag == tag), fallback)
-        return None if chosen is None else chosen.cls
-    return None
-
-
-def _item_type(type_info: Any) -> Any:
-    """The element type of a list-like field (or list-like member of a union), if any."""
-    candidates = (
-        type_info.types if isinstance(type_info, msgspec.inspect.UnionType) else (type_info,)
-    )
-    for candidate in candidates:
-        if isinstance(candidate, msgspec.inspect.VarTupleType | msgspec.inspect.ListType):
-            return candidate.item_type
-    return None
-
-
-def _same_storage_kind(inherited: Any, own: Any) -> bool:
-    """May `own` storage settings merge key by key over `inherited` ones? Only one target
-    each, of the same kind; anything else (a list, another kind) replaces what is inherited."""
-    if own is None:
-        return True
-    if not isinstance(inherited, dict) or not isinstance(own, dict):
-        return False
-    return bool(inherited.get("kind", "local") == own.get("kind", "local"))
-
-
-def _default_storage_kind(storage: Any) -> Any:
-    """`kind: local` is implied when a storage mapping names no kind."""
-    if isinstance(storage, dict) and "kind" not in storage:
-        return {"kind": "local", **storage}
-    if isinstance(storage, list):
-        return [_default_storage_kind(item) for item in storage]
-    return storage
-
-
-_STORAGE_KINDS = tuple(
-    msgspec.inspect.type_info(kind).tag  # type: ignore[attr-defined]
-    for kind in typing.get_args(StorageConfig)
-)
-
-
 def _storage_path(backup: BackupConfig, index: int) -> KeyPath:
     """Where a backup's `index`-th target is written: `storage` or `storage[index]`."""
     return ("storage", index) if isinstance(backup.storage, tuple) else ("storage",)
-
-
-def _same_places(backup: BackupConfig) -> Iterator[tuple[int, int, str]]:
-    """(index, index of the first, place) for each target that repeats an earlier one's
-    place, however differently spelled (see place.py)."""
-    places = [place_of(target) for target in backup.targets]
-    for index, place in enumerate(places):
-        first = places.index(place)
-        if first < index:
-            yield index, first, place
-
-
-def _lookup(data: Any, path: KeyPath) -> Any:
-    for part in path:
-        try:
-            data = data[part]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return data
-
-
-def _choices(struct: type[Any], path: KeyPath) -> tuple[Any, ...]:
-    """The allowed values of a Literal-typed field, for 'expected one of' hints."""
-    type_info: Any = msgspec.inspect.type_info(struct)
-    for part in path:
-        if isinstance(part, int) or not isinstance(type_info, msgspec.inspect.StructType):
-            return ()
-        type_info = _struct_fields(type_info.cls).get(part)
-    if isinstance(type_info, msgspec.inspect.LiteralType):
-        return tuple(type_info.values)
-    return ()
-
-
-def _humanize(message: str, path: KeyPath, value: Any, target: type[Any]) -> str:
-    """msgspec's "Expected `int`, got `str`" → 'expected int, got "abc"'."""
-    secret = bool(path) and path[-1] in SECRET_FIELDS
-    shown = "***" if secret else (f'"{value}"' if isinstance(value, str) else repr(value))
-    missing = re.match(r"Object missing required field `(.+)`", message)
-    if missing:
-        return f"missing required key {missing.group(1)!r}"
-    text = message.replace("`", "")
-    text = text[:1].lower() + text[1:]
-    if text.startswith("invalid enum value") or text.startswith("invalid value"):
-        choices = _choices(target, path) or (_STORAGE_KINDS if path[-1:] == ("kind",) else ())
-        text = f"invalid value {shown}"
-        if choices:
-            text += f"; expected one of: {', '.join(str(c) for c in choices)}"
-        return text
-    got = re.match(r"(expected [^,]+), got \w+$", text)
-    if got:
-        return f"{got.group(1)}, got {shown}"
-    if text.startswith("expected") and value is not None:
-        return f"{text}, got {shown}"
-    return text

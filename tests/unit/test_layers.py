@@ -24,10 +24,14 @@ FLOORS: list[set[str]] = [
         "config",
         "config.schema",
         "config.sample",
+        "config.document",
+        "config.variables",
         "stages",
     },
     # the domain's values and pure rules
     {
+        "config.merge",
+        "config.convert",
         "model",
         "naming",
         "place",
@@ -42,6 +46,7 @@ FLOORS: list[set[str]] = [
     # the config loader; I/O with one thing: a store, a server, a throwaway cluster
     {
         "config.load",
+        "config.checks",
         "storage",
         "storage.local",
         "storage.s3",
