@@ -1,5 +1,5 @@
 """`python -m db_backup` runs the CLI."""
 
-from db_backup.cli import main
+from db_backup.cli.commands import main
 
 main()

@@ -1,5 +1,3 @@
-"""The command-line edge: typer commands that parse options, call one function, pick an exit."""
-
-from db_backup.cli.commands import app, main
-
-__all__ = ["app", "main"]
+"""The command-line edge: typer commands (commands.py) that parse options, call one function
+and leave with the exit code exits.py decides; setup.py prepares the process, render.py,
+live.py and tables.py print. This package imports nothing itself."""

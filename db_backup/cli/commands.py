@@ -9,34 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
-from collections.abc import Coroutine, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar, cast
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from db_backup import __version__
-from db_backup.interrupts import SIGNAL_EXIT, run_interruptible
+from db_backup.cli import exits, setup
+from db_backup.interrupts import run_interruptible
 
 T = TypeVar("T")
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-EXIT_CODES_HELP = """\
-Exit codes: 0 all backups succeeded; 1 one or more backups (or checks) failed;
-2 usage or config error; 130 interrupted by SIGINT (Ctrl-C); 143 stopped by SIGTERM.
-"""
 
 app = typer.Typer(
     name="db-backup",
     help="Back up many PostgreSQL databases in parallel: streamed, compressed, atomic.",
-    epilog=EXIT_CODES_HELP,
+    epilog=exits.EXIT_CODES_HELP,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -45,14 +35,6 @@ app = typer.Typer(
 )
 
 log = logging.getLogger("db_backup")
-
-# Secrets that may come from the environment, masked in every log line (see redact.py).
-SECRET_VARIABLES = (
-    "PGPASSWORD",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN",
-)
 
 ConfigOption = Annotated[
     Path,
@@ -80,7 +62,7 @@ NamesOption = Annotated[
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"db-backup {__version__}")
-        raise typer.Exit(EXIT_OK)
+        raise typer.Exit(exits.EXIT_OK)
 
 
 @app.callback()
@@ -101,109 +83,9 @@ def _root(
 ) -> None:
     """Back up many PostgreSQL databases in parallel: streamed, compressed, atomic."""
     try:
-        configure_logging(log_level)
+        setup.configure_logging(log_level)
     except ValueError as exc:
-        _fail_usage(str(exc))
-
-
-class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever sys.stderr is now, so rich's live display can redirect logs."""
-
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: Any) -> None:
-        pass
-
-
-def configure_logging(spec: str) -> None:
-    """Apply `warning`, `debug` or `info,db_backup.process=debug`-style log settings."""
-    levels: dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        logger, _, level = part.rpartition("=")
-        number = logging.getLevelNamesMapping().get(level.upper())
-        if number is None:
-            raise ValueError(
-                f"invalid log level {level!r} in {spec!r}; use error, warning, info or debug"
-            )
-        levels[logger] = number
-    from db_backup.redact import SecretFilter, remember
-
-    handler = _CurrentStderr()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(SecretFilter())
-    for variable in SECRET_VARIABLES:
-        remember(os.environ.get(variable))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(levels.pop("", logging.WARNING))
-    for logger, number in levels.items():
-        logging.getLogger(logger).setLevel(number)
-
-
-def _load_config(path: Path, *, require_env: bool = True, only: Sequence[str] | None = None) -> Any:
-    """Load a config and print its warnings (exposed secrets) on stderr."""
-    from db_backup.config.load import load_config
-    from db_backup.redact import remember
-
-    loaded = load_config(path, require_env=require_env, only=only)
-    for backup in loaded.backups:
-        remember(backup.password)
-        for target in backup.targets:
-            remember(getattr(target, "secret_access_key", None))
-    for warning in loaded.warnings:
-        typer.echo(f"db-backup: warning: {warning}", err=True)
-    return loaded
-
-
-def use_one_malloc_arena() -> None:
-    """Ask glibc for a single heap ("arena") for all threads; call before any thread starts.
-
-    glibc gives each thread an arena of its own and keeps freed memory there: with
-    compression threads, peak RSS grew with the dump (parallel gzip: 64 MiB for a 20 MB
-    database, 72 MiB for 200 MB). One arena kept it flat (57 and 59 MiB) at the same speed.
-    Elsewhere than glibc this is a no-op."""
-    import contextlib
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX = -8 in glibc's malloc.h
-
-
-def _fail_usage(message: str) -> NoReturn:
-    typer.echo(f"db-backup: {message}", err=True)
-    raise typer.Exit(EXIT_USAGE)
-
-
-def _interruptible(main: Coroutine[Any, Any, T]) -> T:
-    """Run `main`; SIGINT or SIGTERM ends the command at once, with exit 130 / 143."""
-    outcome = run_interruptible(main)
-    if outcome.interrupted_by is not None:
-        typer.echo(f"db-backup: interrupted by {outcome.interrupted_by}", err=True)
-        raise typer.Exit(SIGNAL_EXIT[outcome.interrupted_by])
-    return cast(T, outcome.value)
-
-
-@contextmanager
-def _errors_to_exit_codes() -> Iterator[None]:
-    """BackupErrors → a message on stderr and exit 2 (config/usage) or 1; never a traceback."""
-    from db_backup.errors import BackupError, ConfigError, SelectionError
-
-    try:
-        yield
-    except ConfigError as exc:
-        noun = "problem" if len(exc.issues) == 1 else "problems"
-        typer.echo(f"db-backup: config {noun}:", err=True)
-        for issue in exc.issues:
-            typer.echo(f"  {issue}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
-    except SelectionError as exc:
-        _fail_usage(str(exc))
-    except BackupError as exc:
-        typer.echo(f"db-backup: error: {exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from None
+        exits.fail_usage(str(exc))
 
 
 # -- generate ------------------------------------------------------------------------------------
@@ -227,10 +109,10 @@ def generate(
         with output.open("w" if force else "x", encoding="utf-8") as handle:
             handle.write(SAMPLE_CONFIG)
     except FileExistsError:
-        _fail_usage(f"{output} exists; use --force to overwrite it")
+        exits.fail_usage(f"{output} exists; use --force to overwrite it")
     except OSError as exc:
         typer.echo(f"db-backup: cannot write {output}: {exc.strerror or exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from None
+        raise typer.Exit(exits.EXIT_FAILED) from None
     typer.echo(f"wrote {output}", err=True)
 
 
@@ -250,8 +132,8 @@ def validate(
     ] = False,
 ) -> None:
     """Check a config file; with --connect, also reach every database and target it names."""
-    with _errors_to_exit_codes():
-        loaded = _load_config(config)
+    with exits.errors_to_exit_codes():
+        loaded = setup.load_config(config)
         wildcards = sum(1 for b in loaded.backups if b.is_wildcard)
         summary = f"{config}: OK, {len(loaded.backups)} backups"
         summary += f' ({wildcards} with database "*")' if wildcards else ""
@@ -260,7 +142,7 @@ def validate(
             return
         from db_backup.cli.render import check_line
 
-        failures, outcomes, targets = _interruptible(_check_connections(loaded))
+        failures, outcomes, targets = exits.interruptible(_check_connections(loaded))
         for failure in failures:
             typer.echo(f"  {failure.job.name}: {failure.error}")
         for outcome in outcomes:
@@ -269,7 +151,7 @@ def validate(
             typer.echo(f"  target {label}: {error or 'OK'}")
         unreachable = [o for o in outcomes if o.error is not None]
         if failures or unreachable or any(targets.values()):
-            raise typer.Exit(EXIT_FAILED)
+            raise typer.Exit(exits.EXIT_FAILED)
 
 
 async def _check_connections(loaded: Any) -> tuple[list[Any], list[Any], dict[str, Any]]:
@@ -329,11 +211,11 @@ def backup(
         try:
             wait_seconds = float("inf") if wait == WAIT_FOREVER else parse_duration(wait)
         except ValueError as exc:
-            _fail_usage(f"--wait: {exc}")
-    use_one_malloc_arena()
-    with _errors_to_exit_codes():
+            exits.fail_usage(f"--wait: {exc}")
+    setup.use_one_malloc_arena()
+    with exits.errors_to_exit_codes():
         names = tuple(name or ())
-        loaded = _load_config(config, only=names or None)
+        loaded = setup.load_config(config, only=names or None)
         selected = select_backups(loaded, names)
         options = _RunOptions(names, jobs, dry_run, quiet, json_output, wait_seconds)
         code, _ = _run_backup(loaded, selected, options)
@@ -377,7 +259,6 @@ def _print_table(table: Any) -> None:
 
 def _run_backup(loaded: Any, selected: Sequence[Any], options: _RunOptions) -> tuple[int, Any]:
     """Plan, run and report one backup run; returns the exit code and the RunReport."""
-    from db_backup.interrupts import run_interruptible
     from db_backup.run import BackupRun
 
     run = BackupRun(wait=options.wait)
@@ -396,7 +277,7 @@ def _run_backup(loaded: Any, selected: Sequence[Any], options: _RunOptions) -> t
         sys.stderr.write(
             f"db-backup: interrupted by {outcome.interrupted_by} before any dump started\n"
         )
-        return SIGNAL_EXIT[outcome.interrupted_by], None
+        return exits.for_signal(outcome.interrupted_by), None
     assert outcome.value is not None
     return outcome.value
 
@@ -414,20 +295,17 @@ async def _backup_main(
             loaded, selected, names=options.names, concurrency=options.jobs
         )
         _print_table(plan_table(plan, failures))
-        return EXIT_OK, None
+        return exits.EXIT_OK, None
     run.subscribe(renderer)
     try:
         report = await run.execute(loaded, selected, names=options.names, concurrency=options.jobs)
     finally:
         renderer.close()
-    if report.interrupted_by:
-        code = SIGNAL_EXIT[report.interrupted_by]
-    else:
-        code = EXIT_FAILED if report.failed else EXIT_OK
+    code = exits.for_run(report)
     if options.json_output:
         sys.stdout.buffer.write(json_report(report, code))
         sys.stdout.flush()
-    elif not options.quiet or code != EXIT_OK:
+    elif not options.quiet or code != exits.EXIT_OK:
         from db_backup.cli.tables import summary_table
 
         _print_table(summary_table(report))
@@ -457,14 +335,14 @@ def verify(
     """Re-read backups: size and sha256 against the manifest, complete stream and dump."""
     from db_backup.integrity import backups_in, backups_on, verify_all
 
-    with _errors_to_exit_codes():
+    with exits.errors_to_exit_codes():
         targets = list(paths or ())
         storages = []
         if config is not None:
-            loaded = _load_config(config, require_env=False)  # targets only: no DB secrets
+            loaded = setup.load_config(config, require_env=False)  # targets only: no DB secrets
             storages = list(dict.fromkeys(s for b in loaded.backups for s in b.targets))
         if not targets and not storages:
-            _fail_usage("name backup files or folders to verify, or a config with -c")
+            exits.fail_usage("name backup files or folders to verify, or a config with -c")
         missing = [str(path) for path in targets if not path.exists() and path.suffix != ".json"]
 
         async def verify_everything() -> tuple[list[Any], dict[str, str]]:
@@ -472,7 +350,7 @@ def verify(
             named = backups_in(path for path in targets if path.exists())
             return await verify_all(named + on_targets), unreadable
 
-        verdicts, unreadable = _interruptible(verify_everything())
+        verdicts, unreadable = exits.interruptible(verify_everything())
     for label, error in unreadable.items():
         typer.echo(f"FAILED  target {label}: {error}")
     for path in missing:
@@ -486,10 +364,10 @@ def verify(
     failed = len(missing) + len(unreadable) + sum(1 for verdict in verdicts if not verdict.ok)
     if not verdicts and not missing and not unreadable:
         typer.echo("no backups found", err=True)
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(exits.EXIT_FAILED)
     checked = len(verdicts) + len(missing) + len(unreadable)
     typer.echo(f"{checked - failed} verified, {failed} failed", err=True)
-    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+    raise typer.Exit(exits.EXIT_FAILED if failed else exits.EXIT_OK)
 
 
 # -- list ----------------------------------------------------------------------------------------
@@ -506,44 +384,19 @@ def list_command(
 
     from db_backup.catalog import list_backups, warn_about_future
 
-    with _errors_to_exit_codes():
-        loaded = _load_config(config, require_env=False)  # reads targets only: no DB secrets
-        catalog = _interruptible(list_backups(loaded, tuple(name or ())))
+    with exits.errors_to_exit_codes():
+        loaded = setup.load_config(config, require_env=False)  # reads targets only: no DB secrets
+        catalog = exits.interruptible(list_backups(loaded, tuple(name or ())))
     warn_about_future(catalog.entries, datetime.now(UTC))
     if json_output:
-        import msgspec
+        from db_backup.cli.render import catalog_json
 
-        entries = [
-            {
-                "job": e.job,
-                "backup": e.backup,
-                "database": e.database,
-                "taken_at": e.taken_at,
-                "stored_bytes": e.stored_bytes,
-                "raw_bytes": e.raw_bytes,
-                "target": e.target,
-                "file": e.location,
-                "sha256": e.sha256,
-                "verified": bool(e.checks),
-                "checks": e.checks,
-            }
-            for e in catalog.entries
-        ]
-        body = {"backups": entries, "errors": catalog.errors}
-        sys.stdout.buffer.write(msgspec.json.encode(body) + b"\n")
+        sys.stdout.buffer.write(catalog_json(catalog))
     else:
         from db_backup.cli.tables import catalog_table
 
         _print_table(catalog_table(catalog.entries))
-    _exit_for_target_errors(catalog.errors)
-
-
-def _exit_for_target_errors(errors: dict[str, str]) -> None:
-    """Name every target that could not be read or changed; exit 1 if there was one."""
-    for label, error in errors.items():
-        typer.echo(f"error: target {label}: {error}", err=True)
-    if errors:
-        raise typer.Exit(EXIT_FAILED)
+    exits.for_target_errors(catalog.errors)
 
 
 # -- prune ---------------------------------------------------------------------------------------
@@ -562,9 +415,9 @@ def prune_command(
 
     from db_backup.prune import prune_config
 
-    with _errors_to_exit_codes():
-        loaded = _load_config(config, require_env=False)  # files only: no secrets
-        report = _interruptible(
+    with exits.errors_to_exit_codes():
+        loaded = setup.load_config(config, require_env=False)  # files only: no secrets
+        report = exits.interruptible(
             prune_config(loaded, tuple(name or ()), dry_run=dry_run, now=datetime.now(UTC))
         )
     deleted = 0
@@ -581,7 +434,7 @@ def prune_command(
         typer.echo(f"removed {leftover}, left behind by an interrupted run")
     kept = len(report.verdicts) - deleted
     typer.echo(f"{kept} kept, {deleted} {'to delete' if dry_run else 'deleted'}", err=True)
-    _exit_for_target_errors(report.errors)
+    exits.for_target_errors(report.errors)
 
 
 # -- demo ----------------------------------------------------------------------------------------
@@ -596,11 +449,11 @@ def demo(
     """Back up a throwaway local PostgreSQL: live progress, restore, row check, clean-up."""
     from db_backup.demo import DemoSite
 
-    use_one_malloc_arena()
-    with _errors_to_exit_codes(), DemoSite(keep=keep) as site:
-        loaded = _load_config(site.config_path)
+    setup.use_one_malloc_arena()
+    with exits.errors_to_exit_codes(), DemoSite(keep=keep) as site:
+        loaded = setup.load_config(site.config_path)
         code, report = _run_backup(loaded, loaded.backups, _RunOptions())
-        if code == EXIT_OK:
+        if code == exits.EXIT_OK:
             site.restore_and_check(report)
     raise typer.Exit(code)
 
@@ -616,7 +469,7 @@ def main() -> None:
             f"db-backup: internal error: {type(exc).__name__}: {exc} "
             "(run with --log-level debug for the traceback, and please report it)\n"
         )
-        sys.exit(EXIT_FAILED)
+        sys.exit(exits.EXIT_FAILED)
 
 
 def normalize_optional_values(args: list[str]) -> list[str]:

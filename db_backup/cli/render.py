@@ -14,6 +14,7 @@ from typing import IO, Protocol
 
 import msgspec
 
+from db_backup.catalog import Catalog
 from db_backup.errors import ConnectionCheckError
 from db_backup.model import (
     JobEvent,
@@ -234,3 +235,24 @@ def json_report(report: RunReport, exit_code: int) -> bytes:
         jobs=jobs,
     )
     return msgspec.json.format(msgspec.json.encode(body), indent=2) + b"\n"
+
+
+def catalog_json(catalog: Catalog) -> bytes:
+    """`db-backup list --json`: every finished backup, and the targets that could not be read."""
+    entries = [
+        {
+            "job": e.job,
+            "backup": e.backup,
+            "database": e.database,
+            "taken_at": e.taken_at,
+            "stored_bytes": e.stored_bytes,
+            "raw_bytes": e.raw_bytes,
+            "target": e.target,
+            "file": e.location,
+            "sha256": e.sha256,
+            "verified": bool(e.checks),
+            "checks": e.checks,
+        }
+        for e in catalog.entries
+    ]
+    return msgspec.json.encode({"backups": entries, "errors": catalog.errors}) + b"\n"

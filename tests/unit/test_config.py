@@ -9,9 +9,9 @@ import pytest
 
 from db_backup.config.load import load_config, parse_config
 from db_backup.config.merge import deep_merge
-from db_backup.config.variables import expand_env
 from db_backup.config.sample import SAMPLE_CONFIG
 from db_backup.config.schema import LocalStorage, S3Storage
+from db_backup.config.variables import expand_env
 from db_backup.errors import ConfigError
 
 BASE = """\

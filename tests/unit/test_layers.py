@@ -57,12 +57,21 @@ FLOORS: list[set[str]] = [
     },
     # what reads or guards many targets, and the planner
     {"catalog", "plan", "lock", "integrity", "preflight"},
-    {"prune"},
+    {"prune", "delivery", "pump"},  # retention applied; a job's fan-out and its pump
     {"job"},  # one job
     {"orchestrator"},  # many jobs
     {"run", "interrupts"},  # one run; how signals stop one
     {"demo"},
-    {"cli", "cli.commands", "cli.render", "cli.live", "cli.tables", "__main__"},
+    {
+        "cli",
+        "cli.commands",
+        "cli.exits",
+        "cli.setup",
+        "cli.render",
+        "cli.live",
+        "cli.tables",
+        "__main__",
+    },
 ]
 
 

@@ -1,0 +1,87 @@
+"""Setting up the process for a command: log output (secrets masked), the malloc arena, and
+a config loaded with its warnings printed and its secrets remembered for masking."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+
+# Secrets that may come from the environment, masked in every log line (see redact.py).
+SECRET_VARIABLES = (
+    "PGPASSWORD",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+)
+
+
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is now, so rich's live display can redirect logs."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def configure_logging(spec: str) -> None:
+    """Apply `warning`, `debug` or `info,db_backup.process=debug`-style log settings."""
+    levels: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        logger, _, level = part.rpartition("=")
+        number = logging.getLevelNamesMapping().get(level.upper())
+        if number is None:
+            raise ValueError(
+                f"invalid log level {level!r} in {spec!r}; use error, warning, info or debug"
+            )
+        levels[logger] = number
+    from db_backup.redact import SecretFilter, remember
+
+    handler = _CurrentStderr()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(SecretFilter())
+    for variable in SECRET_VARIABLES:
+        remember(os.environ.get(variable))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(levels.pop("", logging.WARNING))
+    for logger, number in levels.items():
+        logging.getLogger(logger).setLevel(number)
+
+
+def use_one_malloc_arena() -> None:
+    """Ask glibc for a single heap ("arena") for all threads; call before any thread starts.
+
+    glibc gives each thread an arena of its own and keeps freed memory there: with
+    compression threads, peak RSS grew with the dump (parallel gzip: 64 MiB for a 20 MB
+    database, 72 MiB for 200 MB). One arena kept it flat (57 and 59 MiB) at the same speed.
+    Elsewhere than glibc this is a no-op."""
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX = -8 in glibc's malloc.h
+
+
+def load_config(path: Path, *, require_env: bool = True, only: Sequence[str] | None = None) -> Any:
+    """Load a config and print its warnings (exposed secrets) on stderr."""
+    from db_backup.config.load import load_config
+    from db_backup.redact import remember
+
+    loaded = load_config(path, require_env=require_env, only=only)
+    for backup in loaded.backups:
+        remember(backup.password)
+        for target in backup.targets:
+            remember(getattr(target, "secret_access_key", None))
+    for warning in loaded.warnings:
+        typer.echo(f"db-backup: warning: {warning}", err=True)
+    return loaded

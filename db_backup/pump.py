@@ -1,0 +1,70 @@
+"""The pump: a dump's bytes from the child's pipe through the pipeline to every target, on a
+thread of its own, never the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Sequence
+
+from db_backup.delivery import Delivery, abort_all, deliver_all
+from db_backup.integrity import ReadThrough
+from db_backup.process import Child
+from db_backup.stages import Pipeline
+from db_backup.threads import start_in_thread
+
+# Large reads keep per-chunk overhead (system call, write call) negligible.
+CHUNK_SIZE = 1024 * 1024
+PROGRESS_SECONDS = 0.1
+# A cancelled job waits this long for its pump thread to notice, then abandons it.
+PUMP_STOP_SECONDS = 2.0
+
+
+async def pump(
+    child: Child,
+    pipeline: Pipeline,
+    deliveries: Sequence[Delivery],
+    check: ReadThrough | None,
+    on_progress: Callable[[], None],
+) -> None:
+    """Move the child's whole output through the pipeline to the targets, on a worker thread.
+
+    The data path never touches the event loop: one thread reads the pipe, compresses and
+    hands the bytes to every target (measured on pgbench rows: 1.52 s against 2.13 s for
+    reads on the event loop with compression handed to threads per chunk; `pg_dump >
+    /dev/null` took 1.65 s). A target that is behind blocks this thread, and so the dump:
+    back-pressure, not memory. The loop only hears about progress, every PROGRESS_SECONDS.
+    """
+    loop = asyncio.get_running_loop()
+    assert child.stdout_fd is not None
+    last_report = [0.0]
+
+    def report() -> None:
+        now = time.monotonic()
+        if now - last_report[0] >= PROGRESS_SECONDS:
+            last_report[0] = now
+            loop.call_soon_threadsafe(on_progress)
+
+    def drain(source: int) -> None:
+        while chunk := os.read(source, CHUNK_SIZE):
+            deliver_all(deliveries, check, pipeline.feed(chunk))
+            report()
+
+    # Its own thread (see threads.py): a pump holds it for a whole dump.
+    worker = start_in_thread(drain, child.stdout_fd, name=f"pump {child.command.split()[0]}")
+    try:
+        await asyncio.shield(worker)
+    except asyncio.CancelledError:
+        # End the child (the pump then reads EOF) and the uploads (a pump waiting on a silent
+        # target wakes up and fails), then let the thread finish. One still blocked after
+        # PUMP_STOP_SECONDS (a hung file system) is abandoned: it is a daemon thread.
+        await child.terminate()
+        await abort_all(deliveries)
+        await asyncio.wait([worker], timeout=PUMP_STOP_SECONDS)
+        if worker.done():
+            worker.exception()  # what it died of is no news: the job is being cancelled
+        else:
+            worker.cancel()
+        raise
+    on_progress()
