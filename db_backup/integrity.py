@@ -19,11 +19,9 @@ import contextlib
 import functools
 import hashlib
 import os
-import zlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -36,6 +34,7 @@ from db_backup.process import Child, spawn
 from db_backup.sources import source_named
 from db_backup.sources.base import Completion, Source
 from db_backup.stages import append_tail
+from db_backup.stages.unpack import unpacker_for
 from db_backup.storage import Store, ask_targets
 from db_backup.threads import in_thread
 
@@ -94,47 +93,6 @@ class Verdict:
         return not self.problems
 
 
-class _Decompressed:
-    """Decompresses a stored .sql.gz / .sql.zst as it streams past, counting the raw bytes
-    and keeping their tail; `close()` raises when the stream was damaged or cut short."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.raw_bytes = 0
-        self.tail = b""
-        self.error: str | None = None
-        self._zstd: Any = None
-        self._stream: Any = self._new_stream()
-
-    def _new_stream(self) -> Any:
-        if self.kind == "gzip":
-            return zlib.decompressobj(wbits=31)  # one gzip member; CRC and length checked
-        import zstandard
-
-        self._zstd = self._zstd or zstandard.ZstdDecompressor()
-        return self._zstd.decompressobj()
-
-    def feed(self, data: bytes) -> None:
-        if self.error is not None:
-            return
-        try:
-            while data:
-                out = self._stream.decompress(data)
-                self.raw_bytes += len(out)
-                self.tail = append_tail(self.tail, out)
-                data = self._stream.unused_data if self._stream.eof else b""
-                if data:  # another gzip member or zstd frame follows
-                    self._stream = self._new_stream()
-        except Exception as exc:  # zlib.error, or zstandard.ZstdError (imported lazily)
-            self.error = str(exc)
-
-    def close(self) -> None:
-        if self.error is None and not self._stream.eof:
-            self.error = f"the {self.kind} stream ends before its last " + (
-                "member is complete" if self.kind == "gzip" else "frame is complete"
-            )
-
-
 class _StreamCheck:
     """Everything verify learns from one pass over the stored bytes."""
 
@@ -142,8 +100,7 @@ class _StreamCheck:
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.tail = b""
-        kind = {".sql.gz": "gzip", ".sql.zst": "zstd"}.get(_suffix(name))
-        self.decompressed = _Decompressed(kind) if kind else None
+        self.decompressed = unpacker_for(name)
         self.restore = restore
 
     def feed(self, chunk: bytes) -> None:
@@ -154,10 +111,6 @@ class _StreamCheck:
             self.decompressed.feed(chunk)
         if self.restore is not None:
             self.restore.write(chunk)
-
-
-def _suffix(name: str) -> str:
-    return next((suffix for suffix in BACKUP_SUFFIXES if name.endswith(suffix)), "")
 
 
 def _read_manifest(store: Store, name: str, verdict: Verdict) -> manifest.Manifest | None:
@@ -208,11 +161,7 @@ def _judge(
                 f"the {unpacked.kind} stream is damaged or cut short: {unpacked.error}"
             )
             return
-        verdict.checks.append(
-            "gzip stream complete (CRC and length ok)"
-            if unpacked.kind == "gzip"
-            else "zstd stream complete"
-        )
+        verdict.checks.append(unpacked.complete)
         if record is not None and unpacked.raw_bytes != record.raw_bytes:
             verdict.problems.append(
                 f"decompresses to {unpacked.raw_bytes} bytes, the manifest says {record.raw_bytes}"

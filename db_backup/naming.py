@@ -18,13 +18,14 @@ from datetime import UTC, datetime
 
 from db_backup.config.schema import NAME_PATTERN, BackupConfig, StorageConfig
 from db_backup.model import JobKind
+from db_backup.stages import COMPRESSION_SUFFIXES
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_COMPONENT = 60
 LONGEST_SAFE_NAME = _MAX_COMPONENT + 9  # and "-" and 8 hex digits of a hash
 _STAMP_PATTERN = r"\d{8}T\d{6}Z\."
 # Every suffix a backup file can have (see `extension`).
-BACKUP_SUFFIXES = (".sql.gz", ".sql.zst", ".sql", ".dump")
+BACKUP_SUFFIXES = (".dump", *(f".sql{suffix}" for suffix in COMPRESSION_SUFFIXES.values()))
 
 
 def timestamp(moment: datetime) -> str:
@@ -50,7 +51,7 @@ def extension(backup: BackupConfig, kind: JobKind = JobKind.DATABASE) -> str:
     """.sql.gz / .sql.zst / .sql for plain SQL (and globals); .dump for custom format."""
     if kind is JobKind.DATABASE and backup.format == "custom":
         return ".dump"
-    return {"gzip": ".sql.gz", "zstd": ".sql.zst"}.get(backup.compression.algorithm, ".sql")
+    return f".sql{COMPRESSION_SUFFIXES[backup.compression.algorithm]}"
 
 
 def format_of(name: str) -> str:

@@ -21,9 +21,17 @@ def append_tail(tail: bytes, chunk: bytes) -> bytes:
     return (tail + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
 
 
+# What each compression algorithm adds to a file name (the stages below carry it too).
+COMPRESSION_SUFFIXES = {"gzip": ".gz", "zstd": ".zst", "none": ""}
+
+
 class Stage(Protocol):
     """A streaming transform: `feed` any number of times, then `flush` once; `close` frees
-    any worker threads (safe to call at any time, also after an error)."""
+    any worker threads (safe to call at any time, also after an error). `suffix` is what it
+    adds to a file name (".gz"); reading back undoes the stages by their suffixes, last first
+    (see unpack.py)."""
+
+    suffix: str
 
     def feed(self, data: bytes) -> bytes: ...
 
@@ -34,6 +42,8 @@ class Stage(Protocol):
 
 class PassthroughStage:
     """No transformation: `compression: none`, or pg_dump's own compression (custom format)."""
+
+    suffix = ""
 
     def feed(self, data: bytes) -> bytes:
         return data
@@ -46,29 +56,45 @@ class PassthroughStage:
 
 
 class Pipeline:
-    """Raw dump bytes → stored bytes, with the counts and checksum a manifest records."""
+    """Raw dump bytes → stored bytes through a chain of stages (compression, then whatever
+    follows it — encryption), with the counts and checksum a manifest records."""
 
-    def __init__(self, compressor: Stage) -> None:
-        self._compressor = compressor
+    def __init__(self, *stages: Stage) -> None:
+        self._stages = stages
         self._sha256 = hashlib.sha256()
         self.raw_bytes = 0
         self.stored_bytes = 0
         self.raw_tail = b""
 
+    @property
+    def suffix(self) -> str:
+        """What the stages add to the file name, in order: ".gz", or ".gz.age" later."""
+        return "".join(stage.suffix for stage in self._stages)
+
     def feed(self, chunk: bytes) -> bytes:
         self.raw_bytes += len(chunk)
         self.raw_tail = append_tail(self.raw_tail, chunk)
-        return self._account(self._compressor.feed(chunk))
+        return self._account(self._through(chunk, 0))
 
     def finish(self) -> bytes:
-        return self._account(self._compressor.flush())
+        """Flush every stage in order, each one's last bytes through the stages after it."""
+        out = b""
+        for index, stage in enumerate(self._stages):
+            out = self._through(out, index) + stage.flush()
+        return self._account(out)
 
     def close(self) -> None:
-        self._compressor.close()
+        for stage in self._stages:
+            stage.close()
 
     @property
     def sha256(self) -> str:
         return self._sha256.hexdigest()
+
+    def _through(self, data: bytes, first: int) -> bytes:
+        for stage in self._stages[first:]:
+            data = stage.feed(data) if data else data
+        return data
 
     def _account(self, stored: bytes) -> bytes:
         self._sha256.update(stored)

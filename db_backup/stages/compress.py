@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from db_backup.config.schema import CompressionConfig
-from db_backup.stages import PassthroughStage, Stage
+from db_backup.stages import COMPRESSION_SUFFIXES, PassthroughStage, Stage
 
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip header and trailer around raw deflate
 ISAL_LEVELS = range(1, 4)  # gzip levels 1-3 run on isal's igzip (0-3 in its own terms)
@@ -41,6 +41,8 @@ def _gzip_module(level: int) -> Any:
 class _StreamStage:
     """A stage around one library compressor object (`compress()` / `flush()`)."""
 
+    suffix: str
+
     def __init__(self, compressor: Any) -> None:
         self._compressor = compressor
 
@@ -59,6 +61,8 @@ class _StreamStage:
 class GzipStage(_StreamStage):
     """One gzip member for the whole stream, compressed on the calling thread."""
 
+    suffix = COMPRESSION_SUFFIXES["gzip"]
+
     def __init__(self, level: int) -> None:
         module = _gzip_module(level)
         super().__init__(module.compressobj(level, module.DEFLATED, GZIP_WBITS))
@@ -76,7 +80,9 @@ class ParallelBlocksStage:
         compress_block: Callable[[bytes], bytes],
         threads: int,
         block_bytes: int = PARALLEL_BLOCK_BYTES,
+        suffix: str = COMPRESSION_SUFFIXES["gzip"],  # what the blocks are: gzip members
     ) -> None:
+        self.suffix = suffix
         self._compress_block = compress_block
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="db-backup-compress")
         self._in_flight: deque[Future[bytes]] = deque()
@@ -124,6 +130,8 @@ class ParallelBlocksStage:
 
 class ZstdStage(_StreamStage):
     """One zstd frame; with threads > 1, zstd's own worker threads compress it in parallel."""
+
+    suffix = COMPRESSION_SUFFIXES["zstd"]
 
     def __init__(self, level: int, threads: int) -> None:
         import zstandard

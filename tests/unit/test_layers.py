@@ -40,6 +40,7 @@ FLOORS: list[set[str]] = [
         "notice",
         "process",
         "stages.compress",
+        "stages.unpack",
         "sources.base",  # the engine interface
         "sources.postgres",
     },

@@ -168,3 +168,44 @@ def test_default_compression_threads(
     from db_backup.stages.compress import compression_threads
 
     assert compression_threads(CompressionConfig(**settings), cores_per_job) == threads  # type: ignore[arg-type]
+
+
+def test_a_chain_of_stages_feeds_each_into_the_next_and_names_its_suffixes() -> None:
+    class Tagging:
+        """A stage that brackets the stream, to show order and flushing."""
+
+        def __init__(self, tag: bytes, suffix: str) -> None:
+            self.tag, self.suffix = tag, suffix
+
+        def feed(self, data: bytes) -> bytes:
+            return self.tag + data
+
+        def flush(self) -> bytes:
+            return self.tag + b"end"
+
+        def close(self) -> None:
+            pass
+
+    pipeline = Pipeline(Tagging(b"<a>", ".a"), Tagging(b"<b>", ".b"))
+    stored = pipeline.feed(b"x") + pipeline.finish()
+    # x through a then b; a's last bytes through b; then b's own.
+    assert stored == b"<b><a>x" + b"<b><a>end" + b"<b>end"
+    assert pipeline.suffix == ".a.b"
+    assert pipeline.stored_bytes == len(stored)
+    assert pipeline.sha256 == hashlib.sha256(stored).hexdigest()
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "zstd"])
+def test_what_a_stage_writes_its_inverse_reads_back_by_the_suffix(algorithm: str) -> None:
+    from db_backup.stages.unpack import unpacker_for
+
+    stage = compressor_for(CompressionConfig(algorithm=algorithm), dump_compresses_itself=False)  # type: ignore[arg-type]
+    stored = run(stage)
+    unpacker = unpacker_for(f"shop_20261201T000000Z.sql{stage.suffix}")
+    assert unpacker is not None
+    unpacker.feed(stored)
+    unpacker.close()
+    assert unpacker.error is None
+    assert unpacker.raw_bytes == len(RAW)
+    assert unpacker.tail == RAW[-len(unpacker.tail) :]
+    assert unpacker_for("shop_20261201T000000Z.sql") is None
