@@ -15,6 +15,10 @@ botocore rather than obstore: cleaning up after a crash needs ListMultipartUploa
 AbortMultipartUpload by upload ID, which obstore does not expose; botocore also brings the
 standard credential chain (AWS_* variables, profiles, instance roles). It is imported only
 when a config has an S3 target.
+
+(Over 400 lines on purpose: the store and its uploads share one client, one translation of
+botocore's errors and the memory of an endpoint that went silent; apart, each would reach
+into the other.)
 """
 
 from __future__ import annotations
