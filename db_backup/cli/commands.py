@@ -20,7 +20,6 @@ import typer
 
 from db_backup import __version__
 from db_backup.cli import exits, setup
-from db_backup.interrupts import run_interruptible
 
 T = TypeVar("T")
 
@@ -272,6 +271,8 @@ def _run_backup(loaded: Any, selected: Sequence[Any], options: _RunOptions) -> t
                 f"(send it again to stop immediately)"
             )
         return run.cancel(name)  # False while still planning: the whole run is cancelled
+
+    from db_backup.interrupts import run_interruptible
 
     outcome = run_interruptible(_backup_main(loaded, selected, options, run, renderer), on_signal)
     if outcome.interrupted_by is not None:

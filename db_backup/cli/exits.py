@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import typer
 
-from db_backup.interrupts import SIGNAL_EXIT, run_interruptible
-from db_backup.model import RunReport
+if TYPE_CHECKING:  # `--help` and `validate` must not pay for these imports
+    from db_backup.model import RunReport
 
 T = TypeVar("T")
 
@@ -31,11 +31,14 @@ Exit codes: 0 all backups succeeded; 1 one or more backups (or checks) failed;
 def for_run(report: RunReport) -> int:
     """A backup run's exit code: the signal that stopped it, else 1 if a job failed."""
     if report.interrupted_by:
-        return SIGNAL_EXIT[report.interrupted_by]
+        return for_signal(report.interrupted_by)
     return EXIT_FAILED if report.failed else EXIT_OK
 
 
 def for_signal(name: str) -> int:
+    """130 for SIGINT, 143 for SIGTERM (interrupts.py exits with the same when it must)."""
+    from db_backup.interrupts import SIGNAL_EXIT
+
     return SIGNAL_EXIT[name]
 
 
@@ -46,10 +49,12 @@ def fail_usage(message: str) -> NoReturn:
 
 def interruptible(main: Coroutine[Any, Any, T]) -> T:
     """Run `main`; SIGINT or SIGTERM ends the command at once, with exit 130 / 143."""
+    from db_backup.interrupts import run_interruptible
+
     outcome = run_interruptible(main)
     if outcome.interrupted_by is not None:
         typer.echo(f"db-backup: interrupted by {outcome.interrupted_by}", err=True)
-        raise typer.Exit(SIGNAL_EXIT[outcome.interrupted_by])
+        raise typer.Exit(for_signal(outcome.interrupted_by))
     return cast(T, outcome.value)
 
 
