@@ -28,13 +28,14 @@ class Delivery:
         return self.upload is not None and self.error is None
 
     def fail(self, error: StorageError) -> None:
-        """Drop this target from the job: the others go on (see the commit rule in _run)."""
+        """Drop this target from the job: the others go on (the commit rule, job.py)."""
         self.error = str(error)
         if self.upload is not None:
             self.upload.abort()
 
 
 def targets_failed(deliveries: Sequence[Delivery]) -> TargetsFailedError:
+    """The error for a job none of whose targets took the backup."""
     return TargetsFailedError({d.target.label: d.error for d in deliveries if d.error})
 
 
@@ -51,7 +52,7 @@ async def open_uploads(deliveries: Sequence[Delivery]) -> None:
     await asyncio.gather(*(one(d) for d in deliveries if d.error is None))
 
 
-def deliver(deliveries: Sequence[Delivery], data: bytes) -> None:
+def _write(deliveries: Sequence[Delivery], data: bytes) -> None:
     """Write to every live target (on the pump thread); none left: stop the dump."""
     for delivery in deliveries:
         if delivery.live:
@@ -65,13 +66,16 @@ def deliver(deliveries: Sequence[Delivery], data: bytes) -> None:
 
 
 def deliver_all(deliveries: Sequence[Delivery], check: ReadThrough | None, data: bytes) -> None:
+    """Hand stored bytes to the read-through check (if any) and every live target."""
     if data:
         if check is not None:
             check.write(data)
-        deliver(deliveries, data)
+        _write(deliveries, data)
 
 
 async def commit_all(deliveries: Sequence[Delivery]) -> None:
+    """Commit every live upload at once; a target that refuses is dropped (none left: raise)."""
+
     async def one(delivery: Delivery) -> None:
         assert delivery.upload is not None
         try:
@@ -85,4 +89,5 @@ async def commit_all(deliveries: Sequence[Delivery]) -> None:
 
 
 async def abort_all(deliveries: Sequence[Delivery]) -> None:
+    """Abort every upload (also a committed one: a cancelled job keeps nothing)."""
     await asyncio.gather(*(in_thread(d.upload.abort) for d in deliveries if d.upload is not None))
