@@ -27,7 +27,7 @@ from db_backup.delivery import (
     targets_failed,
 )
 from db_backup.errors import DumpError, JobTimeoutError, StorageError
-from db_backup.manifest import CompressionInfo, Manifest
+from db_backup.manifest import Manifest
 from db_backup.model import (
     JobEvent,
     JobProgress,
@@ -219,7 +219,7 @@ def _manifest(
         server_version=server.version,
         client=dump.client,
         format=dump.format,
-        compression=dump.compression or _compression_info(job),
+        compression=dump.compression or pipeline.compression,
         file=job.filename,  # each target's manifest names its own file (_finish_target)
         raw_bytes=pipeline.raw_bytes,
         stored_bytes=pipeline.stored_bytes,
@@ -229,14 +229,6 @@ def _manifest(
         duration_seconds=round((finished - started).total_seconds(), 3),
         checks=("sha256", dump.completion.check),
     )
-
-
-def _compression_info(job: JobSpec) -> CompressionInfo:
-    """How the pipeline compressed a dump that does not compress itself."""
-    compression = job.backup.compression
-    if compression.algorithm == "none":
-        return CompressionInfo(algorithm="none", level=None)
-    return CompressionInfo(algorithm=compression.algorithm, level=compression.effective_level)
 
 
 def _estimate(job: JobSpec, expected: int | None) -> int | None:

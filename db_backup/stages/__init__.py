@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 from typing import Protocol
 
+from db_backup.manifest import CompressionInfo
+
 # Enough of a stream's end to hold pg_dump's completion marker, with room to spare.
 TAIL_BYTES = 256
 
@@ -33,6 +35,11 @@ class Stage(Protocol):
 
     suffix: str
 
+    @property
+    def compression(self) -> CompressionInfo | None:
+        """What the manifest says of it; None for a stage that does not compress."""
+        ...
+
     def feed(self, data: bytes) -> bytes: ...
 
     def flush(self) -> bytes: ...
@@ -44,6 +51,7 @@ class PassthroughStage:
     """No transformation: `compression: none`, or pg_dump's own compression (custom format)."""
 
     suffix = ""
+    compression = CompressionInfo(algorithm="none", level=None)
 
     def feed(self, data: bytes) -> bytes:
         return data
@@ -70,6 +78,12 @@ class Pipeline:
     def suffix(self) -> str:
         """What the stages add to the file name, in order: ".gz", or ".gz.age" later."""
         return "".join(stage.suffix for stage in self._stages)
+
+    @property
+    def compression(self) -> CompressionInfo:
+        """How the stored bytes are compressed, for the manifest, as its stage says."""
+        infos = [stage.compression for stage in self._stages if stage.compression]
+        return infos[0] if infos else CompressionInfo(algorithm="none", level=None)
 
     def feed(self, chunk: bytes) -> bytes:
         self.raw_bytes += len(chunk)

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from db_backup.config.schema import CompressionConfig
+from db_backup.manifest import CompressionInfo
 from db_backup.stages import COMPRESSION_SUFFIXES, PassthroughStage, Stage
 
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip header and trailer around raw deflate
@@ -43,8 +44,9 @@ class _StreamStage:
 
     suffix: str
 
-    def __init__(self, compressor: Any) -> None:
+    def __init__(self, compressor: Any, compression: CompressionInfo) -> None:
         self._compressor = compressor
+        self.compression = compression
 
     def feed(self, data: bytes) -> bytes:
         out: bytes = self._compressor.compress(data)
@@ -65,7 +67,8 @@ class GzipStage(_StreamStage):
 
     def __init__(self, level: int) -> None:
         module = _gzip_module(level)
-        super().__init__(module.compressobj(level, module.DEFLATED, GZIP_WBITS))
+        compressor = module.compressobj(level, module.DEFLATED, GZIP_WBITS)
+        super().__init__(compressor, CompressionInfo(algorithm="gzip", level=level))
 
 
 class ParallelBlocksStage:
@@ -81,8 +84,10 @@ class ParallelBlocksStage:
         threads: int,
         block_bytes: int = PARALLEL_BLOCK_BYTES,
         suffix: str = COMPRESSION_SUFFIXES["gzip"],  # what the blocks are: gzip members
+        compression: CompressionInfo | None = None,  # for the manifest
     ) -> None:
         self.suffix = suffix
+        self.compression = compression
         self._compress_block = compress_block
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="db-backup-compress")
         self._in_flight: deque[Future[bytes]] = deque()
@@ -145,7 +150,8 @@ class ZstdStage(_StreamStage):
             # As the zstd tool does: without it a flipped byte can decompress "fine".
             write_checksum=True,
         )
-        super().__init__(zstandard.ZstdCompressor(compression_params=parameters).compressobj())
+        compressor = zstandard.ZstdCompressor(compression_params=parameters).compressobj()
+        super().__init__(compressor, CompressionInfo(algorithm="zstd", level=level))
 
 
 def gzip_block_compressor(level: int) -> Callable[[bytes], bytes]:
@@ -182,5 +188,6 @@ def compressor_for(
     if compression.algorithm == "zstd":
         return ZstdStage(level, threads)
     if threads > 1:
-        return ParallelBlocksStage(gzip_block_compressor(level), threads)
+        gzip_level = CompressionInfo(algorithm="gzip", level=level)
+        return ParallelBlocksStage(gzip_block_compressor(level), threads, compression=gzip_level)
     return GzipStage(level)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import threading
 import zlib
+from typing import Any
 
 import pytest
 
@@ -174,6 +175,8 @@ def test_a_chain_of_stages_feeds_each_into_the_next_and_names_its_suffixes() -> 
     class Tagging:
         """A stage that brackets the stream, to show order and flushing."""
 
+        compression = None
+
         def __init__(self, tag: bytes, suffix: str) -> None:
             self.tag, self.suffix = tag, suffix
 
@@ -209,3 +212,21 @@ def test_what_a_stage_writes_its_inverse_reads_back_by_the_suffix(algorithm: str
     assert unpacker.raw_bytes == len(RAW)
     assert unpacker.tail == RAW[-len(unpacker.tail) :]
     assert unpacker_for("shop_20261201T000000Z.sql") is None
+
+
+@pytest.mark.parametrize(
+    ("compression", "threads", "described"),
+    [
+        ({"algorithm": "gzip"}, 1, ("gzip", 1)),
+        ({"algorithm": "gzip", "level": 6}, 2, ("gzip", 6)),
+        ({"algorithm": "zstd", "level": 7}, 2, ("zstd", 7)),
+        ({"algorithm": "none"}, 1, ("none", None)),
+    ],
+)
+def test_each_compression_stage_describes_itself_for_the_manifest(
+    compression: dict[str, Any], threads: int, described: tuple[str, int | None]
+) -> None:
+    config = CompressionConfig(**compression, threads=threads)
+    pipeline = Pipeline(compressor_for(config, dump_compresses_itself=False))
+    assert (pipeline.compression.algorithm, pipeline.compression.level) == described
+    pipeline.close()
