@@ -21,7 +21,7 @@ from db_backup.manifest import Manifest
 from db_backup.model import Target
 from db_backup.naming import file_prefix, is_own_file
 from db_backup.plan import select_backups
-from db_backup.retention import CLOCK_SKEW
+from db_backup.retention import is_future
 from db_backup.storage import Store, ask_targets
 
 log = logging.getLogger(__name__)
@@ -124,10 +124,10 @@ def latest(target: Target, job_name: str, backup: str) -> Entry | None:
 
 
 def warn_about_future(entries: Iterable[Entry], now: datetime) -> None:
-    """Log each backup dated in the future (see retention.CLOCK_SKEW): retention keeps such
+    """Log each backup dated in the future (see retention.is_future): retention keeps such
     a backup and leaves it out of the counting, and a person should look at it."""
     for entry in entries:
-        if entry.taken_at > now + CLOCK_SKEW:
+        if is_future(entry.taken_at, now):
             log.warning(
                 "%s is dated %s, in the future (a clock that jumped?): retention keeps it and "
                 "does not count it; delete it by hand if it is wrong",

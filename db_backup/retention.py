@@ -50,6 +50,11 @@ class Decision:
     reasons: tuple[str, ...] = field(default=())  # the rules that kept it; empty when deleted
 
 
+def is_future(taken_at: datetime, now: datetime) -> bool:
+    """Is a backup dated after `now`, by more than clocks may differ?"""
+    return taken_at > now + CLOCK_SKEW
+
+
 def decide(
     backups: Sequence[Backup],
     policy: RetentionConfig,
@@ -63,8 +68,8 @@ def decide(
     A backup dated after `now` (by more than CLOCK_SKEW: a clock that jumped, another
     machine's clock) is kept and left out of the counting: otherwise two backups dated 2031
     would hold `keep_last 2` and make every new backup deletable the moment it commits."""
-    future = [b for b in backups if b.taken_at > now + CLOCK_SKEW]
-    present = [b for b in backups if b.taken_at <= now + CLOCK_SKEW]
+    future = [b for b in backups if is_future(b.taken_at, now)]
+    present = [b for b in backups if not is_future(b.taken_at, now)]
     ordered = sorted(present, key=lambda b: (b.taken_at, b.id), reverse=True)
     reasons: dict[str, list[str]] = {b.id: [] for b in backups}
     for backup in future:

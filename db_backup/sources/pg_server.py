@@ -259,6 +259,11 @@ def find_pg_restore() -> Path:
     raise ToolNotFoundError("pg_restore not found; it is needed to check custom-format dumps")
 
 
+def read_through_argv(pg_restore: Path) -> list[str]:
+    """pg_restore reading a custom-format dump from stdin to the end, restoring nothing."""
+    return [str(pg_restore), "--file=/dev/null"]
+
+
 class PostgresSource:
     """PostgreSQL behind the Source interface (sources/base.py): psycopg for the checks,
     pg_dump / pg_dumpall for the dumps, pg_restore to read custom format through."""
@@ -282,7 +287,7 @@ class PostgresSource:
         if not command.plain:  # no end marker in custom format: pg_restore reads it through
             beside = client.sibling("pg_restore")
             pg_restore = beside if beside.exists() else await in_thread(find_pg_restore)
-            reader = [str(pg_restore), "--file=/dev/null"]
+            reader = read_through_argv(pg_restore)
         return Dump(
             program=command.tool,
             client=f"{command.tool} {client.version}",
@@ -318,7 +323,7 @@ class PostgresSource:
         )
 
     async def reader_argv(self) -> list[str]:
-        return [str(await in_thread(find_pg_restore)), "--file=/dev/null"]
+        return read_through_argv(await in_thread(find_pg_restore))
 
     def is_transient(self, error: BackupError) -> bool:
         return is_transient(
