@@ -3,6 +3,9 @@
 A backup is a file with a readable manifest beside it naming it; partial files, foreign files,
 uploads in progress and files without a manifest are not backups. Targets are listed, not a
 local ledger, so the catalog is the same from any machine that can reach them.
+
+In code a stored backup is an *archive*: "backup" already names a config entry
+(`BackupConfig`) and a command.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Entry:
-    """One finished backup on one target, as `list` shows it."""
+class Archive:
+    """One archive: a finished backup on one target, as `list` shows it."""
 
     job: str
     backup: str
@@ -53,7 +56,7 @@ class Entry:
 class Catalog:
     """What listing found: the backups, and the targets that could not be listed."""
 
-    entries: list[Entry]
+    archives: list[Archive]
     errors: dict[str, str]  # target label → why it could not be listed
 
 
@@ -73,8 +76,8 @@ def _records(store: Store, prefix: str) -> Iterator[tuple[str, Manifest]]:
             yield data_name, record
 
 
-def _entry(store: Store, name: str, record: Manifest) -> Entry:
-    return Entry(
+def _archive(store: Store, name: str, record: Manifest) -> Archive:
+    return Archive(
         job=record.job,
         backup=record.backup,
         database=record.database,
@@ -90,43 +93,43 @@ def _entry(store: Store, name: str, record: Manifest) -> Entry:
     )
 
 
-def scan(storage: StorageConfig, backups: frozenset[str]) -> list[Entry]:
+def scan(storage: StorageConfig, backups: frozenset[str]) -> list[Archive]:
     """Finished backups of the named config backups on one target: their own files only —
     a file named as its job's files are here (`[<prefix>_]<job>_<time>`), so another
     config's backup of the same name with another prefix in the same folder is not ours."""
     store = runtime.current().store(storage)
     return [
-        _entry(store, name, record)
+        _archive(store, name, record)
         for name, record in _records(store, "")
         if record.backup in backups and is_own_file(name, file_prefix(storage, record.job))
     ]
 
 
-def _job_entries(target: Target, job_name: str, backup: str) -> Iterator[Entry]:
+def _job_archives(target: Target, job_name: str, backup: str) -> Iterator[Archive]:
     store = runtime.current().store(target.storage)
     for name, record in _records(store, target.file_prefix):
         if is_own_file(name, target.file_prefix) and (record.job, record.backup) == (
             job_name,
             backup,
         ):
-            yield _entry(store, name, record)
+            yield _archive(store, name, record)
 
 
-def job_entries(target: Target, job_name: str, backup: str) -> list[Entry]:
+def job_archives(target: Target, job_name: str, backup: str) -> list[Archive]:
     """Finished backups of one job on one target, reading only that job's manifests."""
-    return list(_job_entries(target, job_name, backup))
+    return list(_job_archives(target, job_name, backup))
 
 
-def latest(target: Target, job_name: str, backup: str) -> Entry | None:
+def latest(target: Target, job_name: str, backup: str) -> Archive | None:
     """The newest finished backup of a job on a target, if any: reads manifests newest
     first and stops at the first good one."""
-    return next(_job_entries(target, job_name, backup), None)
+    return next(_job_archives(target, job_name, backup), None)
 
 
-def warn_about_future(entries: Iterable[Entry], now: datetime) -> None:
+def warn_about_future(archives: Iterable[Archive], now: datetime) -> None:
     """Log each backup dated in the future (see retention.is_future): retention keeps such
     a backup and leaves it out of the counting, and a person should look at it."""
-    for entry in entries:
+    for entry in archives:
         if is_future(entry.taken_at, now):
             log.warning(
                 "%s is dated %s, in the future (a clock that jumped?): retention keeps it and "
@@ -156,11 +159,11 @@ async def list_backups(config: Config, names: Sequence[str] = ()) -> Catalog:
             for storage, backups in wanted.items()
         }
     )
-    entries = [
+    archives = [
         entry
         for listed in found.values()
         for entry in listed
         if not names or entry.backup in names or entry.job in names
     ]
-    entries.sort(key=lambda e: (e.taken_at, e.job, e.target), reverse=True)
-    return Catalog(entries, errors)
+    archives.sort(key=lambda e: (e.taken_at, e.job, e.target), reverse=True)
+    return Catalog(archives, errors)

@@ -236,7 +236,7 @@ class Readers:
             return self.found[source.name]
 
 
-def backup_names(names: Iterable[str]) -> list[str]:
+def archive_names(names: Iterable[str]) -> list[str]:
     """The backups among a folder's file names: data files, and manifests' data files."""
     found = set()
     for name in names:
@@ -247,12 +247,12 @@ def backup_names(names: Iterable[str]) -> list[str]:
     return sorted(found)
 
 
-def backups_in(paths: Iterable[Path]) -> list[tuple[Store, str]]:
+def archives_in(paths: Iterable[Path]) -> list[tuple[Store, str]]:
     """Backups named by local `paths`: files (data or .json manifest) or folders to scan."""
     found: set[tuple[Path, str]] = set()
     for path in paths:
         if path.is_dir():
-            found |= {(path, name) for name in backup_names(p.name for p in path.iterdir())}
+            found |= {(path, name) for name in archive_names(p.name for p in path.iterdir())}
         else:
             found.add((path.parent, path.name.removesuffix(".json")))
     return [
@@ -261,7 +261,7 @@ def backups_in(paths: Iterable[Path]) -> list[tuple[Store, str]]:
     ]
 
 
-async def backups_on(
+async def archives_on(
     storages: Iterable[StorageConfig],
 ) -> tuple[list[tuple[Store, str]], dict[str, str]]:
     """Every backup (or manifest) on these targets, listed at once, and the targets that
@@ -271,7 +271,7 @@ async def backups_on(
         {label: functools.partial(store.names, "") for label, store in stores.items()}
     )
     found = [
-        (stores[label], name) for label, names in listings.items() for name in backup_names(names)
+        (stores[label], name) for label, names in listings.items() for name in archive_names(names)
     ]
     return found, errors
 

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from db_backup import runtime
-from db_backup.catalog import Entry, job_entries, list_backups, targets_of, warn_about_future
+from db_backup.catalog import Archive, job_archives, list_backups, targets_of, warn_about_future
 from db_backup.config.schema import Config, RetentionConfig
 from db_backup.errors import StorageError
 from db_backup.lock import lock_folder, lock_storage
 from db_backup.model import JobSpec, Target
 from db_backup.naming import file_prefix
 from db_backup.plan import select_backups
-from db_backup.retention import Backup, Decision, decide
+from db_backup.retention import ArchiveDate, Decision, decide
 from db_backup.threads import in_thread
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ Policies = Mapping[tuple[str, str], RetentionConfig]
 
 @dataclass(frozen=True)
 class PruneVerdict:
-    entry: Entry
+    archive: Archive
     decision: Decision
 
 
@@ -42,55 +42,55 @@ class PruneReport:
 
     verdicts: list[PruneVerdict]
     errors: dict[str, str] = field(default_factory=dict)  # target label → what went wrong
-    deleted: list[Entry] = field(default_factory=list)
+    deleted: list[Archive] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)  # incomplete uploads / partials removed
 
 
 def plan_prune(
-    entries: Iterable[Entry], policies: Policies, now: datetime, *, keep: Collection[str] = ()
+    archives: Iterable[Archive], policies: Policies, now: datetime, *, keep: Collection[str] = ()
 ) -> list[PruneVerdict]:
-    """Keep/delete for every entry, each job on each target judged against its own backups
+    """Keep/delete for every archive, each job on each target judged against its own backups
     there only. Entries without a policy are not judged; `keep`: locations kept whatever the
     policy says. Pure."""
-    groups: dict[tuple[str, str], list[Entry]] = {}
-    for entry in entries:
-        if (entry.backup, entry.target) in policies:
-            groups.setdefault((entry.job, entry.target), []).append(entry)
+    groups: dict[tuple[str, str], list[Archive]] = {}
+    for archive in archives:
+        if (archive.backup, archive.target) in policies:
+            groups.setdefault((archive.job, archive.target), []).append(archive)
     verdicts = []
     for group in groups.values():
-        by_id = {entry.location: entry for entry in group}
+        by_id = {archive.location: archive for archive in group}
         policy = policies[group[0].backup, group[0].target]
-        backups = [Backup(key, entry.taken_at) for key, entry in by_id.items()]
+        backups = [ArchiveDate(key, archive.taken_at) for key, archive in by_id.items()]
         decisions = decide(backups, policy, now, keep=keep)
-        verdicts += [PruneVerdict(by_id[d.backup.id], d) for d in decisions]
+        verdicts += [PruneVerdict(by_id[d.archive.id], d) for d in decisions]
     return verdicts
 
 
-def delete(entry: Entry) -> None:
+def delete(archive: Archive) -> None:
     """Remove one backup: its manifest, then its data file."""
-    entry.store.delete(entry.manifest_name)
-    entry.store.delete(entry.name)
+    archive.store.delete(archive.manifest_name)
+    archive.store.delete(archive.name)
 
 
-def apply(verdicts: Sequence[PruneVerdict]) -> tuple[list[Entry], dict[str, str]]:
+def apply(verdicts: Sequence[PruneVerdict]) -> tuple[list[Archive], dict[str, str]]:
     """Delete what the verdicts do not keep; returns what was deleted, and per target the
     first error (a target that fails stops there; the others go on)."""
-    deleted: list[Entry] = []
+    deleted: list[Archive] = []
     errors: dict[str, str] = {}
     for verdict in verdicts:
-        entry = verdict.entry
-        if verdict.decision.keep or entry.target in errors:
+        archive = verdict.archive
+        if verdict.decision.keep or archive.target in errors:
             continue
         try:
-            delete(entry)
+            delete(archive)
         except StorageError as exc:
-            errors[entry.target] = str(exc)
+            errors[archive.target] = str(exc)
         else:
-            deleted.append(entry)
+            deleted.append(archive)
     return deleted, errors
 
 
-def prune_job(job: JobSpec, target: Target, now: datetime) -> list[Entry]:
+def prune_job(job: JobSpec, target: Target, now: datetime) -> list[Archive]:
     """After `job` committed a backup on `target` (under the run's lock): apply the policy
     for that target to the job's own backups there. A failure to delete is logged, not
     raised: the backup that just committed is fine."""
@@ -98,18 +98,18 @@ def prune_job(job: JobSpec, target: Target, now: datetime) -> list[Entry]:
     if policy.is_empty:
         return []
     try:
-        entries = job_entries(target, job.name, job.backup.name)
+        archives = job_archives(target, job.name, job.backup.name)
         policies = {(job.backup.name, target.label): policy}
         just_made = runtime.current().store(target.storage).location(target.filename)
-        verdicts = plan_prune(entries, policies, now, keep={just_made})
-        warn_about_future(entries, now)
+        verdicts = plan_prune(archives, policies, now, keep={just_made})
+        warn_about_future(archives, now)
         deleted, errors = apply(verdicts)
     except StorageError as exc:
         deleted, errors = [], {target.label: str(exc)}
     for error in errors.values():
         log.warning("retention for %s: %s", job.name, error)
-    for entry in deleted:
-        log.info("retention: deleted %s (kept by no rule)", entry.location)
+    for archive in deleted:
+        log.info("retention: deleted %s (kept by no rule)", archive.location)
     return deleted
 
 
@@ -132,9 +132,9 @@ async def prune_config(
     races a running backup (a held lock refuses at once, as for `backup`); under them, the
     incomplete uploads and partial files of the listed jobs are removed too."""
     catalog = await list_backups(config, names)
-    report = PruneReport(plan_prune(catalog.entries, policies_of(config, names), now))
+    report = PruneReport(plan_prune(catalog.archives, policies_of(config, names), now))
     report.errors.update(catalog.errors)
-    warn_about_future(catalog.entries, now)
+    warn_about_future(catalog.archives, now)
     if dry_run:
         return report
     targets = targets_of(select_backups(config, names))
@@ -142,7 +142,7 @@ async def prune_config(
     try:
         report.deleted, errors = await in_thread(apply, report.verdicts)
         report.errors.update(errors)
-        jobs = {(e.target, e.job) for e in catalog.entries}
+        jobs = {(e.target, e.job) for e in catalog.archives}
         for storage, backups in targets.items():
             if lock_folder(storage) not in locks.held or storage.label in report.errors:
                 continue

@@ -36,8 +36,9 @@ PERIODS: dict[str, Period] = {
 
 
 @dataclass(frozen=True)
-class Backup:
-    """What retention needs to know of a backup: who it is and when it was taken."""
+class ArchiveDate:
+    """What retention needs to know of an archive (a stored backup): which one, and when it
+    was taken."""
 
     id: str  # a file name or object key
     taken_at: datetime  # timezone-aware
@@ -45,7 +46,7 @@ class Backup:
 
 @dataclass(frozen=True)
 class Decision:
-    backup: Backup
+    archive: ArchiveDate
     keep: bool
     reasons: tuple[str, ...] = field(default=())  # the rules that kept it; empty when deleted
 
@@ -56,47 +57,47 @@ def is_future(taken_at: datetime, now: datetime) -> bool:
 
 
 def decide(
-    backups: Sequence[Backup],
+    archives: Sequence[ArchiveDate],
     policy: RetentionConfig,
     now: datetime,
     *,
     keep: Collection[str] = (),
 ) -> list[Decision]:
-    """A decision for every backup, newest first. `keep`: ids kept whatever the policy says
-    (the backup the run just made).
+    """A decision for every archive, newest first. `keep`: ids kept whatever the policy says
+    (the archive the run just made).
 
-    A backup dated after `now` (by more than CLOCK_SKEW: a clock that jumped, another
-    machine's clock) is kept and left out of the counting: otherwise two backups dated 2031
-    would hold `keep_last 2` and make every new backup deletable the moment it commits."""
-    future = [b for b in backups if is_future(b.taken_at, now)]
-    present = [b for b in backups if not is_future(b.taken_at, now)]
+    An archive dated after `now` (by more than CLOCK_SKEW: a clock that jumped, another
+    machine's clock) is kept and left out of the counting: otherwise two archives dated 2031
+    would hold `keep_last 2` and make every new archive deletable the moment it commits."""
+    future = [b for b in archives if is_future(b.taken_at, now)]
+    present = [b for b in archives if not is_future(b.taken_at, now)]
     ordered = sorted(present, key=lambda b: (b.taken_at, b.id), reverse=True)
-    reasons: dict[str, list[str]] = {b.id: [] for b in backups}
-    for backup in future:
-        reasons[backup.id].append(FUTURE)
-    for backup in backups:
-        if backup.id in keep:
-            reasons[backup.id].append("just made")
+    reasons: dict[str, list[str]] = {b.id: [] for b in archives}
+    for archive in future:
+        reasons[archive.id].append(FUTURE)
+    for archive in archives:
+        if archive.id in keep:
+            reasons[archive.id].append("just made")
     if ordered:
         reasons[ordered[0].id].append("newest")
     if policy.is_empty:
-        for backup in ordered:
-            reasons[backup.id].append("no retention policy")
-    for backup in ordered[: policy.keep_last]:
-        reasons[backup.id].append(f"keep_last {policy.keep_last}")
+        for archive in ordered:
+            reasons[archive.id].append("no retention policy")
+    for archive in ordered[: policy.keep_last]:
+        reasons[archive.id].append(f"keep_last {policy.keep_last}")
     for name, period in PERIODS.items():
         count = getattr(policy, f"keep_{name}")
         seen: set[tuple[int, ...]] = set()
-        for backup in ordered:  # newest first: the first one met in a period is its newest
+        for archive in ordered:  # newest first: the first one met in a period is its newest
             if len(seen) >= count:
                 break
-            bucket = period(backup.taken_at.astimezone(UTC))
+            bucket = period(archive.taken_at.astimezone(UTC))
             if bucket not in seen:
                 seen.add(bucket)
-                reasons[backup.id].append(f"keep_{name} {count}")
+                reasons[archive.id].append(f"keep_{name} {count}")
     if policy.max_age is not None:
-        for backup in ordered:
-            if (now - backup.taken_at).total_seconds() < policy.max_age:
-                reasons[backup.id].append("max_age")
-    newest_first = sorted(backups, key=lambda b: (b.taken_at, b.id), reverse=True)
+        for archive in ordered:
+            if (now - archive.taken_at).total_seconds() < policy.max_age:
+                reasons[archive.id].append("max_age")
+    newest_first = sorted(archives, key=lambda b: (b.taken_at, b.id), reverse=True)
     return [Decision(b, bool(reasons[b.id]), tuple(reasons[b.id])) for b in newest_first]

@@ -335,7 +335,7 @@ def verify(
     ] = None,
 ) -> None:
     """Re-read backups: size and sha256 against the manifest, complete stream and dump."""
-    from db_backup.integrity import backups_in, backups_on, verify_all
+    from db_backup.integrity import archives_in, archives_on, verify_all
 
     with exits.errors_to_exit_codes():
         targets = list(paths or ())
@@ -348,8 +348,8 @@ def verify(
         missing = [str(path) for path in targets if not path.exists() and path.suffix != ".json"]
 
         async def verify_everything() -> tuple[list[Any], dict[str, str]]:
-            on_targets, unreadable = await backups_on(storages)
-            named = backups_in(path for path in targets if path.exists())
+            on_targets, unreadable = await archives_on(storages)
+            named = archives_in(path for path in targets if path.exists())
             return await verify_all(named + on_targets), unreadable
 
         verdicts, unreadable = exits.interruptible(verify_everything())
@@ -389,7 +389,7 @@ def list_command(
     with exits.errors_to_exit_codes():
         loaded = setup.load_config(config, require_env=False)  # reads targets only: no DB secrets
         catalog = exits.interruptible(list_backups(loaded, tuple(name or ())))
-    warn_about_future(catalog.entries, datetime.now(UTC))
+    warn_about_future(catalog.archives, datetime.now(UTC))
     if json_output:
         from db_backup.cli.render import catalog_json
 
@@ -397,7 +397,7 @@ def list_command(
     else:
         from db_backup.cli.tables import catalog_table
 
-        _print_table(catalog_table(catalog.entries))
+        _print_table(catalog_table(catalog.archives))
     exits.for_target_errors(catalog.errors)
 
 
@@ -424,10 +424,10 @@ def prune_command(
         )
     deleted = 0
     for verdict in report.verdicts:
-        where = verdict.entry.location
+        where = verdict.archive.location
         if verdict.decision.keep:
             typer.echo(f"keep    {where} ({', '.join(verdict.decision.reasons)})")
-        elif not dry_run and verdict.entry not in report.deleted:
+        elif not dry_run and verdict.archive not in report.deleted:
             typer.echo(f"not deleted {where} (see the error below)")
         else:
             deleted += 1

@@ -253,6 +253,6 @@ def catalog_json(catalog: Catalog) -> bytes:
             "verified": bool(e.checks),
             "checks": e.checks,
         }
-        for e in catalog.entries
+        for e in catalog.archives
     ]
     return msgspec.json.encode({"backups": entries, "errors": catalog.errors}) + b"\n"

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from db_backup import runtime
-from db_backup.catalog import Entry
+from db_backup.catalog import Archive
 from db_backup.cli.render import STATUS_STYLE
 from db_backup.model import JobResult, JobStatus, Plan, RunReport
 from db_backup.units import format_bytes, format_duration, format_rate
@@ -74,24 +74,24 @@ def plan_table(plan: Plan, failures: Sequence[JobResult] = ()) -> Table:
     return table
 
 
-def catalog_table(entries: Sequence[Entry]) -> Table:
+def catalog_table(archives: Sequence[Archive]) -> Table:
     """`db-backup list`: every finished backup, newest first."""
     table = Table(box=box.SIMPLE_HEAD, title="db-backup backups", title_justify="left")
     for column in ("taken (UTC)", "job", "database", "size", "verified"):
         table.add_column(column, no_wrap=True, justify="right" if column == "size" else "left")
     table.add_column("target", overflow="fold")
     table.add_column("file", overflow="fold")
-    for entry in entries:
+    for archive in archives:
         cells = (
-            entry.taken_at.strftime("%Y-%m-%d %H:%M:%S"),
-            entry.job,
-            entry.database,
-            format_bytes(entry.stored_bytes),
-            ", ".join(entry.checks) or "no",
-            entry.target,
-            entry.name,
+            archive.taken_at.strftime("%Y-%m-%d %H:%M:%S"),
+            archive.job,
+            archive.database,
+            format_bytes(archive.stored_bytes),
+            ", ".join(archive.checks) or "no",
+            archive.target,
+            archive.name,
         )
         table.add_row(*map(Text, cells))
-    table.caption = f"{len(entries)} backups"
+    table.caption = f"{len(archives)} backups"
     table.caption_justify = "left"
     return table

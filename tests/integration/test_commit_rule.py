@@ -55,7 +55,7 @@ async def run(config: str = CONFIG) -> RunReport:
     return await Orchestrator(plan).run()
 
 
-def backups_in(store: MemoryStore) -> list[str]:
+def files_in(store: MemoryStore) -> list[str]:
     return sorted(store.files)
 
 
@@ -68,7 +68,7 @@ async def test_every_target_commits_the_same_bytes_with_a_manifest(
     assert result.error is None
     name = "shop_20261201T030000Z.sql.gz"
     for store in stores:
-        assert backups_in(store) == [name, f"{name}.json"]
+        assert files_in(store) == [name, f"{name}.json"]
         manifest = json.loads(store.files[f"{name}.json"])
         assert manifest["file"] == name
         assert manifest["engine"] == "fake"
@@ -92,9 +92,9 @@ async def test_a_target_that_fails_is_dropped_and_the_other_keeps_the_backup(
     assert result.error.endswith(
         "stored on the other targets as memory:///second/shop_20261201T030000Z.sql.gz"
     )
-    assert backups_in(first) == []
+    assert files_in(first) == []
     assert first.aborted == ["shop_20261201T030000Z.sql.gz"]
-    assert len(backups_in(second)) == 2
+    assert len(files_in(second)) == 2
     assert [target for target, _ in result.failed_targets] == ["local:/first"]
     assert [copy.target for copy in result.copies] == ["local:/second"]
 
@@ -106,8 +106,8 @@ async def test_a_manifest_that_cannot_be_written_takes_its_data_file_with_it(
     first.fail_put = True
     (result,) = (await run()).results
     assert result.status is JobStatus.FAILED
-    assert backups_in(first) == []  # a data file without its manifest is not a backup
-    assert len(backups_in(second)) == 2
+    assert files_in(first) == []  # a data file without its manifest is not a backup
+    assert len(files_in(second)) == 2
     ((label, why),) = result.failed_targets
     assert label == "local:/first"
     assert "the disk said no (the dump was stored without it and is removed)" in why
@@ -123,7 +123,7 @@ async def test_when_every_target_fails_nothing_is_kept_and_each_is_named(
     assert result.error_kind == "targets"
     assert result.copies == ()
     assert [label for label, _ in result.failed_targets] == ["local:/first", "local:/second"]
-    assert backups_in(stores[0]) == backups_in(stores[1]) == []
+    assert files_in(stores[0]) == files_in(stores[1]) == []
 
 
 @pytest.mark.parametrize(
@@ -155,7 +155,7 @@ async def test_a_dump_that_fails_or_is_cut_short_leaves_nothing_anywhere(
     assert result.error_kind == kind
     assert said in (result.error or "")
     for store in stores:
-        assert backups_in(store) == []
+        assert files_in(store) == []
         assert store.aborted == ["shop_20261201T030000Z.sql.gz"]
 
 
