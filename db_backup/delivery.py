@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from db_backup import runtime
 from db_backup.errors import StorageError, TargetsFailedError
-from db_backup.integrity import ReadThrough
 from db_backup.model import Target
 from db_backup.storage import Upload
 from db_backup.threads import in_thread
@@ -52,8 +51,10 @@ async def open_uploads(deliveries: Sequence[Delivery]) -> None:
     await asyncio.gather(*(one(d) for d in deliveries if d.error is None))
 
 
-def _write(deliveries: Sequence[Delivery], data: bytes) -> None:
-    """Write to every live target (on the pump thread); none left: stop the dump."""
+def deliver_all(deliveries: Sequence[Delivery], data: bytes) -> None:
+    """Hand stored bytes to every live target (on the pump thread); none left: stop the dump."""
+    if not data:
+        return
     for delivery in deliveries:
         if delivery.live:
             assert delivery.upload is not None
@@ -63,14 +64,6 @@ def _write(deliveries: Sequence[Delivery], data: bytes) -> None:
                 delivery.fail(exc)
     if not any(d.live for d in deliveries):
         raise targets_failed(deliveries)
-
-
-def deliver_all(deliveries: Sequence[Delivery], check: ReadThrough | None, data: bytes) -> None:
-    """Hand stored bytes to the read-through check (if any) and every live target."""
-    if data:
-        if check is not None:
-            check.write(data)
-        _write(deliveries, data)
 
 
 async def commit_all(deliveries: Sequence[Delivery]) -> None:

@@ -13,6 +13,7 @@ exit codes; no traceback reaches a user.
     ├── CredentialsError       a password_file cannot be read
     ├── ConnectionCheckError   the pre-dump connection check failed; `.kind` says how
     ├── DumpError              pg_dump (or pg_dumpall) failed or its output is incomplete
+    ├── DamagedStreamError     stored bytes that a stage's inverse cannot undo (cut, changed)
     ├── StorageError           a target could not be written, read or listed
     │   ├── TargetUnreachableError  it did not answer (timed out, refused): not asked again
     │   └── TargetsFailedError one or more of a job's targets failed (others may hold it)
@@ -122,6 +123,13 @@ class DumpError(BackupError):
         if stderr_tail:
             message += f": {stderr_tail}"
         super().__init__(message)
+
+
+class DamagedStreamError(BackupError):
+    """Reading a backup back, a stage's inverse met bytes it cannot undo: a compressed
+    stream damaged or cut short."""
+
+    kind = "damaged"
 
 
 class StorageError(BackupError):

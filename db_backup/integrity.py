@@ -33,8 +33,7 @@ from db_backup.naming import BACKUP_SUFFIXES, format_of
 from db_backup.process import Child, spawn
 from db_backup.sources import source_named
 from db_backup.sources.base import Completion, Source
-from db_backup.stages import append_tail
-from db_backup.stages.unpack import unpacker_for
+from db_backup.stages.unpack import Unstaging, records_from_name
 from db_backup.storage import Store, ask_targets
 from db_backup.threads import in_thread
 
@@ -43,8 +42,9 @@ READ_SIZE = 1024 * 1024
 
 class ReadThrough:
     """A reader program (pg_restore --file=/dev/null for custom format: the engine says, see
-    Dump.reader_argv) fed the stored bytes as they go out, on the job's pump thread: the
-    check needs no local copy (the only target may be S3) and costs no second pass."""
+    Dump.reader_argv) fed the dump's bytes as they go by, on the job's pump thread (or, in
+    verify, as they read back): the check needs no local copy (the only target may be S3)
+    and costs no second pass."""
 
     def __init__(self, child: Child, completion: Completion) -> None:
         self._child = child
@@ -52,7 +52,7 @@ class ReadThrough:
         self._stopped_reading = False
 
     def write(self, data: bytes) -> None:
-        """Feed the next stored bytes; blocks while the reader is behind."""
+        """Feed the dump's next bytes; blocks while the reader is behind."""
         fd = self._child.stdin_fd
         if self._stopped_reading or fd is None:
             return
@@ -94,23 +94,27 @@ class Verdict:
 
 
 class _StreamCheck:
-    """Everything verify learns from one pass over the stored bytes."""
+    """Everything verify learns from one pass over the stored bytes: their size and sha256,
+    and — through the inverse of every stage they went through — the dump's own bytes, which
+    the reader (if any) is fed."""
 
-    def __init__(self, name: str, restore: ReadThrough | None) -> None:
+    def __init__(self, unstaging: Unstaging, restore: ReadThrough | None) -> None:
         self.sha256 = hashlib.sha256()
         self.size = 0
-        self.tail = b""
-        self.decompressed = unpacker_for(name)
+        self.unstaging = unstaging
         self.restore = restore
 
     def feed(self, chunk: bytes) -> None:
         self.sha256.update(chunk)
         self.size += len(chunk)
-        self.tail = append_tail(self.tail, chunk)
-        if self.decompressed is not None:
-            self.decompressed.feed(chunk)
-        if self.restore is not None:
-            self.restore.write(chunk)
+        self._dump_bytes(self.unstaging.feed(chunk))
+
+    def finish(self) -> None:
+        self._dump_bytes(self.unstaging.finish())
+
+    def _dump_bytes(self, raw: bytes) -> None:
+        if raw and self.restore is not None:
+            self.restore.write(raw)
 
 
 def _read_manifest(store: Store, name: str, verdict: Verdict) -> manifest.Manifest | None:
@@ -129,8 +133,7 @@ def _pass_over(store: Store, name: str, check: _StreamCheck) -> None:
     with store.open_read(name) as stream:
         while chunk := stream.read(READ_SIZE):
             check.feed(chunk)
-    if check.decompressed is not None:
-        check.decompressed.close()
+    check.finish()
 
 
 def _judge(
@@ -152,22 +155,19 @@ def _judge(
             )
         else:
             verdict.checks.append("size and sha256 match the manifest")
+    unstaging = check.unstaging
+    if unstaging.error is not None:
+        verdict.problems.append(unstaging.error)
+        return
+    if unstaging.undoes_anything:
+        verdict.checks += unstaging.checks
+        if record is not None and unstaging.raw_bytes != record.raw_bytes:
+            verdict.problems.append(
+                f"decompresses to {unstaging.raw_bytes} bytes, the manifest says {record.raw_bytes}"
+            )
     if check.restore is not None:
         return  # read through: the reader's verdict follows
-    tail, unpacked = check.tail, check.decompressed
-    if unpacked is not None:
-        if unpacked.error is not None:
-            verdict.problems.append(
-                f"the {unpacked.kind} stream is damaged or cut short: {unpacked.error}"
-            )
-            return
-        verdict.checks.append(unpacked.complete)
-        if record is not None and unpacked.raw_bytes != record.raw_bytes:
-            verdict.problems.append(
-                f"decompresses to {unpacked.raw_bytes} bytes, the manifest says {record.raw_bytes}"
-            )
-        tail = unpacked.tail
-    if completion.ends_whole(tail):
+    if completion.ends_whole(unstaging.tail):
         verdict.checks.append(completion.passed)
     else:
         verdict.problems.append(completion.failed)
@@ -202,7 +202,8 @@ async def verify_backup(store: Store, name: str, readers: Readers) -> Verdict:
             restore = None
             if reader is not None:
                 restore = await stack.enter_async_context(read_through(reader, completion))
-            check = _StreamCheck(name, restore)
+            stages = manifest.stages_of(record) if record else records_from_name(name)
+            check = _StreamCheck(Unstaging.of(stages), restore)
             await in_thread(_pass_over, store, name, check)
             _judge(check, record, completion, verdict)
             if restore is not None:

@@ -2,8 +2,8 @@
 
 The engine (sources/) says what to run and how completeness is told; this module names none.
 A backup is committed only when the dump program exited 0 and its output is complete (it ends
-with the engine's completion marker, or a reader takes the stored bytes through as they go
-out); in every other case (error, timeout, cancellation) the child is stopped and every
+with the engine's completion marker, or a reader takes the dump's bytes through as they go
+by); in every other case (error, timeout, cancellation) the child is stopped and every
 upload aborted, and the error propagates for the orchestrator to record.
 """
 
@@ -166,7 +166,7 @@ async def _dump(
             stderr_tail = redact(child.stderr_tail(), dump.secret)
             _check_outcome(dump, exit_code, stderr_tail, pipeline)
             rest = await in_thread(pipeline.finish)
-            await in_thread(deliver_all, deliveries, check, rest)
+            await in_thread(deliver_all, deliveries, rest)
             if check is not None:
                 await check.finish()
         async with waiting_notice(emit, f"{job.name}: committing", job):
@@ -228,6 +228,7 @@ def _manifest(
         finished_at=finished,
         duration_seconds=round((finished - started).total_seconds(), 3),
         checks=("sha256", dump.completion.check),
+        stages=pipeline.records,
     )
 
 

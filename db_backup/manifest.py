@@ -20,6 +20,18 @@ class CompressionInfo(msgspec.Struct, frozen=True, kw_only=True):
     level: int | None
 
 
+class Compressed(msgspec.Struct, frozen=True, kw_only=True, tag_field="stage", tag="compress"):
+    """A compression stage the runner applied (not the dump program's own)."""
+
+    algorithm: str  # gzip | zstd
+    level: int | None
+
+
+# Every kind of stage a manifest can list (an encryption stage joins this union); each is
+# read back by its own inverse, see stages/unpack.py.
+StageRecord = Compressed
+
+
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     manifest_version: int = MANIFEST_VERSION
     tool: str = "db-backup"
@@ -44,6 +56,17 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     # What was checked before the backup was committed: "sha256" of the stored bytes, and
     # "end marker" (plain SQL) or "pg_restore read-through" (custom format).
     checks: tuple[str, ...] = ()
+    # The stages the dump went through on its way to storage, in the order applied; reading
+    # back undoes them last first. Manifests written before this field: see `stages_of`.
+    stages: tuple[StageRecord, ...] = ()
+
+
+def stages_of(record: Manifest) -> tuple[StageRecord, ...]:
+    """The stages a manifest's file went through. Manifests written before stages were listed
+    had one at most, their compression (unless pg_dump compressed it itself, or nothing did)."""
+    if record.stages or record.compression.algorithm not in ("gzip", "zstd"):
+        return record.stages
+    return (Compressed(algorithm=record.compression.algorithm, level=record.compression.level),)
 
 
 def decode(data: bytes) -> Manifest:

@@ -32,7 +32,7 @@ class ServerInfo:
 @dataclass(frozen=True)
 class Completion:
     """How a finished dump is told from one cut short: its output ends with a marker, or a
-    reader program (`Dump.reader_argv`) takes the stored bytes through without complaint."""
+    reader program (`Dump.reader_argv`) takes the dump's bytes through without complaint."""
 
     check: str  # what the manifest's `checks` calls it: "end marker", "pg_restore read-through"
     passed: str  # what verify says when it holds
@@ -59,7 +59,7 @@ class Dump:
     # pipeline then stores it as it comes.
     compression: CompressionInfo | None
     expected_bytes: int | None  # raw output to expect, for an ETA; None when unknown
-    reader_argv: list[str] | None = None  # reads the stored bytes through (read_through)
+    reader_argv: list[str] | None = None  # reads the dump's bytes through (read_through)
     secret: str | None = None  # masked in what the dump program says
 
 

@@ -4,7 +4,11 @@ A `Pipeline` is what a job feeds each chunk of dump output through: it counts ra
 the raw tail (to check pg_dump's completion marker), compresses, and hashes and counts what will
 be stored. It is CPU work, so jobs call it on a worker thread; zlib, isal and zstd release the
 GIL, so jobs — and the blocks of one parallel stream — compress on several cores at once.
-New stages (encryption) implement `Stage` and slot in through the Pipeline.
+
+A stage (compress.py) describes itself for the manifest with a record (manifest.StageRecord),
+and has an inverse (`Inverse`) that undoes it when a backup is read back; unpack.py chains the
+inverses from a manifest's records. A new stage (encryption) is a module with both halves,
+one record type in the manifest and one line in unpack.py's dispatch.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from typing import Protocol
 
-from db_backup.manifest import CompressionInfo
+from db_backup.manifest import Compressed, CompressionInfo, StageRecord
 
 # Enough of a stream's end to hold pg_dump's completion marker, with room to spare.
 TAIL_BYTES = 256
@@ -30,14 +34,14 @@ COMPRESSION_SUFFIXES = {"gzip": ".gz", "zstd": ".zst", "none": ""}
 class Stage(Protocol):
     """A streaming transform: `feed` any number of times, then `flush` once; `close` frees
     any worker threads (safe to call at any time, also after an error). `suffix` is what it
-    adds to a file name (".gz"); reading back undoes the stages by their suffixes, last first
-    (see unpack.py)."""
+    adds to a file name (".gz")."""
 
     suffix: str
 
     @property
-    def compression(self) -> CompressionInfo | None:
-        """What the manifest says of it; None for a stage that does not compress."""
+    def record(self) -> StageRecord | None:
+        """What the manifest lists of it (its inverse is found by it); None: it changes
+        nothing, so there is nothing to undo."""
         ...
 
     def feed(self, data: bytes) -> bytes: ...
@@ -47,11 +51,25 @@ class Stage(Protocol):
     def close(self) -> None: ...
 
 
+class Inverse(Protocol):
+    """Undoes one stage as stored bytes stream past: `feed` returns what the stage was given;
+    both calls raise DamagedStreamError on bytes the stage cannot have written."""
+
+    name: str  # what it reads, for messages: "gzip stream"
+    complete: str  # what verify says when the whole stream checked out
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def finish(self) -> bytes:
+        """The last bytes; raises DamagedStreamError if the stream was cut short."""
+        ...
+
+
 class PassthroughStage:
     """No transformation: `compression: none`, or pg_dump's own compression (custom format)."""
 
     suffix = ""
-    compression = CompressionInfo(algorithm="none", level=None)
+    record = None
 
     def feed(self, data: bytes) -> bytes:
         return data
@@ -80,10 +98,17 @@ class Pipeline:
         return "".join(stage.suffix for stage in self._stages)
 
     @property
+    def records(self) -> tuple[StageRecord, ...]:
+        """Every stage that changes the bytes, in order, for the manifest."""
+        return tuple(stage.record for stage in self._stages if stage.record is not None)
+
+    @property
     def compression(self) -> CompressionInfo:
-        """How the stored bytes are compressed, for the manifest, as its stage says."""
-        infos = [stage.compression for stage in self._stages if stage.compression]
-        return infos[0] if infos else CompressionInfo(algorithm="none", level=None)
+        """How the stored bytes are compressed, for the manifest's `compression`."""
+        found = [r for r in self.records if isinstance(r, Compressed)]
+        if not found:
+            return CompressionInfo(algorithm="none", level=None)
+        return CompressionInfo(algorithm=found[0].algorithm, level=found[0].level)
 
     def feed(self, chunk: bytes) -> bytes:
         self.raw_bytes += len(chunk)

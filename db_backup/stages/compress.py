@@ -1,4 +1,5 @@
-"""Compression stages: gzip (zlib, or isal for the fast levels), parallel gzip, zstd.
+"""Compression stages: gzip (zlib, or isal for the fast levels), parallel gzip, zstd — and
+their inverse, `Decompressor`, which reads them back.
 
 Output is always what the standard tools read: `gunzip` (a parallel stream is a series of
 gzip members, which gunzip concatenates, as pigz's independent-block mode does) and `zstd -d`.
@@ -16,7 +17,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from db_backup.config.schema import CompressionConfig
-from db_backup.manifest import CompressionInfo
+from db_backup.errors import DamagedStreamError
+from db_backup.manifest import Compressed
 from db_backup.stages import COMPRESSION_SUFFIXES, PassthroughStage, Stage
 
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip header and trailer around raw deflate
@@ -44,9 +46,9 @@ class _StreamStage:
 
     suffix: str
 
-    def __init__(self, compressor: Any, compression: CompressionInfo) -> None:
+    def __init__(self, compressor: Any, record: Compressed) -> None:
         self._compressor = compressor
-        self.compression = compression
+        self.record = record
 
     def feed(self, data: bytes) -> bytes:
         out: bytes = self._compressor.compress(data)
@@ -68,7 +70,7 @@ class GzipStage(_StreamStage):
     def __init__(self, level: int) -> None:
         module = _gzip_module(level)
         compressor = module.compressobj(level, module.DEFLATED, GZIP_WBITS)
-        super().__init__(compressor, CompressionInfo(algorithm="gzip", level=level))
+        super().__init__(compressor, Compressed(algorithm="gzip", level=level))
 
 
 class ParallelBlocksStage:
@@ -84,10 +86,10 @@ class ParallelBlocksStage:
         threads: int,
         block_bytes: int = PARALLEL_BLOCK_BYTES,
         suffix: str = COMPRESSION_SUFFIXES["gzip"],  # what the blocks are: gzip members
-        compression: CompressionInfo | None = None,  # for the manifest
+        record: Compressed | None = None,  # for the manifest
     ) -> None:
         self.suffix = suffix
-        self.compression = compression
+        self.record = record
         self._compress_block = compress_block
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="db-backup-compress")
         self._in_flight: deque[Future[bytes]] = deque()
@@ -151,7 +153,7 @@ class ZstdStage(_StreamStage):
             write_checksum=True,
         )
         compressor = zstandard.ZstdCompressor(compression_params=parameters).compressobj()
-        super().__init__(compressor, CompressionInfo(algorithm="zstd", level=level))
+        super().__init__(compressor, Compressed(algorithm="zstd", level=level))
 
 
 def gzip_block_compressor(level: int) -> Callable[[bytes], bytes]:
@@ -188,6 +190,48 @@ def compressor_for(
     if compression.algorithm == "zstd":
         return ZstdStage(level, threads)
     if threads > 1:
-        gzip_level = CompressionInfo(algorithm="gzip", level=level)
-        return ParallelBlocksStage(gzip_block_compressor(level), threads, compression=gzip_level)
+        record = Compressed(algorithm="gzip", level=level)
+        return ParallelBlocksStage(gzip_block_compressor(level), threads, record=record)
     return GzipStage(level)
+
+
+class Decompressor:
+    """The inverse of every stage above: gzip (one member or a series, as the parallel stage
+    writes them; each member's CRC and length checked) or zstd (each frame's checksum)."""
+
+    def __init__(self, algorithm: str) -> None:
+        self._algorithm = algorithm
+        self.name = f"{algorithm} stream"
+        self.complete = (
+            "gzip stream complete (CRC and length ok)"
+            if algorithm == "gzip"
+            else "zstd stream complete"
+        )
+        self._zstd: Any = None
+        self._stream: Any = self._new_stream()
+
+    def _new_stream(self) -> Any:
+        if self._algorithm == "gzip":
+            return zlib.decompressobj(wbits=GZIP_WBITS)
+        import zstandard
+
+        self._zstd = self._zstd or zstandard.ZstdDecompressor()
+        return self._zstd.decompressobj()
+
+    def feed(self, data: bytes) -> bytes:
+        out = []
+        try:
+            while data:
+                out.append(self._stream.decompress(data))
+                data = self._stream.unused_data if self._stream.eof else b""
+                if data:  # another gzip member or zstd frame follows
+                    self._stream = self._new_stream()
+        except Exception as exc:  # zlib.error, or zstandard.ZstdError (imported lazily)
+            raise DamagedStreamError(str(exc)) from None
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        if not self._stream.eof:
+            part = "member" if self._algorithm == "gzip" else "frame"
+            raise DamagedStreamError(f"the {self.name} ends before its last {part} is complete")
+        return b""

@@ -1,70 +1,97 @@
-"""Reading stored bytes back: the inverse of each stage, found by the suffix it gave the
-file name (the stages' COMPRESSION_SUFFIXES). verify streams a backup through it; restore will.
+"""Reading stored bytes back: every stage's inverse, last applied first, as one stream.
+
+Which stages a backup went through comes from its manifest (`manifest.stages_of`), or, for a
+file without one, from its name's suffixes. verify streams a backup through `Unstaging` to
+check it; restore streams it on into the engine's restore program.
 """
 
 from __future__ import annotations
 
-import zlib
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import assert_never
 
-from db_backup.stages import COMPRESSION_SUFFIXES, append_tail
-
-_KIND_BY_SUFFIX = {suffix: kind for kind, suffix in COMPRESSION_SUFFIXES.items() if suffix}
-
-
-def unpacker_for(name: str) -> Unpacker | None:
-    """The inverse of the compression a stored file's name says, or None (not compressed
-    by us: `.sql`, or a custom-format dump that pg_dump compressed itself)."""
-    kind = next((k for suffix, k in _KIND_BY_SUFFIX.items() if name.endswith(suffix)), None)
-    return Unpacker(kind) if kind else None
+from db_backup.errors import DamagedStreamError
+from db_backup.manifest import Compressed, StageRecord
+from db_backup.stages import COMPRESSION_SUFFIXES, Inverse, append_tail
 
 
-class Unpacker:
-    """Undoes a compression stage as the stored bytes stream past, counting the raw bytes
-    and keeping their tail; after `close()`, `error` says if the stream was damaged or cut
-    short."""
+@dataclass(frozen=True)
+class ReadingKeys:
+    """What undoing the stages may need besides the bytes. Compression needs nothing; an
+    encryption stage's inverse will need its identities (secret keys) here."""
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+
+def records_from_name(name: str) -> tuple[StageRecord, ...]:
+    """The stages a stored file's name says it went through (for a file without a manifest)."""
+    for algorithm, suffix in COMPRESSION_SUFFIXES.items():
+        if suffix and name.endswith(suffix):
+            return (Compressed(algorithm=algorithm, level=None),)
+    return ()
+
+
+def inverse_of(record: StageRecord, keys: ReadingKeys) -> Inverse:
+    """The inverse of the stage `record` describes."""
+    from db_backup.stages.compress import Decompressor  # imports isal/zstd only when used
+
+    match record:
+        case Compressed():
+            return Decompressor(record.algorithm)
+        case _:
+            assert_never(record)
+
+
+class Unstaging:
+    """Stored bytes in, the dump's own bytes out, through the inverse of every stage; counts
+    and keeps the tail of what comes out. The first damage found stops it: `error` says what
+    it was, and later bytes are ignored."""
+
+    def __init__(self, inverses: Sequence[Inverse]) -> None:
+        """`inverses`: one per stage, in the order the stages were applied."""
+        self._inverses = list(reversed(inverses))
         self.raw_bytes = 0
         self.tail = b""
         self.error: str | None = None
-        self._zstd: Any = None
-        self._stream: Any = self._new_stream()
 
-    def _new_stream(self) -> Any:
-        if self.kind == "gzip":
-            return zlib.decompressobj(wbits=31)  # one gzip member; CRC and length checked
-        import zstandard
-
-        self._zstd = self._zstd or zstandard.ZstdDecompressor()
-        return self._zstd.decompressobj()
-
-    def feed(self, data: bytes) -> None:
-        if self.error is not None:
-            return
-        try:
-            while data:
-                out = self._stream.decompress(data)
-                self.raw_bytes += len(out)
-                self.tail = append_tail(self.tail, out)
-                data = self._stream.unused_data if self._stream.eof else b""
-                if data:  # another gzip member or zstd frame follows
-                    self._stream = self._new_stream()
-        except Exception as exc:  # zlib.error, or zstandard.ZstdError (imported lazily)
-            self.error = str(exc)
+    @classmethod
+    def of(cls, records: Sequence[StageRecord], keys: ReadingKeys | None = None) -> Unstaging:
+        """Undo the stages a manifest (or a file name) lists."""
+        return cls([inverse_of(record, keys or ReadingKeys()) for record in records])
 
     @property
-    def complete(self) -> str:
-        """What verify says of a stream that checked out."""
-        return (
-            "gzip stream complete (CRC and length ok)"
-            if self.kind == "gzip"
-            else ("zstd stream complete")
-        )
+    def undoes_anything(self) -> bool:
+        return bool(self._inverses)
 
-    def close(self) -> None:
-        if self.error is None and not self._stream.eof:
-            self.error = f"the {self.kind} stream ends before its last " + (
-                "member is complete" if self.kind == "gzip" else "frame is complete"
-            )
+    @property
+    def checks(self) -> list[str]:
+        """What verify says of a stream that read back whole."""
+        return [inverse.complete for inverse in self._inverses]
+
+    def feed(self, stored: bytes) -> bytes:
+        """The dump's bytes in `stored` (b"" once damage was found)."""
+        return self._account(self._through(stored, 0, finish=False))
+
+    def finish(self) -> bytes:
+        """The last bytes, each inverse's remainder through the inverses after it; sets
+        `error` if a stream was cut short."""
+        return self._account(self._through(b"", 0, finish=True))
+
+    def _through(self, data: bytes, first: int, *, finish: bool) -> bytes:
+        if self.error is not None:
+            return b""
+        if first == len(self._inverses):
+            return data
+        inverse = self._inverses[first]
+        try:
+            out = inverse.feed(data) if data else b""
+            if finish:
+                out += inverse.finish()
+        except DamagedStreamError as exc:
+            self.error = f"the {inverse.name} is damaged or cut short: {exc}"
+            return b""
+        return self._through(out, first + 1, finish=finish)
+
+    def _account(self, raw: bytes) -> bytes:
+        self.raw_bytes += len(raw)
+        self.tail = append_tail(self.tail, raw)
+        return raw

@@ -12,13 +12,16 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 
+from db_backup import manifest
 from db_backup.config.load import parse_config
 from db_backup.model import JobStatus, RunReport
 from db_backup.orchestrator import Orchestrator
 from db_backup.plan import build_plan
 from db_backup.runtime import Runtime, using
+from db_backup.stages.unpack import Unstaging
 from tests.memory import END_MARKER, MemoryStore, ScriptSource, stores_by_label
 
 NOW = datetime(2026, 12, 1, 3, 0, 0, tzinfo=UTC)
@@ -168,3 +171,34 @@ async def test_the_stored_bytes_are_the_dump_compressed(
     raw = gzip.decompress(stores[0].files["shop_20261201T030000Z.sql.gz"])
     assert raw.endswith(END_MARKER + b"\n")
     assert raw.count(b"-- fake dump\n") == 2000
+
+
+@pytest.mark.parametrize(
+    ("compression", "suffix", "stages"),
+    [
+        (
+            "{algorithm: gzip, level: 6}",
+            ".gz",
+            [{"stage": "compress", "algorithm": "gzip", "level": 6}],
+        ),
+        ("{algorithm: zstd}", ".zst", [{"stage": "compress", "algorithm": "zstd", "level": 3}]),
+        ("{algorithm: none}", "", []),
+    ],
+)
+async def test_the_manifest_lists_every_stage_and_reading_back_by_it_gives_the_dump(
+    runtime: Runtime,
+    stores: tuple[MemoryStore, MemoryStore],
+    compression: str,
+    suffix: str,
+    stages: list[dict[str, object]],
+) -> None:
+    report = await run(CONFIG + f"    compression: {compression}\n")
+    assert report.results[0].status is JobStatus.SUCCEEDED
+    name = f"shop_20261201T030000Z.sql{suffix}"
+    record = manifest.decode(stores[0].files[f"{name}.json"])
+    assert list(msgspec.to_builtins(record.stages)) == stages
+    unstaging = Unstaging.of(manifest.stages_of(record))
+    raw = unstaging.feed(stores[0].files[name]) + unstaging.finish()
+    assert unstaging.error is None
+    assert len(raw) == record.raw_bytes
+    assert raw.endswith(END_MARKER + b"\n")

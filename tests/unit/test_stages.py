@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import subprocess
 import threading
 import zlib
 from typing import Any
 
+import msgspec
 import pytest
 
 from db_backup.config.schema import CompressionConfig
@@ -35,6 +37,7 @@ def run(stage: Stage, chunks: list[bytes] = CHUNKS) -> bytes:
     assert pipeline.raw_bytes == sum(len(c) for c in chunks)
     assert pipeline.stored_bytes == len(stored)
     assert pipeline.sha256 == hashlib.sha256(stored).hexdigest()
+
     pipeline.close()
     return stored
 
@@ -175,7 +178,7 @@ def test_a_chain_of_stages_feeds_each_into_the_next_and_names_its_suffixes() -> 
     class Tagging:
         """A stage that brackets the stream, to show order and flushing."""
 
-        compression = None
+        record = None
 
         def __init__(self, tag: bytes, suffix: str) -> None:
             self.tag, self.suffix = tag, suffix
@@ -198,20 +201,73 @@ def test_a_chain_of_stages_feeds_each_into_the_next_and_names_its_suffixes() -> 
     assert pipeline.sha256 == hashlib.sha256(stored).hexdigest()
 
 
-@pytest.mark.parametrize("algorithm", ["gzip", "zstd"])
-def test_what_a_stage_writes_its_inverse_reads_back_by_the_suffix(algorithm: str) -> None:
-    from db_backup.stages.unpack import unpacker_for
+def test_reading_back_undoes_the_stages_last_first() -> None:
+    from db_backup.stages.unpack import Unstaging
 
-    stage = compressor_for(CompressionConfig(algorithm=algorithm), dump_compresses_itself=False)  # type: ignore[arg-type]
-    stored = run(stage)
-    unpacker = unpacker_for(f"shop_20261201T000000Z.sql{stage.suffix}")
-    assert unpacker is not None
-    unpacker.feed(stored)
-    unpacker.close()
-    assert unpacker.error is None
-    assert unpacker.raw_bytes == len(RAW)
-    assert unpacker.tail == RAW[-len(unpacker.tail) :]
-    assert unpacker_for("shop_20261201T000000Z.sql") is None
+    class Untagging:
+        """The inverse of a stage that put `tag` before every chunk and `tag + end` last."""
+
+        complete = "ok"
+
+        def __init__(self, tag: bytes) -> None:
+            self.tag, self.name = tag, f"{tag!r} stream"
+
+        def feed(self, data: bytes) -> bytes:
+            assert data.startswith(self.tag), (self.tag, data)  # the outer tag comes first
+            return data.replace(self.tag + b"end", b"").replace(self.tag, b"")
+
+        def finish(self) -> bytes:
+            return b""
+
+    # What the chain above stores for b"x": b's tags outside a's.
+    unstaging = Unstaging([Untagging(b"<a>"), Untagging(b"<b>")])
+    assert (
+        unstaging.feed(b"<b><a>x") + unstaging.feed(b"<b><a>end<b>end") + unstaging.finish() == b"x"
+    )
+    assert unstaging.error is None
+    assert unstaging.raw_bytes == 1
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "zstd"])
+def test_what_a_stage_writes_its_inverse_reads_back_by_its_record(algorithm: str) -> None:
+    from db_backup.stages.unpack import Unstaging, records_from_name
+
+    config = CompressionConfig(algorithm=algorithm)  # type: ignore[arg-type]
+    pipeline = Pipeline(compressor_for(config, dump_compresses_itself=False))
+    stored = pipeline.feed(RAW) + pipeline.finish()
+    pipeline.close()
+    # By the records a manifest lists, and (no manifest) by the file name's suffix.
+    name = f"shop_20261201T000000Z.sql{pipeline.suffix}"
+    for records in (pipeline.records, records_from_name(name)):
+        unstaging = Unstaging.of(records)
+        half = len(stored) // 2
+        raw = unstaging.feed(stored[:half]) + unstaging.feed(stored[half:]) + unstaging.finish()
+        assert unstaging.error is None
+        assert raw == RAW
+        assert unstaging.raw_bytes == len(RAW)
+        assert unstaging.tail == RAW[-len(unstaging.tail) :]
+    assert records_from_name("shop_20261201T000000Z.sql") == ()
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "zstd"])
+def test_an_inverse_reports_a_stream_cut_short_or_changed(algorithm: str) -> None:
+    from db_backup.stages.unpack import Unstaging
+
+    config = CompressionConfig(algorithm=algorithm)  # type: ignore[arg-type]
+    pipeline = Pipeline(compressor_for(config, dump_compresses_itself=False))
+    stored = pipeline.feed(RAW) + pipeline.finish()
+    pipeline.close()
+    cut = Unstaging.of(pipeline.records)
+    cut.feed(stored[:-8])
+    cut.finish()
+    assert cut.error is not None
+    assert f"the {algorithm} stream is damaged or cut short" in cut.error
+    changed = Unstaging.of(pipeline.records)
+    flipped = bytearray(stored)
+    flipped[len(stored) // 2] ^= 0xFF
+    changed.feed(bytes(flipped))
+    changed.finish()
+    assert changed.error is not None
 
 
 @pytest.mark.parametrize(
@@ -230,3 +286,36 @@ def test_each_compression_stage_describes_itself_for_the_manifest(
     pipeline = Pipeline(compressor_for(config, dump_compresses_itself=False))
     assert (pipeline.compression.algorithm, pipeline.compression.level) == described
     pipeline.close()
+
+
+@pytest.mark.parametrize(
+    ("compression", "stages"),
+    [
+        (
+            {"algorithm": "gzip", "level": 1},
+            [{"stage": "compress", "algorithm": "gzip", "level": 1}],
+        ),
+        (
+            {"algorithm": "zstd", "level": 3},
+            [{"stage": "compress", "algorithm": "zstd", "level": 3}],
+        ),
+        ({"algorithm": "pg_dump", "level": None}, []),
+        ({"algorithm": "none", "level": None}, []),
+    ],
+)
+def test_a_manifest_written_before_stages_were_listed_reads_back_by_its_compression(
+    compression: dict[str, Any], stages: list[dict[str, Any]]
+) -> None:
+    from db_backup import manifest
+
+    old = {
+        "manifest_version": 1, "tool": "db-backup", "tool_version": "0.1.0", "job": "shop",
+        "backup": "shop", "kind": "database", "database": "shop", "server": "db:5432",
+        "server_version": "15.18", "client": "pg_dump 15.18", "format": "plain",
+        "compression": compression, "file": "shop_20261101T000000Z.sql.gz", "raw_bytes": 10,
+        "stored_bytes": 5, "sha256": "0" * 64, "started_at": "2026-11-01T00:00:00Z",
+        "finished_at": "2026-11-01T00:00:01Z", "duration_seconds": 1.0,
+    }  # fmt: skip
+    record = manifest.decode(json.dumps(old).encode())
+    assert record.stages == ()
+    assert [msgspec.to_builtins(stage) for stage in manifest.stages_of(record)] == stages
