@@ -46,6 +46,7 @@ class Archive:
     sha256: str
     checks: tuple[str, ...]  # what was verified before it was committed
     store: Store = field(compare=False, repr=False)
+    record: Manifest = field(compare=False, repr=False)  # its manifest, as read
 
     @property
     def manifest_name(self) -> str:
@@ -90,6 +91,7 @@ def _archive(store: Store, name: str, record: Manifest) -> Archive:
         sha256=record.sha256,
         checks=record.checks,
         store=store,
+        record=record,
     )
 
 

@@ -17,6 +17,8 @@ exit codes; no traceback reaches a user.
     ├── StorageError           a target could not be written, read or listed
     │   ├── TargetUnreachableError  it did not answer (timed out, refused): not asked again
     │   └── TargetsFailedError one or more of a job's targets failed (others may hold it)
+    ├── RestoreError           a restore did not complete (nothing was committed where it ran)
+    │   └── RestoreRefusedError  the destination database exists and holds data (no --clean)
     ├── LockHeldError          another run holds a storage folder's lock
     ├── JobTimeoutError        a job ran past its `timeout`
     └── DemoError              the demo could not complete one of its steps
@@ -161,6 +163,19 @@ class TargetsFailedError(StorageError):
         reasons = "; ".join(f"target {label} failed: {why}" for label, why in failures.items())
         kept = f"; stored on the other targets as {', '.join(stored)}" if stored else ""
         return reasons + kept
+
+
+class RestoreError(BackupError):
+    """A restore failed: the stored bytes did not check out, or the restore program (psql,
+    pg_restore) reported an error. Says what, and what state the destination was left in."""
+
+    kind = "restore"
+
+
+class RestoreRefusedError(RestoreError):
+    """The destination database exists and is not empty, and replacing it was not asked for."""
+
+    kind = "refused"
 
 
 class LockHeldError(BackupError):

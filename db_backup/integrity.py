@@ -19,15 +19,16 @@ import contextlib
 import functools
 import hashlib
 import os
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
 from db_backup import manifest, runtime
 from db_backup.config.schema import LocalStorage, StorageConfig
-from db_backup.errors import DumpError, StorageError, ToolNotFoundError
+from db_backup.errors import BackupError, DumpError, StorageError, ToolNotFoundError
 from db_backup.model import JobKind
 from db_backup.naming import BACKUP_SUFFIXES, format_of
 from db_backup.process import Child, spawn
@@ -40,44 +41,52 @@ from db_backup.threads import in_thread
 READ_SIZE = 1024 * 1024
 
 
-class ReadThrough:
-    """A reader program (pg_restore --file=/dev/null for custom format: the engine says, see
-    Dump.reader_argv) fed the dump's bytes as they go by, on the job's pump thread (or, in
-    verify, as they read back): the check needs no local copy (the only target may be S3)
-    and costs no second pass."""
+class Writer(Protocol):
+    """Where the dump's bytes go as they read back: a reader program, a staging file."""
 
-    def __init__(self, child: Child, completion: Completion) -> None:
+    def write(self, data: bytes) -> None: ...
+
+
+class ReadThrough:
+    """A program fed the dump's bytes on its stdin: a reader that checks them
+    (pg_restore --file=/dev/null for custom format: the engine says, see Dump.reader_argv)
+    as they go by on the job's pump thread, or as they read back in verify — no local copy
+    (the only target may be S3) and no second pass; or a restore program."""
+
+    def __init__(self, child: Child, failure: Callable[[int, str], BackupError]) -> None:
         self._child = child
-        self._completion = completion
-        self._stopped_reading = False
+        self._failure = failure  # (exit code, stderr tail) → the error to raise
+        self.stopped = False  # it closed its stdin: it exited, its exit code says why
 
     def write(self, data: bytes) -> None:
         """Feed the dump's next bytes; blocks while the reader is behind."""
         fd = self._child.stdin_fd
-        if self._stopped_reading or fd is None:
+        if self.stopped or fd is None:
             return
         view = memoryview(data)
         try:
             while view:
                 view = view[os.write(fd, view) :]
         except BrokenPipeError:
-            self._stopped_reading = True  # it exited early: its exit code says why
+            self.stopped = True
 
     async def finish(self) -> None:
-        """Send EOF; raise DumpError unless the reader read the whole dump."""
+        """Send EOF; raise the failure unless the program exited 0."""
         self._child.close_stdin()
         code = await self._child.wait()
         if code != 0:
-            raise DumpError(
-                self._completion.failed, exit_code=code, stderr_tail=self._child.stderr_tail()
-            )
+            raise self._failure(code, self._child.stderr_tail())
 
 
 @contextlib.asynccontextmanager
 async def read_through(argv: Sequence[str], completion: Completion) -> AsyncIterator[ReadThrough]:
-    """A running ReadThrough; on leaving the block the reader is gone."""
+    """A running reader that checks a dump's completeness; on leaving the block it is gone."""
+
+    def failure(code: int, stderr_tail: str) -> BackupError:
+        return DumpError(completion.failed, exit_code=code, stderr_tail=stderr_tail)
+
     async with spawn(argv, os.environ, capture_stdout=False, feed_stdin=True) as child:
-        yield ReadThrough(child, completion)
+        yield ReadThrough(child, failure)
 
 
 @dataclass
@@ -93,16 +102,16 @@ class Verdict:
         return not self.problems
 
 
-class _StreamCheck:
-    """Everything verify learns from one pass over the stored bytes: their size and sha256,
-    and — through the inverse of every stage they went through — the dump's own bytes, which
-    the reader (if any) is fed."""
+class StreamCheck:
+    """Everything one pass over the stored bytes tells: their size and sha256, and —
+    through the inverse of every stage they went through — the dump's own bytes, which go on
+    to `writer` (a reader program, a restore program, a staging file) if there is one."""
 
-    def __init__(self, unstaging: Unstaging, restore: ReadThrough | None) -> None:
+    def __init__(self, unstaging: Unstaging, writer: Writer | None = None) -> None:
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.unstaging = unstaging
-        self.restore = restore
+        self.writer = writer
 
     def feed(self, chunk: bytes) -> None:
         self.sha256.update(chunk)
@@ -113,8 +122,17 @@ class _StreamCheck:
         self._dump_bytes(self.unstaging.finish())
 
     def _dump_bytes(self, raw: bytes) -> None:
-        if raw and self.restore is not None:
-            self.restore.write(raw)
+        if raw and self.writer is not None:
+            self.writer.write(raw)
+
+    def against(self, record: manifest.Manifest) -> str | None:
+        """How the bytes read differ from what the manifest recorded, or None."""
+        if self.size != record.stored_bytes:
+            return f"size is {self.size} bytes, the manifest says {record.stored_bytes}"
+        digest = self.sha256.hexdigest()
+        if digest != record.sha256:
+            return f"sha256 is {digest}, the manifest says {record.sha256}: the file changed"
+        return None
 
 
 def _read_manifest(store: Store, name: str, verdict: Verdict) -> manifest.Manifest | None:
@@ -129,32 +147,36 @@ def _read_manifest(store: Store, name: str, verdict: Verdict) -> manifest.Manife
     return None
 
 
-def _pass_over(store: Store, name: str, check: _StreamCheck) -> None:
+def pass_over(
+    store: Store,
+    name: str,
+    check: StreamCheck,
+    on_bytes: Callable[[int], None] | None = None,
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Read a stored file once, through `check` (blocking: on a worker thread); `on_bytes`
+    hears how many stored bytes went by; `stop` ends the reading early."""
     with store.open_read(name) as stream:
-        while chunk := stream.read(READ_SIZE):
+        while not stop() and (chunk := stream.read(READ_SIZE)):
             check.feed(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
     check.finish()
 
 
 def _judge(
-    check: _StreamCheck,
+    check: StreamCheck,
     record: manifest.Manifest | None,
     completion: Completion,
     verdict: Verdict,
 ) -> None:
     """The manifest comparison, then the stream and the dump inside it, into `verdict`."""
     if record is not None:
-        digest = check.sha256.hexdigest()
-        if check.size != record.stored_bytes:
-            verdict.problems.append(
-                f"size is {check.size} bytes, the manifest says {record.stored_bytes}"
-            )
-        elif digest != record.sha256:
-            verdict.problems.append(
-                f"sha256 is {digest}, the manifest says {record.sha256}: the file changed"
-            )
-        else:
+        mismatch = check.against(record)
+        if mismatch is None:
             verdict.checks.append("size and sha256 match the manifest")
+        else:
+            verdict.problems.append(mismatch)
     unstaging = check.unstaging
     if unstaging.error is not None:
         verdict.problems.append(unstaging.error)
@@ -165,7 +187,7 @@ def _judge(
             verdict.problems.append(
                 f"decompresses to {unstaging.raw_bytes} bytes, the manifest says {record.raw_bytes}"
             )
-    if check.restore is not None:
+    if check.writer is not None:
         return  # read through: the reader's verdict follows
     if completion.ends_whole(unstaging.tail):
         verdict.checks.append(completion.passed)
@@ -199,16 +221,16 @@ async def verify_backup(store: Store, name: str, readers: Readers) -> Verdict:
                 verdict.problems.append(f"{readers.missing[source.name]}: cannot read it through")
                 return verdict
         async with contextlib.AsyncExitStack() as stack:
-            restore = None
+            reading = None
             if reader is not None:
-                restore = await stack.enter_async_context(read_through(reader, completion))
+                reading = await stack.enter_async_context(read_through(reader, completion))
             stages = manifest.stages_of(record) if record else records_from_name(name)
-            check = _StreamCheck(Unstaging.of(stages), restore)
-            await in_thread(_pass_over, store, name, check)
+            check = StreamCheck(Unstaging.of(stages), reading)
+            await in_thread(pass_over, store, name, check)
             _judge(check, record, completion, verdict)
-            if restore is not None:
+            if reading is not None:
                 try:
-                    await restore.finish()
+                    await reading.finish()
                 except DumpError as exc:
                     verdict.problems.append(str(exc))
                 else:

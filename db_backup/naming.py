@@ -70,6 +70,12 @@ def is_own_file(name: str, job_file_prefix: str) -> bool:
     return re.match(re.escape(job_file_prefix) + _STAMP_PATTERN, name) is not None
 
 
+def run_stamp_of(name: str) -> str | None:
+    """The run's timestamp in a backup's file name (every file of one run shares it)."""
+    found = re.findall(r"_(\d{8}T\d{6}Z)\.", name)
+    return found[-1] if found else None
+
+
 def unusable_name(storage: StorageConfig, filename: str) -> str | None:
     """Why a backup file cannot have this name on this target (it would leave its folder,
     or be too long there), or None."""

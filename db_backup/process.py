@@ -21,7 +21,7 @@ import os
 import shutil
 import signal
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from db_backup.errors import ToolNotFoundError
@@ -61,6 +61,8 @@ class Child:
     stdin_fd: int | None = None
     _stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))
     _drain: asyncio.Task[None] | None = None
+    # Sees every stderr line, not only the tail (e.g. to judge each error a restore reports).
+    on_stderr: Callable[[str], None] | None = None
 
     def stderr_tail(self) -> str:
         """The last lines the child wrote to stderr, joined for an error message."""
@@ -115,6 +117,8 @@ class Child:
                 return
             text = line.decode("utf-8", "replace").rstrip()
             self._stderr.append(text[:STDERR_TAIL_LINE_BYTES])
+            if self.on_stderr is not None:
+                self.on_stderr(text)
             log.debug("%s: %s", self.command.split(" ", 1)[0], text)
 
 
@@ -133,6 +137,7 @@ async def spawn(
     *,
     capture_stdout: bool = True,
     feed_stdin: bool = False,
+    on_stderr: Callable[[str], None] | None = None,
 ) -> AsyncIterator[Child]:
     """Start `argv`, its stdout piped to `child.stdout_fd` (or discarded) and, with
     `feed_stdin`, its stdin from `child.stdin_fd`; on leaving the block the child is gone
@@ -165,15 +170,17 @@ async def spawn(
         for fd in (write_end, stdin_read):  # the child has its copies; ours would keep
             if fd is not None:  # EOF (or EPIPE) from coming
                 os.close(fd)
-    child = Child(process, command, read_end, stdin_write)
+    child = Child(process, command, read_end, stdin_write, on_stderr=on_stderr)
     child._drain = asyncio.create_task(child._read_stderr())
     _live.add(child)
     try:
         yield child
     finally:
         try:
-            child.close_stdin()
+            # Stop it before its stdin closes: EOF would tell a restore program that the
+            # input is complete (psql would commit), while the block may be failing.
             await child.terminate()
+            child.close_stdin()
         finally:
             _live.discard(child)
             if child._drain is not None and not child._drain.done():

@@ -12,12 +12,14 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from db_backup.config.schema import BackupConfig
 from db_backup.errors import BackupError, StorageError
+from db_backup.manifest import Manifest
 from db_backup.model import JobKind, JobSpec
-from db_backup.sources.base import Completion, Dump, ServerInfo
+from db_backup.sources.base import Completion, DatabaseState, Dump, RestoreProgram, ServerInfo
 
 END_MARKER = b"-- fake dump complete"
 
@@ -151,6 +153,28 @@ class ScriptSource:
 
     def is_transient(self, error: BackupError) -> bool:
         return False
+
+    # It backs up only: the restore tests run against real servers (tests/e2e).
+
+    async def database_state(self, server: BackupConfig, database: str) -> DatabaseState:
+        raise AssertionError("ScriptSource does not restore")
+
+    async def create_database(self, server: BackupConfig, database: str) -> None:
+        raise AssertionError("ScriptSource does not restore")
+
+    async def drop_database(self, server: BackupConfig, database: str) -> None:
+        raise AssertionError("ScriptSource does not restore")
+
+    async def rename_database(self, server: BackupConfig, old: str, new: str) -> None:
+        raise AssertionError("ScriptSource does not restore")
+
+    async def restore_program(
+        self, server: BackupConfig, database: str, record: Manifest, *, jobs: int, file: Path | None
+    ) -> RestoreProgram:
+        raise AssertionError("ScriptSource does not restore")
+
+    def restore_needs_file(self, record: Manifest, jobs: int) -> bool:
+        raise AssertionError("ScriptSource does not restore")
 
 
 def stores_by_label(*stores: MemoryStore) -> Any:

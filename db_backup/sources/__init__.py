@@ -1,7 +1,8 @@
 """Where dumps come from: one interface (base.py) and an engine per config `type`.
 
-PostgreSQL: postgres.py (pure: argv, versions, markers) and pg_server.py (I/O, and the
-PostgresSource). Another engine is a module here and a line in ENGINES.
+PostgreSQL: pg_source.py (PostgresSource) over postgres.py (pure: argv, versions, markers),
+pg_server.py (connections, discovery, clients) and pg_admin.py (databases for a restore).
+Another engine is a module here and a line in ENGINES.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from db_backup.sources.base import Source
 
 # engine (the config's `type`, a manifest's `engine`) → "module:class", imported when used
 # (psycopg and the like load only for the engines a run needs).
-ENGINES = {"postgres": "db_backup.sources.pg_server:PostgresSource"}
+ENGINES = {"postgres": "db_backup.sources.pg_source:PostgresSource"}
 
 
 def source_named(engine: str) -> Source:

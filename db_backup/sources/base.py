@@ -4,17 +4,20 @@ The job, the orchestrator, preflight, the planner and verify talk to an engine o
 it (and find it by the config's `type`, see sources/__init__.py), so another engine is one
 more module: check a connection, list databases, build the dump (argv, environment, format,
 whether it compresses itself, how its completeness is told), say which failures are worth
-another attempt. Restore and throwaway servers join here later.
+another attempt, and restore: the state of a destination database, creating, dropping and
+renaming one, the program that reads a dump into it. Throwaway servers join here later.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
 from typing import Protocol
 
 from db_backup.config.schema import BackupConfig
 from db_backup.errors import BackupError
-from db_backup.manifest import CompressionInfo
+from db_backup.manifest import CompressionInfo, Manifest
 from db_backup.model import JobKind, JobSpec
 from db_backup.stages import TAIL_BYTES
 
@@ -63,6 +66,29 @@ class Dump:
     secret: str | None = None  # masked in what the dump program says
 
 
+class DatabaseState(StrEnum):
+    """What a restore finds under the destination's name."""
+
+    MISSING = "missing"
+    EMPTY = "empty"  # exists, holds nothing of its own (no tables, routines, schemas…)
+    NOT_EMPTY = "not empty"
+
+
+@dataclass(frozen=True)
+class RestoreProgram:
+    """The program that reads a dump (from stdin, or from `file` when staged) into a
+    database, and how to tell that it failed: its exit code; and, for a program that carries
+    on past errors (globals), each stderr line holding `error_marker` that none of
+    `tolerated` explains."""
+
+    program: str  # "psql", for messages
+    argv: list[str]
+    env: dict[str, str]
+    secret: str | None = None  # masked in what the program says
+    error_marker: str | None = None
+    tolerated: tuple[str, ...] = ()  # e.g. "already exists" (a role the server has)
+
+
 class Source(Protocol):
     """One database engine (see the module's docstring)."""
 
@@ -95,4 +121,29 @@ class Source(Protocol):
 
     def is_transient(self, error: BackupError) -> bool:
         """Might the same job succeed if simply tried again a little later?"""
+        ...
+
+    # -- restore: `server` is a backup's connection settings (host, port, credentials)
+
+    async def database_state(self, server: BackupConfig, database: str) -> DatabaseState:
+        """Is `database` there on the server, and does it hold anything?"""
+        ...
+
+    async def create_database(self, server: BackupConfig, database: str) -> None: ...
+
+    async def drop_database(self, server: BackupConfig, database: str) -> None:
+        """Drop it if it exists, disconnecting anyone connected to it."""
+        ...
+
+    async def rename_database(self, server: BackupConfig, old: str, new: str) -> None: ...
+
+    async def restore_program(
+        self, server: BackupConfig, database: str, record: Manifest, *, jobs: int, file: Path | None
+    ) -> RestoreProgram:
+        """What reads the dump `record` describes into `database` (globals: into the
+        server); `jobs` > 1 only with `file`, a staged copy of a custom-format dump."""
+        ...
+
+    def restore_needs_file(self, record: Manifest, jobs: int) -> bool:
+        """Must the dump be staged in a file first (a parallel restore seeks in it)?"""
         ...

@@ -1,5 +1,4 @@
-"""PostgreSQL as a dump source, the I/O part: connection checks, discovery, installed clients,
-and `PostgresSource`, PostgreSQL behind the one engine interface (sources/base.py).
+"""PostgreSQL as a dump source, the I/O part: connection checks, discovery, installed clients.
 
 psycopg's errors are translated here, once, into ConnectionCheckError with a `kind` a person
 can act on (auth failed / database missing / timed out / unreachable). libpq reports connection
@@ -19,28 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 from db_backup.config.schema import BackupConfig
 from db_backup.errors import (
-    BackupError,
     CheckFailure,
     ConnectionCheckError,
     CredentialsError,
     ToolNotFoundError,
 )
-from db_backup.manifest import CompressionInfo
-from db_backup.model import JobKind, JobSpec
 from db_backup.redact import redact, remember
-from db_backup.retry import is_transient
-from db_backup.sources.base import Completion, Dump, ServerInfo
+from db_backup.sources.base import ServerInfo
 from db_backup.sources.postgres import (
-    PERMANENT_DUMP_MARKERS,
-    PLAIN_DUMP_COMPLETE,
-    PLAIN_GLOBALS_COMPLETE,
-    TRANSIENT_DUMP_MARKERS,
     ClientBinary,
-    child_env,
     choose_client,
-    custom_format_level,
-    dump_command,
-    expected_bytes,
     parse_client_version,
 )
 from db_backup.threads import in_thread
@@ -123,13 +110,13 @@ def _classify(message: str) -> CheckFailure:
     return CheckFailure.ERROR
 
 
-def _tidy(message: str, password: str | None) -> str:
+def tidy(message: str, password: str | None) -> str:
     """libpq's multi-line message on one line, without any password it might echo."""
     text = " ".join(part.strip() for part in message.splitlines() if part.strip())
     return redact(text.removeprefix("connection failed: "), password)
 
 
-async def _connect(
+async def connect(
     backup: BackupConfig, database: str, password: str | None
 ) -> psycopg.AsyncConnection[Any]:
     import psycopg  # deferred: only runs that talk to a server pay its import time
@@ -144,7 +131,7 @@ async def _connect(
             CheckFailure.TIMED_OUT, f"no answer within {backup.connect_timeout:g}s"
         ) from None
     except psycopg.Error as exc:
-        detail = _tidy(str(exc), password)
+        detail = tidy(str(exc), password)
         raise ConnectionCheckError(_classify(detail), detail) from None
 
 
@@ -152,7 +139,7 @@ async def check_connection(backup: BackupConfig, database: str, password: str | 
     """Connect to `database` as the dump will, and read the server version and database size."""
     import psycopg
 
-    conn = await _connect(backup, database, password)
+    conn = await connect(backup, database, password)
     try:
         async with conn.cursor() as cur:
             await cur.execute(
@@ -162,7 +149,7 @@ async def check_connection(backup: BackupConfig, database: str, password: str | 
             )
             row = await cur.fetchone()
     except psycopg.Error as exc:
-        raise ConnectionCheckError(CheckFailure.ERROR, _tidy(str(exc), password)) from None
+        raise ConnectionCheckError(CheckFailure.ERROR, tidy(str(exc), password)) from None
     finally:
         await conn.close()
     assert row is not None
@@ -173,7 +160,7 @@ async def list_databases(backup: BackupConfig, password: str | None) -> list[str
     """Every database on the backup's server that accepts connections and is not a template."""
     import psycopg
 
-    conn = await _connect(backup, "postgres", password)
+    conn = await connect(backup, "postgres", password)
     try:
         async with conn.cursor() as cur:
             await cur.execute(
@@ -181,7 +168,7 @@ async def list_databases(backup: BackupConfig, password: str | None) -> list[str
             )
             return [row[0] for row in await cur.fetchall()]
     except psycopg.Error as exc:
-        raise ConnectionCheckError(CheckFailure.ERROR, _tidy(str(exc), password)) from None
+        raise ConnectionCheckError(CheckFailure.ERROR, tidy(str(exc), password)) from None
     finally:
         await conn.close()
 
@@ -246,6 +233,18 @@ async def client_for(backup: BackupConfig, server_version_num: int) -> ClientBin
     return choose_client(clients, server_version_num)
 
 
+def newest_client() -> ClientBinary:
+    """The newest installed PostgreSQL client (its psql and pg_restore read dumps of every
+    older version)."""
+    clients = installed_clients()
+    if not clients:
+        raise ToolNotFoundError(
+            "no PostgreSQL client found (looked in /usr/lib/postgresql/*/bin and PATH); "
+            "install postgresql-client"
+        )
+    return max(clients, key=lambda client: client.major)
+
+
 def find_pg_restore() -> Path:
     """The newest installed pg_restore (it reads dumps of every older version)."""
     clients = sorted(installed_clients(), key=lambda client: client.major, reverse=True)
@@ -262,70 +261,3 @@ def find_pg_restore() -> Path:
 def read_through_argv(pg_restore: Path) -> list[str]:
     """pg_restore reading a custom-format dump from stdin to the end, restoring nothing."""
     return [str(pg_restore), "--file=/dev/null"]
-
-
-class PostgresSource:
-    """PostgreSQL behind the Source interface (sources/base.py): psycopg for the checks,
-    pg_dump / pg_dumpall for the dumps, pg_restore to read custom format through."""
-
-    name = "postgres"
-
-    async def probe(self, backup: BackupConfig, database: str) -> ServerInfo:
-        return await check_connection(backup, database, resolve_password(backup))
-
-    async def list_databases(self, backup: BackupConfig) -> list[str]:
-        return await list_databases(backup, resolve_password(backup))
-
-    async def dump(self, job: JobSpec, server: ServerInfo) -> Dump:
-        backup = job.backup
-        password = resolve_password(backup)
-        client = await client_for(backup, server.version_num)
-        command = dump_command(
-            client, backup, job.database, globals_only=job.kind is JobKind.GLOBALS
-        )
-        reader = None
-        if not command.plain:  # no end marker in custom format: pg_restore reads it through
-            beside = client.sibling("pg_restore")
-            pg_restore = beside if beside.exists() else await in_thread(find_pg_restore)
-            reader = read_through_argv(pg_restore)
-        return Dump(
-            program=command.tool,
-            client=f"{command.tool} {client.version}",
-            argv=command.argv,
-            env=child_env(os.environ, backup, password),
-            format=command.format,
-            completion=self.completion(command.format, job.kind),
-            compression=None
-            if command.plain
-            else CompressionInfo(algorithm="pg_dump", level=custom_format_level(backup)),
-            expected_bytes=expected_bytes(command, server.database_size),
-            reader_argv=reader,
-            secret=password,
-        )
-
-    def maintenance_database(self, backup: BackupConfig) -> str:
-        return "postgres" if backup.is_wildcard else backup.database
-
-    def completion(self, format: str, kind: JobKind) -> Completion:
-        if format == "custom":
-            return Completion(
-                "pg_restore read-through",
-                passed="custom-format dump read through by pg_restore",
-                failed="the custom-format dump is incomplete or unreadable (pg_restore could "
-                "not read it through)",
-                read_through=True,
-            )
-        return Completion(
-            "end marker",
-            passed="dump complete (ends with pg_dump's marker)",
-            failed="the SQL dump does not end with pg_dump's completion marker",
-            end_marker=PLAIN_GLOBALS_COMPLETE if kind is JobKind.GLOBALS else PLAIN_DUMP_COMPLETE,
-        )
-
-    async def reader_argv(self) -> list[str]:
-        return read_through_argv(await in_thread(find_pg_restore))
-
-    def is_transient(self, error: BackupError) -> bool:
-        return is_transient(
-            error, transient=TRANSIENT_DUMP_MARKERS, permanent=PERMANENT_DUMP_MARKERS
-        )

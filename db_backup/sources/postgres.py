@@ -147,6 +147,36 @@ class DumpCommand:
         return not self.plain or plain_dump_is_complete(tail, globals_only=self.globals_only)
 
 
+def restore_argv(
+    bindir: Path,
+    server: BackupConfig,
+    database: str,
+    *,
+    format: str,
+    globals_only: bool = False,
+    jobs: int = 1,
+    file: Path | None = None,
+) -> list[str]:
+    """The program that reads a dump into `database`, from stdin unless `file` is given.
+
+    Plain SQL: psql in one transaction that stops at the first error, so a failed restore
+    commits nothing (`--single-transaction` applies only to `--file`, hence `--file=-`).
+    Globals: psql carrying on past errors (a role the server already has is no fault; the
+    caller judges each error line). Custom format: pg_restore, stopping at the first error,
+    in one transaction unless it runs `jobs` > 1 workers on a staged `file`.
+    """
+    connection = [*_connection_options(server), f"--dbname=dbname={conninfo_quote(database)}"]
+    if format == "custom":
+        argv = [str(bindir / "pg_restore"), *connection, "--exit-on-error"]
+        if jobs > 1 and file is not None:
+            return [*argv, f"--jobs={jobs}", str(file)]
+        return [*argv, "--single-transaction", *([str(file)] if file else [])]
+    argv = [str(bindir / "psql"), "--no-psqlrc", "--quiet", "--output=/dev/null", *connection]
+    if not globals_only:
+        argv += ["--set=ON_ERROR_STOP=1", "--single-transaction"]
+    return [*argv, f"--file={file or '-'}"]
+
+
 def expected_bytes(command: DumpCommand, database_size: int | None) -> int | None:
     """Raw output to expect from a dump: plain SQL of a database is about as large as the
     database on disk; pg_dump's own compression makes that size say nothing about custom

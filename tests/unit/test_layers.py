@@ -54,6 +54,8 @@ FLOORS: list[set[str]] = [
         "sources",  # the engines' registry
         "runtime",  # the clock, stores and engines of a run
         "sources.pg_server",
+        "sources.pg_admin",
+        "sources.pg_source",
         "pgcluster",
     },
     # what reads or guards many targets, and the planner

@@ -144,6 +144,7 @@ def entry(job: str, target: str, age_minutes: int) -> Archive:
         sha256="0" * 64,
         checks=(),
         store=None,  # type: ignore[arg-type]  # never touched by planning
+        record=None,  # type: ignore[arg-type]
     )
 
 

@@ -14,7 +14,7 @@ from db_backup.errors import (
     StorageError,
 )
 from db_backup.retry import MAX_DELAY_SECONDS, backoff_delay
-from db_backup.sources.pg_server import PostgresSource
+from db_backup.sources.pg_source import PostgresSource
 
 
 @pytest.mark.parametrize(

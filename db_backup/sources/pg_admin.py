@@ -1,0 +1,107 @@
+"""PostgreSQL databases as a restore sees them: is one there and does it hold anything;
+create, drop, rename. Names travel as quoted identifiers (psycopg.sql), never spliced in.
+
+Errors become RestoreError once, here, with the server's message (passwords masked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from db_backup.config.schema import BackupConfig
+from db_backup.errors import ConnectionCheckError, RestoreError
+from db_backup.sources.base import DatabaseState
+from db_backup.sources.pg_server import connect, resolve_password, tidy
+
+if TYPE_CHECKING:
+    from psycopg import sql
+
+MAINTENANCE_DATABASE = "postgres"
+
+# What makes a database "not empty" for a restore: anything a dump would bring or clash with.
+_HOLDINGS = """
+SELECT
+  (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%')
+  + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))
+  + (SELECT count(*) FROM pg_namespace
+    WHERE nspname NOT IN ('public', 'pg_catalog', 'information_schema')
+      AND nspname NOT LIKE 'pg\\_%')
+  + (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql')
+  + (SELECT count(*) FROM pg_largeobject_metadata)
+"""
+
+
+async def _execute(
+    server: BackupConfig,
+    database: str,
+    statements: Sequence[sql.Composed | sql.SQL | str],
+    doing: str,
+) -> list[tuple[Any, ...]]:
+    """Run `statements` in autocommit on `database`; the last one's rows."""
+    import psycopg
+
+    password = resolve_password(server)
+    try:
+        conn = await connect(server, database, password)
+    except ConnectionCheckError as exc:
+        raise RestoreError(f"{doing}: cannot connect to {database!r}: {exc}") from None
+    try:
+        rows: list[tuple[Any, ...]] = []
+        async with conn.cursor() as cur:
+            for statement in statements:
+                await cur.execute(statement)
+                rows = await cur.fetchall() if cur.description else []
+        return rows
+    except psycopg.Error as exc:
+        raise RestoreError(f"{doing}: {tidy(str(exc), password)}") from None
+    finally:
+        await conn.close()
+
+
+async def database_state(server: BackupConfig, database: str) -> DatabaseState:
+    """MISSING, EMPTY or NOT_EMPTY (see _HOLDINGS)."""
+    from psycopg import sql
+
+    exists = sql.SQL("SELECT 1 FROM pg_database WHERE datname = {}").format(sql.Literal(database))
+    found = await _execute(server, MAINTENANCE_DATABASE, [exists], f"looking for {database!r}")
+    if not found:
+        return DatabaseState.MISSING
+    ((holdings,),) = await _execute(server, database, [_HOLDINGS], f"looking into {database!r}")
+    return DatabaseState.NOT_EMPTY if holdings else DatabaseState.EMPTY
+
+
+async def create_database(server: BackupConfig, database: str) -> None:
+    """A new, empty database from template0 (template1 may hold local additions that would
+    clash with the dump's objects)."""
+    from psycopg import sql
+
+    statement = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(database))
+    await _execute(server, MAINTENANCE_DATABASE, [statement], f"creating database {database!r}")
+
+
+async def drop_database(server: BackupConfig, database: str) -> None:
+    """Drop it if it exists; sessions connected to it are ended (PostgreSQL 13+: FORCE)."""
+    from psycopg import sql
+
+    name = sql.Identifier(database)
+    statements = [
+        sql.SQL(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = {} AND pid <> pg_backend_pid()"
+        ).format(sql.Literal(database)),
+        sql.SQL("DROP DATABASE IF EXISTS {}").format(name),
+    ]
+    await _execute(server, MAINTENANCE_DATABASE, statements, f"dropping database {database!r}")
+
+
+async def rename_database(server: BackupConfig, old: str, new: str) -> None:
+    from psycopg import sql
+
+    statement = sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+        sql.Identifier(old), sql.Identifier(new)
+    )
+    await _execute(server, MAINTENANCE_DATABASE, [statement], f"renaming {old!r} to {new!r}")
