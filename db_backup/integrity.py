@@ -44,7 +44,7 @@ READ_SIZE = 1024 * 1024
 class Writer(Protocol):
     """Where the dump's bytes go as they read back: a reader program, a staging file."""
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes, /) -> object: ...
 
 
 class ReadThrough:

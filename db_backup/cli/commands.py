@@ -19,7 +19,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from db_backup import __version__
-from db_backup.cli import exits, setup
+from db_backup.cli import exits, restoring, setup
+from db_backup.cli.options import ConfigOption, NamesOption
 
 T = TypeVar("T")
 
@@ -35,28 +36,6 @@ app = typer.Typer(
 )
 
 log = logging.getLogger("db_backup")
-
-ConfigOption = Annotated[
-    Path,
-    typer.Option(
-        "-c",
-        "--config",
-        envvar="DB_BACKUP_CONFIG",
-        help="Config file (YAML). Also from DB_BACKUP_CONFIG.",
-        show_default=False,
-    ),
-]
-
-
-NamesOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "-n",
-        "--name",
-        help='Only this backup, or <backup>.<database> for one of a "*" (repeatable).',
-        show_default=False,
-    ),
-]
 
 
 def _version(value: bool) -> None:
@@ -437,6 +416,11 @@ def prune_command(
     kept = len(report.verdicts) - deleted
     typer.echo(f"{kept} kept, {deleted} {'to delete' if dry_run else 'deleted'}", err=True)
     exits.for_target_errors(report.errors)
+
+
+# -- restore -------------------------------------------------------------------------------------
+
+app.command("restore")(restoring.restore_command)
 
 
 # -- demo ----------------------------------------------------------------------------------------

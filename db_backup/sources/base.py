@@ -141,7 +141,8 @@ class Source(Protocol):
         self, server: BackupConfig, database: str, record: Manifest, *, jobs: int, file: Path | None
     ) -> RestoreProgram:
         """What reads the dump `record` describes into `database` (globals: into the
-        server); `jobs` > 1 only with `file`, a staged copy of a custom-format dump."""
+        server, whatever `database` says); `jobs` > 1 only with `file`, a staged copy of a
+        custom-format dump."""
         ...
 
     def restore_needs_file(self, record: Manifest, jobs: int) -> bool:

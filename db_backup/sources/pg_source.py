@@ -127,7 +127,7 @@ class PostgresSource:
         argv = restore_argv(
             client.bindir,
             server,
-            database,
+            pg_admin.MAINTENANCE_DATABASE if globals_only else database,
             format=record.format,
             globals_only=globals_only,
             jobs=jobs,

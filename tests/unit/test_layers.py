@@ -60,7 +60,8 @@ FLOORS: list[set[str]] = [
     },
     # what reads or guards many targets, and the planner
     {"catalog", "plan", "lock", "integrity", "preflight"},
-    {"prune", "delivery", "pump"},  # retention applied; a job's fan-out and its pump
+    {"prune", "delivery", "pump", "restore"},  # retention applied; a job's fan-out and its
+    # pump; a restore
     {"job"},  # one job
     {"orchestrator"},  # many jobs
     {"run", "interrupts"},  # one run; how signals stop one
@@ -69,6 +70,8 @@ FLOORS: list[set[str]] = [
         "cli",
         "cli.commands",
         "cli.exits",
+        "cli.options",
+        "cli.restoring",
         "cli.setup",
         "cli.render",
         "cli.live",
