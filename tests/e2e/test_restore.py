@@ -59,14 +59,14 @@ def configure(pg: ThrowawayCluster, tmp_path: Path, *backups: dict[str, Any], **
 
 
 def backed_up(config: Path, pg: ThrowawayCluster, **env: str) -> list[dict[str, Any]]:
-    result = run_cli("backup", "-c", str(config), "--json", env=cli_env(pg, **env))
+    result = run_cli("backup", "-c", str(config), "--json", env={**cli_env(pg), **env})
     assert result.returncode == 0, result.stderr
     jobs: list[dict[str, Any]] = json.loads(result.stdout)["jobs"]
     return jobs
 
 
 def restore(config: Path, pg: ThrowawayCluster, *args: str, **env: str) -> Any:
-    return run_cli("restore", "-c", str(config), *args, env=cli_env(pg, **env), timeout=300)
+    return run_cli("restore", "-c", str(config), *args, env={**cli_env(pg), **env}, timeout=300)
 
 
 @pytest.mark.parametrize(
