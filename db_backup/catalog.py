@@ -10,6 +10,7 @@ In code a stored backup is an *archive*: "backup" already names a config entry
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,9 +21,9 @@ import msgspec
 
 from db_backup import manifest, runtime
 from db_backup.config.schema import BackupConfig, Config, StorageConfig
-from db_backup.manifest import Manifest
+from db_backup.manifest import Manifest, RestoreTest
 from db_backup.model import Target
-from db_backup.naming import file_prefix, is_own_file
+from db_backup.naming import file_prefix, is_own_file, restore_test_name
 from db_backup.plan import select_backups
 from db_backup.retention import is_future
 from db_backup.storage import Store, ask_targets
@@ -47,6 +48,7 @@ class Archive:
     checks: tuple[str, ...]  # what was verified before it was committed
     store: Store = field(compare=False, repr=False)
     record: Manifest = field(compare=False, repr=False)  # its manifest, as read
+    restore_test: RestoreTest | None = field(default=None, compare=False)  # the last one
 
     @property
     def manifest_name(self) -> str:
@@ -61,9 +63,9 @@ class Catalog:
     errors: dict[str, str]  # target label → why it could not be listed
 
 
-def _records(store: Store, prefix: str) -> Iterator[tuple[str, Manifest]]:
-    """(file name, manifest) for every file under `prefix` with a readable manifest, by name
-    from last to first (for one job's prefix: newest first, the timestamp follows it)."""
+def _records(store: Store, prefix: str) -> Iterator[Archive]:
+    """Every file under `prefix` with a readable manifest, by name from last to first (for
+    one job's prefix: newest first, the timestamp follows it), with its last restore test."""
     names = set(store.names(prefix))
     for name in sorted(names, reverse=True):
         data_name = name.removesuffix(".json")
@@ -73,11 +75,16 @@ def _records(store: Store, prefix: str) -> Iterator[tuple[str, Manifest]]:
             record = manifest.decode(store.read(name))
         except (msgspec.DecodeError, msgspec.ValidationError):
             continue  # not one of our manifests
-        if record.file == data_name:
-            yield data_name, record
+        if record.file != data_name:
+            continue
+        tested = None
+        if restore_test_name(data_name) in names:
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                tested = manifest.decode_restore_test(store.read(restore_test_name(data_name)))
+        yield _archive(store, data_name, record, tested)
 
 
-def _archive(store: Store, name: str, record: Manifest) -> Archive:
+def _archive(store: Store, name: str, record: Manifest, tested: RestoreTest | None) -> Archive:
     return Archive(
         job=record.job,
         backup=record.backup,
@@ -92,6 +99,7 @@ def _archive(store: Store, name: str, record: Manifest) -> Archive:
         checks=record.checks,
         store=store,
         record=record,
+        restore_test=tested,
     )
 
 
@@ -101,20 +109,21 @@ def scan(storage: StorageConfig, backups: frozenset[str]) -> list[Archive]:
     config's backup of the same name with another prefix in the same folder is not ours."""
     store = runtime.current().store(storage)
     return [
-        _archive(store, name, record)
-        for name, record in _records(store, "")
-        if record.backup in backups and is_own_file(name, file_prefix(storage, record.job))
+        archive
+        for archive in _records(store, "")
+        if archive.backup in backups
+        and is_own_file(archive.name, file_prefix(storage, archive.job))
     ]
 
 
 def _job_archives(target: Target, job_name: str, backup: str) -> Iterator[Archive]:
     store = runtime.current().store(target.storage)
-    for name, record in _records(store, target.file_prefix):
-        if is_own_file(name, target.file_prefix) and (record.job, record.backup) == (
+    for archive in _records(store, target.file_prefix):
+        if is_own_file(archive.name, target.file_prefix) and (archive.job, archive.backup) == (
             job_name,
             backup,
         ):
-            yield _archive(store, name, record)
+            yield archive
 
 
 def job_archives(target: Target, job_name: str, backup: str) -> list[Archive]:

@@ -161,7 +161,14 @@ async def _dump(
                     integrity.read_through(dump.reader_argv, dump.completion)
                 )
             child = await stack.enter_async_context(spawn(dump.argv, dump.env))
-            await pump(child, pipeline, deliveries, check, lambda: emit(_progress(job, pipeline)))
+            await pump(
+                child,
+                pipeline,
+                deliveries,
+                check,
+                lambda: emit(_progress(job, pipeline)),
+                dump.counter,
+            )
             exit_code = await child.wait()
             stderr_tail = redact(child.stderr_tail(), dump.secret)
             _check_outcome(dump, exit_code, stderr_tail, pipeline)
@@ -229,6 +236,7 @@ def _manifest(
         duration_seconds=round((finished - started).total_seconds(), 3),
         checks=("sha256", dump.completion.check),
         stages=pipeline.records,
+        contents=dump.counter.contents() if dump.counter else None,
     )
 
 

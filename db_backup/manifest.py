@@ -32,6 +32,16 @@ class Compressed(msgspec.Struct, frozen=True, kw_only=True, tag_field="stage", t
 StageRecord = Compressed
 
 
+class Contents(msgspec.Struct, frozen=True, kw_only=True):
+    """What the dump holds, counted from its own stream as it was made (sources/), so a
+    restore can be checked against it: rows per table, each sequence's value and whether it
+    was called, the number of large objects."""
+
+    tables: dict[str, int]  # the table's name as the dump writes it → rows
+    sequences: dict[str, tuple[int, bool]] = {}
+    large_objects: int = 0
+
+
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     manifest_version: int = MANIFEST_VERSION
     tool: str = "db-backup"
@@ -59,6 +69,28 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     # The stages the dump went through on its way to storage, in the order applied; reading
     # back undoes them last first. Manifests written before this field: see `stages_of`.
     stages: tuple[StageRecord, ...] = ()
+    # What the dump holds (None: not counted, e.g. older manifests or globals).
+    contents: Contents | None = None
+
+
+class RestoreTest(msgspec.Struct, frozen=True, kw_only=True):
+    """`<backup file>.verify.json`: the outcome of restoring that backup into a sandbox and
+    checking it against its manifest's contents (`db-backup verify --restore`). Written
+    beside the backup, atomically; the manifest stays as it was written."""
+
+    record_version: int = 1
+    file: str  # the backup file it is about
+    sha256: str  # of the bytes that were restored
+    tested_at: datetime
+    sandbox: str  # "throwaway PostgreSQL 15.18 (…)", or the configured server
+    duration_seconds: float
+    ok: bool
+    problems: tuple[str, ...] = ()  # why it failed: a restore error, a table's counts…
+    checked: tuple[str, ...] = ()  # what held: "3 tables, 3,003 rows as recorded"…
+
+
+def decode_restore_test(data: bytes) -> RestoreTest:
+    return msgspec.json.decode(data, type=RestoreTest)
 
 
 def stages_of(record: Manifest) -> tuple[StageRecord, ...]:
@@ -74,5 +106,5 @@ def decode(data: bytes) -> Manifest:
     return msgspec.json.decode(data, type=Manifest)
 
 
-def encode(manifest: Manifest) -> bytes:
+def encode(manifest: Manifest | RestoreTest) -> bytes:
     return msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n"

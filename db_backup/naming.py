@@ -70,6 +70,11 @@ def is_own_file(name: str, job_file_prefix: str) -> bool:
     return re.match(re.escape(job_file_prefix) + _STAMP_PATTERN, name) is not None
 
 
+def restore_test_name(name: str) -> str:
+    """The restore-test record beside backup file `name` (manifest.RestoreTest)."""
+    return f"{name}.verify.json"
+
+
 def run_stamp_of(name: str) -> str | None:
     """The run's timestamp in a backup's file name (every file of one run shares it)."""
     found = re.findall(r"_(\d{8}T\d{6}Z)\.", name)

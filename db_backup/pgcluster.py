@@ -68,6 +68,9 @@ class ThrowawayCluster:
     port: int = 0
     parent: Path | None = None  # where the temp dir goes (default: the system's temp dir)
     workdir: Path | None = None
+    # Reachable only through a socket in its private folder, without a password: a sandbox
+    # for restore tests, where a restored globals backup may change any role's password.
+    private: bool = False
     _run_as: pwd.struct_passwd | None = None
 
     @property
@@ -100,7 +103,7 @@ class ThrowawayCluster:
             "--pwfile",
             str(pwfile),
             "--auth",
-            "scram-sha-256",
+            "trust" if self.private else "scram-sha-256",
             "--encoding",
             "UTF8",
             "--locale",
@@ -109,8 +112,10 @@ class ThrowawayCluster:
         )
         pwfile.unlink()
         self.port = free_port()
+        if self.private:
+            self.host = str(self.workdir)  # libpq: a host that is a path means its socket
         settings = {
-            "listen_addresses": f"'{self.host}'",
+            "listen_addresses": "''" if self.private else f"'{self.host}'",
             "port": str(self.port),
             "unix_socket_directories": f"'{self.workdir}'",
             "max_connections": "300",

@@ -19,7 +19,7 @@ from db_backup.config.schema import Config, RetentionConfig
 from db_backup.errors import StorageError
 from db_backup.lock import lock_folder, lock_storage
 from db_backup.model import JobSpec, Target
-from db_backup.naming import file_prefix
+from db_backup.naming import file_prefix, restore_test_name
 from db_backup.plan import select_backups
 from db_backup.retention import ArchiveDate, Decision, decide
 from db_backup.threads import in_thread
@@ -67,9 +67,10 @@ def plan_prune(
 
 
 def delete(archive: Archive) -> None:
-    """Remove one backup: its manifest, then its data file."""
+    """Remove one backup: its manifest, then its data file, then its restore-test record."""
     archive.store.delete(archive.manifest_name)
     archive.store.delete(archive.name)
+    archive.store.delete(restore_test_name(archive.name))
 
 
 def apply(verdicts: Sequence[PruneVerdict]) -> tuple[list[Archive], dict[str, str]]:

@@ -141,7 +141,7 @@ def choose(config: Config, archives: Sequence[Archive], request: RestoreRequest)
     notes: list[str] = []
     globals_archive = None
     if request.with_globals:
-        globals_archive = _globals_of(archive, archives, backup)
+        globals_archive = globals_of(archive, archives, backup)
         if globals_archive is None:
             notes.append(
                 f"no globals backup from the run of {archive.name} on {archive.target}: "
@@ -174,7 +174,7 @@ def _no_such_job(config: Config, archives: Sequence[Archive], job: str) -> None:
     )
 
 
-def _globals_of(
+def globals_of(
     archive: Archive, archives: Sequence[Archive], backup: BackupConfig
 ) -> Archive | None:
     """The globals saved by the same run as `archive`, on the same target."""

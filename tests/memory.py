@@ -11,15 +11,23 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from db_backup.config.schema import BackupConfig
 from db_backup.errors import BackupError, StorageError
-from db_backup.manifest import Manifest
+from db_backup.manifest import Contents, Manifest
 from db_backup.model import JobKind, JobSpec
-from db_backup.sources.base import Completion, DatabaseState, Dump, RestoreProgram, ServerInfo
+from db_backup.sources.base import (
+    Completion,
+    DatabaseState,
+    Dump,
+    RestoreProgram,
+    Sandbox,
+    ServerInfo,
+)
 
 END_MARKER = b"-- fake dump complete"
 
@@ -174,6 +182,14 @@ class ScriptSource:
         raise AssertionError("ScriptSource does not restore")
 
     def restore_needs_file(self, record: Manifest, jobs: int) -> bool:
+        raise AssertionError("ScriptSource does not restore")
+
+    async def count_contents(
+        self, server: BackupConfig, database: str, expected: Contents
+    ) -> Contents:
+        raise AssertionError("ScriptSource does not restore")
+
+    def sandbox(self, template: BackupConfig) -> AbstractAsyncContextManager[Sandbox]:
         raise AssertionError("ScriptSource does not restore")
 
 

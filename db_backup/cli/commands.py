@@ -312,8 +312,28 @@ def verify(
             show_default=False,
         ),
     ] = None,
+    restore: Annotated[
+        bool,
+        typer.Option(
+            "--restore",
+            help="Restore each job's newest backup into a throwaway server and check every "
+            "table's rows, sequences and large objects against its manifest (needs -c).",
+        ),
+    ] = False,
+    name: NamesOption = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="With --restore: every backup, not only the newest.")
+    ] = False,
 ) -> None:
-    """Re-read backups: size and sha256 against the manifest, complete stream and dump."""
+    """Re-read backups: size and sha256 against the manifest, complete stream and dump;
+    with --restore, prove they restore."""
+    if restore:
+        if config is None or paths:
+            exits.fail_usage("--restore needs a config (-c) and takes no paths")
+        restoring.verify_restores(config, tuple(name or ()), every=every)
+        return
+    if name or every:
+        exits.fail_usage("-n and --all go with --restore")
     from db_backup.integrity import archives_in, archives_on, verify_all
 
     with exits.errors_to_exit_codes():

@@ -252,6 +252,7 @@ def catalog_json(catalog: Catalog) -> bytes:
             "sha256": e.sha256,
             "verified": bool(e.checks),
             "checks": e.checks,
+            "restore_test": e.restore_test,  # manifest.RestoreTest, or null: never tested
         }
         for e in catalog.archives
     ]

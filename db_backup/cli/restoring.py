@@ -293,3 +293,41 @@ def _progress(plan: RestorePlan, quiet: bool) -> _PlainProgress | _BarProgress:
         if console.is_terminal:
             return _BarProgress(plan, console)
     return _PlainProgress(plan, quiet)
+
+
+def verify_restores(config: Path, names: tuple[str, ...], *, every: bool) -> None:
+    """`verify --restore`: a line per backup as its test ends; exit 1 if any failed."""
+    from db_backup.catalog import list_backups
+    from db_backup.plan import select_backups
+    from db_backup.restore_proof import chosen, prove_restores
+
+    def say(result: Any) -> None:
+        where = result.archive.location
+        if result.ok:
+            held = "; ".join(result.checked)
+            typer.echo(f"OK      {where} restore-tested in {result.seconds:.1f}s: {held}")
+        else:
+            typer.echo(f"FAILED  {where}: {'; '.join(result.problems)}")
+        for target, error in result.unrecorded.items():
+            typer.echo(f"        (the result could not be recorded on {target}: {error})")
+
+    with exits.errors_to_exit_codes():
+        loaded = setup.load_config(config, only=names or None)
+        select_backups(loaded, names)  # an unknown name is a usage error
+        # Every backup, not only the named ones: the globals may belong to another backup.
+        catalog = exits.interruptible(list_backups(loaded))
+        for label, error in catalog.errors.items():
+            typer.echo(f"FAILED  target {label}: {error}")
+        named = [a for a in catalog.archives if not names or a.backup in names or a.job in names]
+        archives = chosen(named, every=every)
+        if not archives:
+            typer.echo("no backups found", err=True)
+            raise typer.Exit(exits.EXIT_FAILED)
+        results = exits.interruptible(
+            prove_restores(loaded, archives, catalog.archives, on_result=say)
+        )
+    failed = sum(1 for result in results if not result.ok) + len(catalog.errors)
+    typer.echo(
+        f"{len(results) - failed + len(catalog.errors)} restore-tested, {failed} failed", err=True
+    )
+    raise typer.Exit(exits.EXIT_FAILED if failed else exits.EXIT_OK)

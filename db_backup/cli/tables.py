@@ -74,11 +74,22 @@ def plan_table(plan: Plan, failures: Sequence[JobResult] = ()) -> Table:
     return table
 
 
+def restore_test_cell(archive: Archive) -> str:
+    """`restore-tested <time> OK`, `restore test FAILED: <reason>`, or "-" (never tested)."""
+    tested = archive.restore_test
+    if tested is None:
+        return "-"
+    if tested.ok:
+        return f"restore-tested {tested.tested_at:%Y-%m-%d %H:%M} OK"
+    return f"restore test FAILED: {'; '.join(tested.problems)}"
+
+
 def catalog_table(archives: Sequence[Archive]) -> Table:
     """`db-backup list`: every finished backup, newest first."""
     table = Table(box=box.SIMPLE_HEAD, title="db-backup backups", title_justify="left")
     for column in ("taken (UTC)", "job", "database", "size", "verified"):
         table.add_column(column, no_wrap=True, justify="right" if column == "size" else "left")
+    table.add_column("restore test", overflow="fold")
     table.add_column("target", overflow="fold")
     table.add_column("file", overflow="fold")
     for archive in archives:
@@ -88,6 +99,7 @@ def catalog_table(archives: Sequence[Archive]) -> Table:
             archive.database,
             format_bytes(archive.stored_bytes),
             ", ".join(archive.checks) or "no",
+            restore_test_cell(archive),
             archive.target,
             archive.name,
         )

@@ -10,6 +10,7 @@ renaming one, the program that reads a dump into it. Throwaway servers join here
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Protocol
 
 from db_backup.config.schema import BackupConfig
 from db_backup.errors import BackupError
-from db_backup.manifest import CompressionInfo, Manifest
+from db_backup.manifest import CompressionInfo, Contents, Manifest
 from db_backup.model import JobKind, JobSpec
 from db_backup.stages import TAIL_BYTES
 
@@ -48,6 +49,14 @@ class Completion:
         return self.end_marker is None or self.end_marker in tail[-TAIL_BYTES:]
 
 
+class ContentCounter(Protocol):
+    """Counts what a dump holds from its own bytes as they stream past (sans-I/O)."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def contents(self) -> Contents: ...
+
+
 @dataclass(frozen=True)
 class Dump:
     """One dump, ready to run: what to spawn and what its output will be."""
@@ -63,6 +72,7 @@ class Dump:
     compression: CompressionInfo | None
     expected_bytes: int | None  # raw output to expect, for an ETA; None when unknown
     reader_argv: list[str] | None = None  # reads the dump's bytes through (read_through)
+    counter: ContentCounter | None = None  # counts rows etc. for the manifest, if it can
     secret: str | None = None  # masked in what the dump program says
 
 
@@ -87,6 +97,15 @@ class RestoreProgram:
     secret: str | None = None  # masked in what the program says
     error_marker: str | None = None
     tolerated: tuple[str, ...] = ()  # e.g. "already exists" (a role the server has)
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """A server to restore into for a test: how to connect, and what it is (for records)."""
+
+    server: BackupConfig
+    description: str  # "throwaway PostgreSQL 15.18 (Debian …)", or host:port
+    version: str  # its server version, "15.18 (Debian …)"
 
 
 class Source(Protocol):
@@ -147,4 +166,17 @@ class Source(Protocol):
 
     def restore_needs_file(self, record: Manifest, jobs: int) -> bool:
         """Must the dump be staged in a file first (a parallel restore seeks in it)?"""
+        ...
+
+    async def count_contents(
+        self, server: BackupConfig, database: str, expected: Contents
+    ) -> Contents:
+        """What a restored database holds of what `expected` lists: rows of each of its
+        tables, each of its sequences' values, large objects. A table or sequence that is
+        not there is left out."""
+        ...
+
+    def sandbox(self, template: BackupConfig) -> AbstractAsyncContextManager[Sandbox]:
+        """A throwaway server of this engine for restore tests, removed on leaving the block
+        (also when cancelled); `template` gives the rest of the connection settings."""
         ...

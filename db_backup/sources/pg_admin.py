@@ -6,11 +6,13 @@ Errors become RestoreError once, here, with the server's message (passwords mask
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from db_backup.config.schema import BackupConfig
 from db_backup.errors import ConnectionCheckError, RestoreError
+from db_backup.manifest import Contents
 from db_backup.sources.base import DatabaseState
 from db_backup.sources.pg_server import connect, resolve_password, tidy
 
@@ -105,3 +107,54 @@ async def rename_database(server: BackupConfig, old: str, new: str) -> None:
         sql.Identifier(old), sql.Identifier(new)
     )
     await _execute(server, MAINTENANCE_DATABASE, [statement], f"renaming {old!r} to {new!r}")
+
+
+# schema.name as pg_dump writes it, each part bare or quoted: safe to place in a query as is.
+_QUALIFIED_NAME = re.compile(
+    r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)\.(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
+)
+
+
+async def count_contents(server: BackupConfig, database: str, expected: Contents) -> Contents:
+    """Rows of each table `expected` names, each sequence's value, the large objects: one
+    connection, one query per table (exact counts: a restore test must not estimate)."""
+    import psycopg
+
+    password = resolve_password(server)
+    try:
+        conn = await connect(server, database, password)
+    except ConnectionCheckError as exc:
+        raise RestoreError(f"checking {database!r}: cannot connect: {exc}") from None
+    tables: dict[str, int] = {}
+    sequences: dict[str, tuple[int, bool]] = {}
+    try:
+        async with conn.cursor() as cur:
+            for name in expected.tables:
+                row = await _one(cur, name, "SELECT count(*) FROM {}")
+                if row is not None:
+                    tables[name] = int(row[0])
+            for name in expected.sequences:
+                row = await _one(cur, name, "SELECT last_value, is_called FROM {}")
+                if row is not None:
+                    sequences[name] = (int(row[0]), bool(row[1]))
+            await cur.execute("SELECT count(*) FROM pg_largeobject_metadata")
+            (large_objects,) = await cur.fetchone() or (0,)
+    except psycopg.Error as exc:
+        raise RestoreError(f"checking {database!r}: {tidy(str(exc), password)}") from None
+    finally:
+        await conn.close()
+    return Contents(tables=tables, sequences=sequences, large_objects=int(large_objects))
+
+
+async def _one(cur: Any, name: str, query: str) -> tuple[Any, ...] | None:
+    """The row `query` gives for relation `name`; None when there is no such relation."""
+    import psycopg
+
+    if not _QUALIFIED_NAME.fullmatch(name):
+        return None  # not a name pg_dump writes: report it missing rather than run it
+    try:
+        await cur.execute(query.format(name))
+    except psycopg.errors.UndefinedTable:
+        return None  # autocommit: nothing to roll back
+    row: tuple[Any, ...] | None = await cur.fetchone()
+    return row

@@ -5,16 +5,29 @@ and pg_admin.py (databases for a restore).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import msgspec
 
 from db_backup.config.schema import BackupConfig
 from db_backup.errors import BackupError
-from db_backup.manifest import CompressionInfo, Manifest
+from db_backup.manifest import CompressionInfo, Contents, Manifest
 from db_backup.model import JobKind, JobSpec
 from db_backup.retry import is_transient
 from db_backup.sources import pg_admin
-from db_backup.sources.base import Completion, DatabaseState, Dump, RestoreProgram, ServerInfo
+from db_backup.sources.base import (
+    Completion,
+    DatabaseState,
+    Dump,
+    RestoreProgram,
+    Sandbox,
+    ServerInfo,
+)
+from db_backup.sources.pg_contents import PlainDumpContents
 from db_backup.sources.pg_server import (
     check_connection,
     client_for,
@@ -76,6 +89,7 @@ class PostgresSource:
             expected_bytes=expected_bytes(command, server.database_size),
             reader_argv=reader,
             secret=password,
+            counter=PlainDumpContents() if command.plain and not command.globals_only else None,
         )
 
     def maintenance_database(self, backup: BackupConfig) -> str:
@@ -145,3 +159,32 @@ class PostgresSource:
 
     def restore_needs_file(self, record: Manifest, jobs: int) -> bool:
         return record.format == "custom" and jobs > 1
+
+    async def count_contents(
+        self, server: BackupConfig, database: str, expected: Contents
+    ) -> Contents:
+        return await pg_admin.count_contents(server, database, expected)
+
+    @contextlib.asynccontextmanager
+    async def sandbox(self, template: BackupConfig) -> AsyncIterator[Sandbox]:
+        """A throwaway cluster from the newest local server binaries (pgcluster.py), as an
+        unprivileged user when run as root; stopped and removed on leaving, also when
+        cancelled (SIGINT, SIGTERM)."""
+        from db_backup.pgcluster import ThrowawayCluster
+
+        # Private: a socket only, no password (the globals a test restores may set any).
+        cluster = ThrowawayCluster(private=True)
+        try:
+            await in_thread(cluster.start)
+            server = msgspec.structs.replace(
+                template,
+                host=cluster.host,
+                port=cluster.port,
+                username=cluster.superuser,
+                password=None,
+                password_file=None,
+            )
+            info = await check_connection(server, pg_admin.MAINTENANCE_DATABASE, None)
+            yield Sandbox(server, f"throwaway PostgreSQL {info.version}", info.version)
+        finally:
+            await asyncio.shield(in_thread(cluster.stop))
