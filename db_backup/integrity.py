@@ -33,10 +33,10 @@ from db_backup.model import JobKind
 from db_backup.naming import BACKUP_SUFFIXES, format_of
 from db_backup.process import Child, spawn
 from db_backup.sources import source_named
-from db_backup.sources.base import Completion, Source
+from db_backup.sources.base import Completion, ContentCounter, Source
 from db_backup.stages.unpack import Unstaging, records_from_name
 from db_backup.storage import Store, ask_targets
-from db_backup.threads import in_thread
+from db_backup.threads import in_thread, start_in_thread
 
 READ_SIZE = 1024 * 1024
 
@@ -53,9 +53,15 @@ class ReadThrough:
     as they go by on the job's pump thread, or as they read back in verify — no local copy
     (the only target may be S3) and no second pass; or a restore program."""
 
-    def __init__(self, child: Child, failure: Callable[[int, str], BackupError]) -> None:
+    def __init__(
+        self,
+        child: Child,
+        failure: Callable[[int, str], BackupError],
+        output: asyncio.Future[None] | None = None,
+    ) -> None:
         self._child = child
         self._failure = failure  # (exit code, stderr tail) → the error to raise
+        self._output = output  # the thread reading what it writes, if anyone listens
         self.stopped = False  # it closed its stdin: it exited, its exit code says why
 
     def write(self, data: bytes) -> None:
@@ -74,19 +80,44 @@ class ReadThrough:
         """Send EOF; raise the failure unless the program exited 0."""
         self._child.close_stdin()
         code = await self._child.wait()
+        if self._output is not None:
+            await self._output
         if code != 0:
             raise self._failure(code, self._child.stderr_tail())
 
 
 @contextlib.asynccontextmanager
-async def read_through(argv: Sequence[str], completion: Completion) -> AsyncIterator[ReadThrough]:
-    """A running reader that checks a dump's completeness; on leaving the block it is gone."""
+async def read_through(
+    argv: Sequence[str], completion: Completion, counter: ContentCounter | None = None
+) -> AsyncIterator[ReadThrough]:
+    """A running reader that checks a dump's completeness; on leaving the block it is gone.
+    With a `counter`, the reader writes the dump as plain SQL and the counter reads it (for
+    custom format: pg_restore writes that SQL anyway, to /dev/null when nobody counts)."""
 
     def failure(code: int, stderr_tail: str) -> BackupError:
         return DumpError(completion.failed, exit_code=code, stderr_tail=stderr_tail)
 
-    async with spawn(argv, os.environ, capture_stdout=False, feed_stdin=True) as child:
-        yield ReadThrough(child, failure)
+    async with spawn(
+        argv, os.environ, capture_stdout=counter is not None, feed_stdin=True
+    ) as child:
+        output = None
+        if counter is not None:
+            assert child.stdout_fd is not None
+            output = start_in_thread(_count_from, child.stdout_fd, counter, name="counting")
+        try:
+            yield ReadThrough(child, failure, output)
+        finally:
+            if output is not None and not output.done():
+                output.cancel()
+
+
+def _count_from(fd: int, counter: ContentCounter) -> None:
+    """Feed the counter what the reader writes, to its end (on a thread of its own)."""
+    try:
+        while chunk := os.read(fd, READ_SIZE):
+            counter.feed(chunk)
+    except OSError:
+        return  # the job is failing and its pipes were closed: nothing left to count
 
 
 @dataclass

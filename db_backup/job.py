@@ -158,7 +158,7 @@ async def _dump(
             check = None
             if dump.reader_argv is not None:  # no end marker: read it through instead
                 check = await stack.enter_async_context(
-                    integrity.read_through(dump.reader_argv, dump.completion)
+                    integrity.read_through(dump.reader_argv, dump.completion, dump.counter)
                 )
             child = await stack.enter_async_context(spawn(dump.argv, dump.env))
             await pump(
@@ -167,7 +167,7 @@ async def _dump(
                 deliveries,
                 check,
                 lambda: emit(_progress(job, pipeline)),
-                dump.counter,
+                dump.counter if check is None else None,
             )
             exit_code = await child.wait()
             stderr_tail = redact(child.stderr_tail(), dump.secret)

@@ -72,7 +72,9 @@ class Dump:
     compression: CompressionInfo | None
     expected_bytes: int | None  # raw output to expect, for an ETA; None when unknown
     reader_argv: list[str] | None = None  # reads the dump's bytes through (read_through)
-    counter: ContentCounter | None = None  # counts rows etc. for the manifest, if it can
+    # Counts rows etc. for the manifest, if it can: fed the dump's bytes, or, when there is a
+    # reader, what the reader writes on its stdout (the dump as plain SQL).
+    counter: ContentCounter | None = None
     secret: str | None = None  # masked in what the dump program says
 
 

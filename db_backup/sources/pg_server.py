@@ -258,6 +258,7 @@ def find_pg_restore() -> Path:
     raise ToolNotFoundError("pg_restore not found; it is needed to check custom-format dumps")
 
 
-def read_through_argv(pg_restore: Path) -> list[str]:
-    """pg_restore reading a custom-format dump from stdin to the end, restoring nothing."""
-    return [str(pg_restore), "--file=/dev/null"]
+def read_through_argv(pg_restore: Path, *, to_stdout: bool = False) -> list[str]:
+    """pg_restore reading a custom-format dump from stdin to the end, restoring nothing:
+    the SQL it makes goes to /dev/null, or to stdout for someone to count."""
+    return [str(pg_restore), "--file=-" if to_stdout else "--file=/dev/null"]

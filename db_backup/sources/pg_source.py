@@ -75,7 +75,7 @@ class PostgresSource:
         if not command.plain:  # no end marker in custom format: pg_restore reads it through
             beside = client.sibling("pg_restore")
             pg_restore = beside if beside.exists() else await in_thread(find_pg_restore)
-            reader = read_through_argv(pg_restore)
+            reader = read_through_argv(pg_restore, to_stdout=not command.globals_only)
         return Dump(
             program=command.tool,
             client=f"{command.tool} {client.version}",
@@ -89,7 +89,8 @@ class PostgresSource:
             expected_bytes=expected_bytes(command, server.database_size),
             reader_argv=reader,
             secret=password,
-            counter=PlainDumpContents() if command.plain and not command.globals_only else None,
+            # Plain SQL is counted as it streams; custom format from the SQL pg_restore makes.
+            counter=None if command.globals_only else PlainDumpContents(),
         )
 
     def maintenance_database(self, backup: BackupConfig) -> str:

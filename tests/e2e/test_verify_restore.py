@@ -100,6 +100,7 @@ def test_good_backups_restore_with_every_row_and_the_result_is_recorded(
         pg,
         tmp_path,
         {"name": "varied", "database": "proof_varied", "compression": {"algorithm": "zstd"}},
+        {"name": "custom", "database": "proof_varied", "format": "custom"},
         # Owned by a role a fresh server lacks: restores only after the globals.
         {"name": "owned", "database": "proof_owned", "globals": True},
     )
@@ -111,6 +112,9 @@ def test_good_backups_restore_with_every_row_and_the_result_is_recorded(
     }
     assert manifest["contents"]["sequences"]['"Weird Schema"."counter seq"'] == [4242, True]
     assert manifest["contents"]["large_objects"] == 2
+    # Custom format: counted from the SQL the pg_restore read-through makes of it.
+    custom = json.loads(Path(jobs["custom"]["manifest"]).read_text())
+    assert custom["contents"] == manifest["contents"]
     before = sandbox_folders()
 
     result = verify_restore(config, pg)
@@ -118,13 +122,14 @@ def test_good_backups_restore_with_every_row_and_the_result_is_recorded(
     lines = {
         line.split()[1]: line for line in result.stdout.splitlines() if line[:2] in ("OK", "FA")
     }
-    assert set(lines) == {jobs["varied"]["file"], jobs["owned"]["file"]}
+    assert set(lines) == {jobs[job]["file"] for job in ("varied", "custom", "owned")}
     assert (
         "2 tables, 3002 rows, 3 sequences, 2 large objects as recorded"
         in lines[jobs["varied"]["file"]]
     )
     assert "globals applied first" in lines[jobs["owned"]["file"]]
-    assert "2 restore-tested, 0 failed" in result.stderr
+    assert "2 tables, 3002 rows" in lines[jobs["custom"]["file"]]
+    assert "3 restore-tested, 0 failed" in result.stderr
     assert sandbox_folders() == before
 
     entries = listed(config)
