@@ -18,9 +18,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 from db_backup import manifest, runtime
 from db_backup.catalog import Archive
-from db_backup.config.schema import BackupConfig, Config
+from db_backup.config.schema import BackupConfig, Config, SandboxConfig
 from db_backup.errors import BackupError, StorageError
 from db_backup.manifest import Contents, RestoreTest
 from db_backup.model import JobKind
@@ -99,17 +101,40 @@ def _major(version: str) -> int:
 
 
 class _Sandboxes:
-    """One sandbox per engine for a verify run, started when first needed."""
+    """One sandbox per engine for a verify run, started when first needed: a throwaway
+    server, or the configured scratch server."""
 
-    def __init__(self, stack: contextlib.AsyncExitStack) -> None:
+    def __init__(self, stack: contextlib.AsyncExitStack, configured: SandboxConfig | None) -> None:
         self._stack = stack
+        self._configured = configured
         self._started: dict[str, Sandbox] = {}
 
     async def for_engine(self, engine: str, template: BackupConfig) -> Sandbox:
         if engine not in self._started:
             source = source_named(engine)
-            self._started[engine] = await self._stack.enter_async_context(source.sandbox(template))
+            if self._configured is None:
+                sandbox = await self._stack.enter_async_context(source.sandbox(template))
+            else:
+                sandbox = await _scratch_server(source, template, self._configured)
+            self._started[engine] = sandbox
         return self._started[engine]
+
+
+async def _scratch_server(
+    source: Source, template: BackupConfig, scratch: SandboxConfig
+) -> Sandbox:
+    """The configured server, with the backup's other connection settings."""
+    server = msgspec.structs.replace(
+        template,
+        host=scratch.host,
+        port=scratch.port,
+        username=scratch.username,
+        password=scratch.password,
+        password_file=scratch.password_file,
+    )
+    info = await source.probe(server, source.maintenance_database(server))
+    where = f"{scratch.host or 'local'}:{scratch.port}"
+    return Sandbox(server, f"scratch server {where}", info.version, scratch=True)
 
 
 async def prove_restores(
@@ -123,7 +148,7 @@ async def prove_restores(
     backups = {backup.name: backup for backup in config.backups}
     results = []
     async with contextlib.AsyncExitStack() as stack:
-        sandboxes = _Sandboxes(stack)
+        sandboxes = _Sandboxes(stack, config.verify.sandbox)
         for archive in archives:
             template = backups[archive.backup]
             result = RestoreTestResult(archive)
@@ -159,7 +184,8 @@ async def _test_one(
     database = f"db_backup_test_{secrets.token_hex(6)}"
     plan = RestorePlan(
         archive=archive,
-        globals=globals_of(archive, catalog, template),
+        # Roles are server-wide: a scratch server keeps its own (see SandboxConfig).
+        globals=None if sandbox.scratch else globals_of(archive, catalog, template),
         server=sandbox.server,
         database=database,
         clean=False,

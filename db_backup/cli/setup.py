@@ -82,6 +82,8 @@ def load_config(path: Path, *, require_env: bool = True, only: Sequence[str] | N
         remember(backup.password)
         for target in backup.targets:
             remember(getattr(target, "secret_access_key", None))
+    if loaded.verify.sandbox is not None:
+        remember(loaded.verify.sandbox.password)
     for warning in loaded.warnings:
         typer.echo(f"db-backup: warning: {warning}", err=True)
     return loaded

@@ -157,6 +157,7 @@ class _Loader:
             source=doc.file,
             concurrency=raw.concurrency,
             backups=tuple(b for b in backups if b is not None),
+            verify=raw.verify,
             literal_secret_lines=tuple(self.literal_secret_lines),
         )
 

@@ -315,12 +315,33 @@ class PostgresBackup(
 BackupConfig = PostgresBackup
 
 
+class SandboxConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A scratch server for `verify --restore` instead of a throwaway one: each test creates
+    a database of its own there and drops it afterwards; nothing else is changed (globals
+    are not applied: the roles the dumps need must exist there)."""
+
+    host: str | None = None
+    port: Port = 5432
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+
+    __repr__ = _masked_repr
+
+
+class VerifyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`verify:` at the top level."""
+
+    sandbox: SandboxConfig | None = None  # None: a throwaway server per verify run
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     """A whole, validated config file."""
 
     source: str  # the file it came from, for messages
     concurrency: int | None
     backups: tuple[BackupConfig, ...]
+    verify: VerifyConfig = VerifyConfig()
     warnings: tuple[str, ...] = ()  # risky but valid settings, for the CLI to print
     literal_secret_lines: tuple[int, ...] = ()  # where a password or secret key is written out
 
@@ -331,3 +352,4 @@ class RawConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     concurrency: Positive | None = None
     defaults: dict[str, Any] = {}
     backups: list[Any]
+    verify: VerifyConfig = VerifyConfig()

@@ -108,6 +108,7 @@ class Sandbox:
     server: BackupConfig
     description: str  # "throwaway PostgreSQL 15.18 (Debian …)", or host:port
     version: str  # its server version, "15.18 (Debian …)"
+    scratch: bool = False  # a configured server: change nothing there but the test database
 
 
 class Source(Protocol):

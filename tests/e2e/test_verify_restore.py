@@ -216,3 +216,37 @@ def test_sigint_during_a_restore_test_leaves_no_sandbox(
     assert sandbox_folders() == before
     assert sandbox_processes(started) == []
     assert processes_with(b"db_backup_test_") == []
+
+
+def test_a_configured_scratch_server_gets_a_database_per_test_and_keeps_nothing_else(
+    pg: ThrowawayCluster, tmp_path: Path
+) -> None:
+    create_database(pg, "proof_scratch", "CREATE TABLE t AS SELECT generate_series(1, 7) AS n;")
+    document = {
+        "defaults": server_defaults(pg, tmp_path / "out"),
+        "backups": [{"name": "scratch", "database": "proof_scratch"}],
+        "verify": {
+            "sandbox": {
+                "host": pg.host,
+                "port": pg.port,
+                "username": pg.superuser,
+                "password": "${TEST_PG_PASSWORD}",
+            }
+        },
+    }
+    config = write_config(tmp_path / "backup.yml", document)
+    (job,) = back_up(config, pg).values()
+
+    def databases() -> set[str]:
+        with psycopg.connect(**pg.conninfo(), autocommit=True) as conn:
+            return {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+
+    before, folders = databases(), sandbox_folders()
+    result = verify_restore(config, pg)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"OK      {job['file']} restore-tested" in result.stdout
+    assert "1 tables, 7 rows" in result.stdout
+    assert databases() == before  # its test database is gone, nothing else changed
+    assert sandbox_folders() == folders  # no throwaway server was started
+    tested = listed(config)[Path(job["file"]).name]["restore_test"]
+    assert tested["sandbox"] == f"scratch server {pg.host}:{pg.port}"
