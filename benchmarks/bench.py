@@ -1,7 +1,7 @@
 """db-backup against shell pipelines, measured in one run on this machine.
 
     nox -s bench -- [--size-mb 600] [--pgbench-scale 40] [--pairs 3] [--many-size 1.0]
-                    [--two-targets-mb 1000] [--only two-targets]
+                    [--two-targets-mb 1000] [--only two-targets|restore]
 
 Starts its own throwaway PostgreSQL (data on /dev/shm when there is room), creates a large
 database of realistic rows, a pgbench database, 20 databases of 20-50 MB and 200 small ones,
@@ -166,17 +166,16 @@ class Bench:
         target.unlink()
         return Sample(seconds, size)
 
-    def db_backup(
+    def write_config(
         self,
         databases: list[str],
         compression: dict[str, Any],
+        storage: Path,
         jobs: int = 1,
         s3_prefix: str | None = None,
         **extra: Any,
-    ) -> Sample:
-        """The real CLI, timed from the outside (start-up and connection checks included).
-        With `s3_prefix`, every dump also goes to the bucket, under that prefix."""
-        storage = self.out / "db-backup"
+    ) -> Path:
+        """A config backing up `databases` to `storage` (and the bucket, with `s3_prefix`)."""
         config = self.out / "bench.yml"
         c = self.cluster
         targets: Any = {"path": str(storage)}
@@ -196,19 +195,39 @@ class Bench:
         }
         config.write_text(json.dumps(document))
         config.chmod(0o600)
-        started = time.perf_counter()
-        env = {**self.env, **(self.s3.environment() if self.s3 else {})}
+        return config
+
+    def run_cli(self, *args: str, env: dict[str, str] | None = None) -> str:
+        """The real CLI; its stdout. Fails the benchmark when it fails."""
+        full_env = {**self.env, **(self.s3.environment() if self.s3 else {}), **(env or {})}
         result = subprocess.run(
-            [sys.executable, "-m", "db_backup", "backup", "-c", str(config), "--json"],
+            [sys.executable, "-m", "db_backup", *args],
             capture_output=True,
             text=True,
-            env=env,
+            env=full_env,
             check=False,
         )
-        seconds = time.perf_counter() - started
         if result.returncode != 0:
-            raise RuntimeError(f"db-backup failed: {result.stderr[-2000:]}")
-        report = json.loads(result.stdout)
+            raise RuntimeError(f"db-backup {args[0]} failed: {result.stderr[-2000:]}")
+        return result.stdout
+
+    def db_backup(
+        self,
+        databases: list[str],
+        compression: dict[str, Any],
+        jobs: int = 1,
+        s3_prefix: str | None = None,
+        env: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> Sample:
+        """The real CLI, timed from the outside (start-up and connection checks included).
+        With `s3_prefix`, every dump also goes to the bucket, under that prefix."""
+        storage = self.out / "db-backup"
+        config = self.write_config(databases, compression, storage, jobs, s3_prefix, **extra)
+        started = time.perf_counter()
+        stdout = self.run_cli("backup", "-c", str(config), "--json", env=env)
+        seconds = time.perf_counter() - started
+        report = json.loads(stdout)
         shutil.rmtree(storage)
         if s3_prefix is not None:
             assert self.s3 is not None
@@ -221,6 +240,39 @@ class Bench:
             raw_bytes=sum(job["raw_bytes"] for job in report["jobs"]),
             peak_rss_bytes=report["peak_rss_bytes"],
         )
+
+    def gunzip_psql(self, dump: Path) -> Sample:
+        """`gunzip -c dump | psql` into a fresh database, as a restore by hand goes."""
+        c = self.cluster
+        with psycopg.connect(**c.conninfo(), autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS bench_restore")
+            conn.execute("CREATE DATABASE bench_restore TEMPLATE template0")
+        started = time.perf_counter()
+        gunzip = subprocess.Popen(["gunzip", "-c", str(dump)], stdout=subprocess.PIPE)
+        psql = subprocess.run(
+            [
+                str(c.client_bin("psql")),
+                "--no-psqlrc",
+                "--quiet",
+                "--output=/dev/null",
+                "--set=ON_ERROR_STOP=1",
+                f"--host={c.host}",
+                f"--port={c.port}",
+                f"--username={c.superuser}",
+                "--dbname=bench_restore",
+            ],
+            stdin=gunzip.stdout,
+            env=self.env,
+            check=False,
+        )
+        assert gunzip.stdout is not None
+        gunzip.stdout.close()
+        if gunzip.wait() != 0 or psql.returncode != 0:
+            raise RuntimeError("gunzip | psql failed")
+        seconds = time.perf_counter() - started
+        with psycopg.connect(**c.conninfo(), autocommit=True) as conn:
+            conn.execute("DROP DATABASE bench_restore")
+        return Sample(seconds, 0)
 
     # -- measuring -----------------------------------------------------------------------------
 
@@ -267,7 +319,9 @@ class Bench:
         return row
 
 
-def create_databases(cluster: ThrowawayCluster, args: argparse.Namespace) -> dict[str, Any]:
+def create_databases(
+    cluster: ThrowawayCluster, args: argparse.Namespace, *, only_realistic: bool = False
+) -> dict[str, Any]:
     """realistic, pgbench, 20 DBs of 20-50 MB, 200 small ones. Returns names and raw sizes."""
     conninfo = cluster.conninfo()
 
@@ -285,6 +339,8 @@ def create_databases(cluster: ThrowawayCluster, args: argparse.Namespace) -> dic
     rows = int(args.size_mb * 1e6 / BYTES_PER_ROW)
     print(f"creating 'realistic' ({rows} rows, ~{args.size_mb} MB of SQL) ...", flush=True)
     create("realistic", REALISTIC.format(rows=rows))
+    if only_realistic:
+        return {}
     print(f"creating 'pgbench' (scale {args.pgbench_scale}) ...", flush=True)
     create("pgbench")
     subprocess.run(
@@ -333,12 +389,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "settings": vars(args),
             "rows": [],
         }
-        with SeaweedServer(parent=parent) as bench.s3:
-            result["two_targets"] = two_targets(bench, cluster, args)
+        if args.only in ("all", "two-targets"):
+            with SeaweedServer(parent=parent) as bench.s3:
+                result["two_targets"] = two_targets(bench, cluster, args)
         if args.only == "two-targets":
             return result
-        made = create_databases(cluster, args)
-        rows: list[Row] = []
+        made = create_databases(cluster, args, only_realistic=args.only == "restore")
+        rows: list[Row] = restore_rows(bench, parent)
+        if args.only == "restore":
+            return result | {"rows": [asdict(row) | {"met": row.met} for row in rows]}
 
         for database, label, default_target in (
             ("realistic", "realistic rows", 1.5),
@@ -503,6 +562,49 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
 
 
+def restore_rows(bench: Bench, parent: Path | None) -> list[Row]:
+    """What proving a backup costs: counting rows while dumping (the default, against the same
+    run with counting off), and `verify --restore` (a throwaway server of its own included)
+    against `gunzip | psql` into a fresh database of the benchmark's server."""
+    raw_bytes = bench.db_backup(["realistic"], {"algorithm": "none"}).raw_bytes
+    counting_off = {"DB_BACKUP_COUNT_CONTENTS": "0"}
+    rows = [
+        bench.pair(
+            "large DB, realistic rows: counting rows",
+            ("db-backup default", lambda: bench.db_backup(["realistic"], {})),
+            (
+                "db-backup default, not counting",
+                lambda: bench.db_backup(["realistic"], {}, env=counting_off),
+            ),
+            1.03,
+            raw_bytes,
+        )
+    ]
+    kept = bench.out / "kept"
+    config = bench.write_config(["realistic"], {}, kept)
+    bench.run_cli("backup", "-c", str(config))
+    (dump,) = kept.glob("*.sql.gz")
+    # The sandbox's files where the benchmark server keeps its own (/dev/shm): a fair race.
+    sandbox_env = {"TMPDIR": str(parent)} if parent else {}
+
+    def verify_restore() -> Sample:
+        started = time.perf_counter()
+        bench.run_cli("verify", "-c", str(config), "--restore", env=sandbox_env)
+        return Sample(time.perf_counter() - started, 0)
+
+    rows.append(
+        bench.pair(
+            "large DB, realistic rows: verify --restore",
+            ("db-backup verify --restore", verify_restore),
+            ("gunzip | psql, fresh database", lambda: bench.gunzip_psql(dump)),
+            1.3,
+            raw_bytes,
+        )
+    )
+    shutil.rmtree(kept)
+    return rows
+
+
 def two_targets(
     bench: Bench, cluster: ThrowawayCluster, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -580,7 +682,9 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {row['contender_mb_per_s'] or ''} | {row['stored_mb'] or ''} "
             f"| {row['peak_rss_mb'] or ''} |"
         )
-    two = result["two_targets"]
+    two = result.get("two_targets")
+    if two is None:
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         "One dump to a folder and an S3 bucket (SeaweedFS on loopback) at once, uncompressed, "
@@ -615,7 +719,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--many-size", type=float, default=1.0, help="scale of the 20 DBs")
     parser.add_argument("--two-targets-mb", type=int, default=1000, help="the larger dump")
-    parser.add_argument("--only", choices=["all", "two-targets"], default="all")
+    parser.add_argument("--only", choices=["all", "two-targets", "restore"], default="all")
     args = parser.parse_args()
     for tool in ("gzip", "pigz", "zstd"):
         if shutil.which(tool) is None:

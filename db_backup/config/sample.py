@@ -77,4 +77,13 @@ backups:
     host: db3.internal
     database: "*"                     # one job per database, found at run time
     exclude: [postgres, "template*"]  # glob patterns
+
+# `db-backup verify --restore` restores backups into a throwaway PostgreSQL it starts from the
+# local server binaries. Or into a scratch server: a database of its own per test, dropped
+# afterwards (the roles the dumps need must exist there).
+# verify:
+#   sandbox:
+#     host: pg-scratch.internal
+#     username: restore_tester
+#     password: ${SCRATCH_PASSWORD}
 """

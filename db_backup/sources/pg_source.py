@@ -51,6 +51,12 @@ from db_backup.sources.postgres import (
 from db_backup.threads import in_thread
 
 
+def counting() -> bool:
+    """Count what dumps hold (for restore tests)? DB_BACKUP_COUNT_CONTENTS=0 turns it off:
+    the benchmark's baseline for what counting costs."""
+    return os.environ.get("DB_BACKUP_COUNT_CONTENTS", "1") != "0"
+
+
 class PostgresSource:
     """PostgreSQL behind the Source interface (sources/base.py): psycopg for the checks,
     pg_dump / pg_dumpall for the dumps, pg_restore to read custom format through; psql and
@@ -90,7 +96,7 @@ class PostgresSource:
             reader_argv=reader,
             secret=password,
             # Plain SQL is counted as it streams; custom format from the SQL pg_restore makes.
-            counter=None if command.globals_only else PlainDumpContents(),
+            counter=None if command.globals_only or not counting() else PlainDumpContents(),
         )
 
     def maintenance_database(self, backup: BackupConfig) -> str:
