@@ -70,9 +70,12 @@ def is_own_file(name: str, job_file_prefix: str) -> bool:
     return re.match(re.escape(job_file_prefix) + _STAMP_PATTERN, name) is not None
 
 
+RESTORE_TEST_SUFFIX = ".verify.json"
+
+
 def restore_test_name(name: str) -> str:
     """The restore-test record beside backup file `name` (manifest.RestoreTest)."""
-    return f"{name}.verify.json"
+    return f"{name}{RESTORE_TEST_SUFFIX}"
 
 
 def run_stamp_of(name: str) -> str | None:
@@ -91,8 +94,9 @@ def unusable_name(storage: StorageConfig, filename: str) -> str | None:
 
 def leftovers(names: Iterable[str], file_prefixes: Iterable[str]) -> set[str]:
     """Of the file names on a target, what interrupted runs of these jobs left: partial
-    files, and backup files whose manifest never came (a run killed between the two). Under
-    the target's lock nothing else is writing them, so they are safe to remove."""
+    files, backup files whose manifest never came (a run killed between the two), and
+    restore-test records whose backup is gone (deleted while a test ran). Under the
+    target's lock nothing else is writing them, so they are safe to remove."""
     present = set(names)
     prefixes = tuple(file_prefixes)
     found = set()
@@ -100,7 +104,9 @@ def leftovers(names: Iterable[str], file_prefixes: Iterable[str]) -> set[str]:
         if not any(is_own_file(name, prefix) for prefix in prefixes):
             continue
         orphan = name.endswith(BACKUP_SUFFIXES) and f"{name}.json" not in present
-        if name.endswith(".partial") or orphan:
+        tested = name.removesuffix(RESTORE_TEST_SUFFIX)
+        stale_record = tested != name and tested not in present
+        if name.endswith(".partial") or orphan or stale_record:
             found.add(name)
     return found
 

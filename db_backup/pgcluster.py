@@ -124,6 +124,15 @@ class ThrowawayCluster:
             "synchronous_commit": "off",
             "full_page_writes": "off",
         }
+        if self.private:
+            # A sandbox for restore tests: a restore in one transaction writes no WAL for
+            # the tables it creates (wal_level minimal), and nothing vacuums meanwhile.
+            settings |= {
+                "wal_level": "minimal",
+                "max_wal_senders": "0",
+                "max_wal_size": "4GB",
+                "autovacuum": "off",
+            }
         with (self.datadir / "postgresql.conf").open("a") as conf:
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
         self.resume()

@@ -158,10 +158,9 @@ def restore_command(
             typer.echo(_describe(plan, "would restore"))
             return
         outcome = _restore(plan, json_output)
-    typer.echo(
-        f"restored {plan.archive.location} into {plan.where} in {outcome.seconds:.1f}s",
-        err=True,
-    )
+    for step in outcome.steps:
+        typer.echo(step, err=True)
+    typer.echo(f"done in {outcome.seconds:.1f}s", err=True)
 
 
 def _describe(plan: RestorePlan, verb: str) -> str:
@@ -184,7 +183,7 @@ def _restore(plan: RestorePlan, json_output: bool) -> RestoreOutcome:
     from db_backup.errors import BackupError
     from db_backup.restore import restore
 
-    progress = _progress(plan, quiet=json_output)
+    progress = _progress(plan, bar=not json_output)
     try:
         outcome = exits.interruptible(restore(plan, progress.update))
     except BackupError as exc:
@@ -230,16 +229,14 @@ def _print_json(plan: RestorePlan, outcome: RestoreOutcome | None, error: Except
 class _PlainProgress:
     """A line when it starts and one every PLAIN_EVERY seconds (cron, pipes, --json)."""
 
-    def __init__(self, plan: RestorePlan, quiet: bool) -> None:
+    def __init__(self, plan: RestorePlan) -> None:
         self._total = plan.archive.stored_bytes
-        self._quiet = quiet
         self._last = time.monotonic()
         self._say(_describe(plan, "restoring").splitlines()[0])
 
     def _say(self, line: str) -> None:
-        if not self._quiet:
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
     def update(self, done: int) -> None:
         from db_backup.units import format_bytes
@@ -285,14 +282,15 @@ class _BarProgress:
         self._progress.stop()
 
 
-def _progress(plan: RestorePlan, quiet: bool) -> _PlainProgress | _BarProgress:
-    if not quiet and sys.stderr.isatty():
+def _progress(plan: RestorePlan, bar: bool) -> _PlainProgress | _BarProgress:
+    """A bar on a terminal (not with --json, as for backup); plain lines on stderr otherwise."""
+    if bar and sys.stderr.isatty():
         from rich.console import Console
 
         console = Console(file=sys.stderr)
         if console.is_terminal:
             return _BarProgress(plan, console)
-    return _PlainProgress(plan, quiet)
+    return _PlainProgress(plan)
 
 
 def verify_restores(config: Path, names: tuple[str, ...], *, every: bool) -> None:

@@ -85,7 +85,12 @@ class PlainDumpContents:
                 self._line_start = seen
                 return len(data)
             self._line_start = None
-        end = data.find(b"\n" + _END_OF_ROWS, position)
+        # The end of a section starts with a backslash, which most rows lack: looking for one
+        # is a memchr (~9 GB/s here), the full pattern only where there is one (~1.4 GB/s).
+        end = -1
+        backslash = data.find(b"\\", position)
+        if backslash >= 0:
+            end = data.find(b"\n" + _END_OF_ROWS, max(position, backslash - 1))
         if end >= 0:
             self._rows += data.count(b"\n", position, end + 1)
             return self._end_section(end + 1 + len(_END_OF_ROWS))

@@ -108,40 +108,32 @@ def test_restore_from_a_folder_reproduces_every_row_sequence_and_large_object(
     drop(pg, into)
 
 
+@pytest.mark.parametrize("fmt", ["plain", "custom"])
 def test_restore_from_a_bucket_with_a_json_report(
-    pg: ThrowawayCluster, s3: SeaweedServer, source_db: str, tmp_path: Path
+    pg: ThrowawayCluster, s3: SeaweedServer, source_db: str, tmp_path: Path, fmt: str
 ) -> None:
     config = configure(
         pg,
         tmp_path,
-        {"name": "varied", "database": source_db, "storage": s3_storage(s3, "restore-from")},
-        format="custom",
+        {"name": "varied", "database": source_db, "storage": s3_storage(s3, f"from-{fmt}")},
+        format=fmt,
     )
     (job,) = backed_up(config, pg, **s3.environment())
-    drop(pg, "restored_from_s3")
+    into = f"restored_from_s3_{fmt}"
+    drop(pg, into)
     result = restore(
-        config,
-        pg,
-        "-n",
-        "varied",
-        "--to-database",
-        "restored_from_s3",
-        "--json",
-        **s3.environment(),
+        config, pg, "-n", "varied", "--to-database", into, "--json", **s3.environment()
     )
     assert result.returncode == 0, result.stderr
+    assert f"restoring {job['file']}" in result.stderr  # progress: plain lines, no terminal
     report = json.loads(result.stdout)
     assert report["restored"] is True
     assert report["file"] == job["file"]
     assert report["file"].startswith("s3://")
-    assert (report["database"], report["format"], report["error"]) == (
-        "restored_from_s3",
-        "custom",
-        None,
-    )
+    assert (report["database"], report["format"], report["error"]) == (into, fmt, None)
     assert report["stored_bytes"] == job["stored_bytes"]
-    assert fingerprint(pg.conninfo("restored_from_s3")) == fingerprint(pg.conninfo(source_db))
-    drop(pg, "restored_from_s3")
+    assert fingerprint(pg.conninfo(into)) == fingerprint(pg.conninfo(source_db))
+    drop(pg, into)
 
 
 def test_an_existing_database_is_refused_without_clean_and_replaced_with_it(
