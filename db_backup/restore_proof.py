@@ -230,9 +230,9 @@ async def _record(result: RestoreTestResult, catalog: Sequence[Archive]) -> None
         problems=tuple(result.problems),
         checked=tuple(result.checked),
     )
-    data = manifest.encode(record)
     for copy in catalog:
         if (copy.job, copy.sha256) == (archive.job, archive.sha256):
+            data = manifest.encode(msgspec.structs.replace(record, file=copy.name))
             try:
                 await in_thread(copy.store.put, restore_test_name(copy.name), data)
             except StorageError as exc:
