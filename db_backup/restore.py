@@ -229,9 +229,10 @@ async def restore(plan: RestorePlan, on_progress: Callable[[int], None]) -> Rest
     if plan.globals is not None:
         await _apply(source, plan, plan.globals, plan.database)  # roles: server-wide
         outcome.steps.append(f"applied globals from {plan.globals.location}")
-    direct = state is DatabaseState.EMPTY and not source.restore_needs_file(
-        plan.archive.record, plan.jobs
-    )
+    staged = source.restore_needs_file(plan.archive.record, plan.jobs)
+    if plan.jobs > 1 and not staged:
+        outcome.steps.append(f"-j {plan.jobs} ignored: this dump restores as one stream")
+    direct = state is DatabaseState.EMPTY and not staged
     into = plan.database if direct else staging_name(plan.database)
     if not direct:
         await source.create_database(plan.server, into)
@@ -267,9 +268,15 @@ async def _apply(
     if source.restore_needs_file(record, plan.jobs):
         with _scratch_folder(plan.scratch) as folder:
             staged = folder / "dump"
-            with staged.open("xb") as file:
-                os.fchmod(file.fileno(), 0o600)
-                await _read_back(archive, file, on_progress)
+            try:
+                with staged.open("xb") as file:
+                    os.fchmod(file.fileno(), 0o600)
+                    await _read_back(archive, file, on_progress)
+            except OSError as exc:
+                raise RestoreError(
+                    f"staging {archive.location} in {folder}: {exc.strerror or exc} "
+                    "(--scratch chooses another folder); nothing was restored"
+                ) from None
             program = await source.restore_program(
                 plan.server, database, record, jobs=plan.jobs, file=staged
             )
@@ -348,7 +355,10 @@ async def _read_back(
 @contextlib.contextmanager
 def _scratch_folder(parent: Path | None) -> Iterator[Path]:
     """A private (0700) folder for a staged dump, removed afterwards whatever happens."""
-    folder = Path(tempfile.mkdtemp(prefix="db-backup-restore-", dir=parent))
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="db-backup-restore-", dir=parent))
+    except OSError as exc:
+        raise RestoreError(f"--scratch {parent}: {exc.strerror or exc}") from None
     try:
         yield folder
     finally:

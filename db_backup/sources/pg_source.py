@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 
 from db_backup.config.schema import BackupConfig
-from db_backup.errors import BackupError
+from db_backup.errors import BackupError, RestoreError
 from db_backup.manifest import CompressionInfo, Contents, Manifest
 from db_backup.model import JobKind, JobSpec
 from db_backup.retry import is_transient
@@ -182,7 +183,19 @@ class PostgresSource:
         # Private: a socket only, no password (the globals a test restores may set any).
         cluster = ThrowawayCluster(private=True)
         try:
-            await in_thread(cluster.start)
+            try:
+                await in_thread(cluster.start)
+            except subprocess.CalledProcessError as exc:
+                said = " | ".join(str(exc.stderr or exc.stdout or "").strip().splitlines()[-3:])
+                raise RestoreError(
+                    f"the throwaway PostgreSQL did not start: {Path(exc.cmd[0]).name} exited "
+                    f"with code {exc.returncode}: {said or 'no message'}"
+                ) from None
+            except OSError as exc:
+                raise RestoreError(
+                    f"the throwaway PostgreSQL did not start: {exc.strerror or exc}"
+                    + (f": {exc.filename}" if exc.filename else "")
+                ) from None
             server = msgspec.structs.replace(
                 template,
                 host=cluster.host,

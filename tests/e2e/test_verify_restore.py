@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import shutil
 import signal
 import tempfile
 from pathlib import Path
@@ -173,8 +174,10 @@ def test_a_dump_holding_fewer_rows_than_recorded_fails_naming_the_table(
     )  # everything matches again, except the recorded contents
     manifest_path.write_text(json.dumps(record))
 
+    before = sandbox_folders()
     result = verify_restore(config, pg)
     assert result.returncode == 1
+    assert sandbox_folders() == before
     assert f"FAILED  {dump}: public.orders: 10 rows recorded, 7 restored" in result.stdout
     assert "0 restore-tested, 1 failed" in result.stderr
     tested = listed(config)[dump.name]["restore_test"]
@@ -190,14 +193,22 @@ def test_a_dump_that_cannot_restore_on_a_fresh_server_fails_quoting_the_error(
     create_database(pg, "proof_no_globals", OWNED)
     config = configure(pg, tmp_path, {"name": "lonely", "database": "proof_no_globals"})
     (job,) = back_up(config, pg).values()
+    before = sandbox_folders()
     result = verify_restore(config, pg)
     assert result.returncode == 1
+    assert sandbox_folders() == before
     assert f"FAILED  {job['file']}: " in result.stdout
     assert 'role "proof_owner" does not exist' in result.stdout
 
 
-def test_sigint_during_a_restore_test_leaves_no_sandbox(
-    pg: ThrowawayCluster, big_db: str, tmp_path: Path, start_cli: StartCli
+@pytest.mark.parametrize(("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_a_restore_test_leaves_no_sandbox(
+    pg: ThrowawayCluster,
+    big_db: str,
+    tmp_path: Path,
+    start_cli: StartCli,
+    stop: signal.Signals,
+    code: int,
 ) -> None:
     config = configure(pg, tmp_path, {"name": "big", "database": big_db})
     back_up(config, pg)
@@ -210,9 +221,9 @@ def test_sigint_during_a_restore_test_leaves_no_sandbox(
 
     wait_for(copying, what="the sandbox copying rows", process=process)
     started = sandbox_folders() - before
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
+    assert process.returncode == code, stderr
     assert sandbox_folders() == before
     assert sandbox_processes(started) == []
     assert processes_with(b"db_backup_test_") == []
@@ -250,3 +261,28 @@ def test_a_configured_scratch_server_gets_a_database_per_test_and_keeps_nothing_
     assert sandbox_folders() == folders  # no throwaway server was started
     tested = listed(config)[Path(job["file"]).name]["restore_test"]
     assert tested["sandbox"] == f"scratch server {pg.host}:{pg.port}"
+
+
+def test_a_sandbox_that_cannot_start_fails_each_test_with_the_reason(
+    pg: ThrowawayCluster, tmp_path: Path
+) -> None:
+    create_database(pg, "proof_nostart", "CREATE TABLE t AS SELECT 1 AS n;")
+    config = configure(pg, tmp_path, {"name": "nostart", "database": "proof_nostart"})
+    (job,) = back_up(config, pg).values()
+    # Server binaries whose initdb fails (readable by `nobody`, who runs it when we are root).
+    bindir = Path(tempfile.mkdtemp(prefix="fake-pg-bin-"))
+    try:
+        bindir.chmod(0o755)
+        initdb = bindir / "initdb"
+        initdb.write_text("#!/bin/sh\necho 'initdb: error: simulated failure' >&2\nexit 1\n")
+        initdb.chmod(0o755)
+        env = {**cli_env(pg), "DB_BACKUP_PG_BINDIR": str(bindir)}
+        result = run_cli("verify", "-c", str(config), "--restore", env=env)
+    finally:
+        shutil.rmtree(bindir)
+    assert result.returncode == 1
+    assert (
+        f"FAILED  {job['file']}: the throwaway PostgreSQL did not start: initdb exited with "
+        "code 1: initdb: error: simulated failure"
+    ) in result.stdout
+    assert "Traceback" not in result.stderr
