@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import urllib.parse
 from collections.abc import Sequence
 
 MASK = "***"
@@ -18,6 +19,17 @@ _SECRET_IN_CONNINFO = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re
 def redact(text: str, secret: str | None) -> str:
     """`text` with every occurrence of `secret` masked (a child or server might echo it)."""
     return text.replace(secret, MASK) if secret else text
+
+
+def redact_url(url: str) -> str:
+    """A URL fit to print: a password in it and its query (where tokens live) masked."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if parts.password:
+        netloc = netloc.replace(f":{parts.password}@", f":{MASK}@")
+    return urllib.parse.urlunsplit(
+        (parts.scheme, netloc, parts.path, MASK if parts.query else "", "")
+    )
 
 
 def mask_command(argv: Sequence[str]) -> str:

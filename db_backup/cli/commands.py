@@ -283,6 +283,11 @@ async def _backup_main(
     finally:
         renderer.close()
     code = exits.for_run(report)
+    if not report.interrupted_by:
+        from db_backup.publish import publish_metrics
+
+        for warning in await publish_metrics(loaded, report):  # never changes the exit code
+            typer.echo(f"db-backup: warning: {warning}", err=True)
     if options.json_output:
         sys.stdout.buffer.write(json_report(report, code))
         sys.stdout.flush()

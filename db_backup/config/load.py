@@ -46,6 +46,7 @@ from db_backup.config.schema import (
     BackupConfig,
     Config,
     LocalStorage,
+    MetricsConfig,
     RawConfig,
     StorageConfig,
 )
@@ -158,6 +159,7 @@ class _Loader:
             concurrency=raw.concurrency,
             backups=tuple(b for b in backups if b is not None),
             verify=raw.verify,
+            metrics=self._metrics(raw.metrics),
             literal_secret_lines=tuple(self.literal_secret_lines),
         )
 
@@ -380,6 +382,12 @@ class _Loader:
                 text += f" (backup {name!r})"
             self._add(self.document.issue(locate(path), text))
             return None
+
+    def _metrics(self, metrics: MetricsConfig) -> MetricsConfig:
+        """The textfile's path relative to the config file, as every path in it."""
+        if metrics.textfile is None:
+            return metrics
+        return msgspec.structs.replace(metrics, textfile=self._absolute(metrics.textfile))
 
     def _absolute(self, value: str) -> str:
         expanded = os.path.expanduser(value)

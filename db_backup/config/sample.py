@@ -86,4 +86,9 @@ backups:
 #     host: pg-scratch.internal
 #     username: restore_tester
 #     password: ${SCRATCH_PASSWORD}
+
+# Prometheus metrics of every job, written after each run (README, "Monitoring").
+# metrics:
+#   textfile: /var/lib/prometheus/node-exporter/db_backup.prom
+#   pushgateway: {url: "http://pushgateway:9091", job: db_backup}
 """

@@ -335,6 +335,21 @@ class VerifyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     sandbox: SandboxConfig | None = None  # None: a throwaway server per verify run
 
 
+class PushgatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where to push the metrics too (a Prometheus Pushgateway)."""
+
+    url: str
+    job: str = "db_backup"  # the grouping key Prometheus' `job` label takes
+    timeout: Duration = Duration(10.0)
+
+
+class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`metrics:` at the top level: where the Prometheus metrics go after each run."""
+
+    textfile: str | None = None  # for node_exporter's textfile collector
+    pushgateway: PushgatewayConfig | None = None
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     """A whole, validated config file."""
 
@@ -342,6 +357,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     concurrency: int | None
     backups: tuple[BackupConfig, ...]
     verify: VerifyConfig = VerifyConfig()
+    metrics: MetricsConfig = MetricsConfig()
     warnings: tuple[str, ...] = ()  # risky but valid settings, for the CLI to print
     literal_secret_lines: tuple[int, ...] = ()  # where a password or secret key is written out
 
@@ -353,3 +369,4 @@ class RawConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     defaults: dict[str, Any] = {}
     backups: list[Any]
     verify: VerifyConfig = VerifyConfig()
+    metrics: MetricsConfig = MetricsConfig()

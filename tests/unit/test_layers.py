@@ -61,7 +61,14 @@ FLOORS: list[set[str]] = [
     },
     # what reads or guards many targets, and the planner
     {"catalog", "plan", "lock", "integrity", "preflight"},
-    {"prune", "delivery", "pump", "restore"},  # retention applied; a job's fan-out and its
+    {
+        "prune",
+        "delivery",
+        "pump",
+        "restore",
+        "metrics",
+        "publish",
+    },  # retention applied; a job's fan-out and its
     # pump; a restore
     {"job", "restore_proof"},  # one job; restore tests (restore.py in a sandbox)
     {"orchestrator"},  # many jobs
