@@ -66,14 +66,7 @@ class ReadThrough:
 
     def write(self, data: bytes) -> None:
         """Feed the dump's next bytes; blocks while the reader is behind."""
-        fd = self._child.stdin_fd
-        if self.stopped or fd is None:
-            return
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(fd, view) :]
-        except BrokenPipeError:
+        if not self.stopped and not self._child.write_stdin(data):
             self.stopped = True
 
     async def finish(self) -> None:
@@ -103,7 +96,10 @@ async def read_through(
         output = None
         if counter is not None:
             assert child.stdout_fd is not None
-            output = start_in_thread(_count_from, child.stdout_fd, counter, name="counting")
+            # Its own copy of the fd: spawn closes the original when the block ends, and the
+            # number may be reused while this thread still reads.
+            copy = os.dup(child.stdout_fd)
+            output = start_in_thread(_count_from, copy, counter, name="counting")
         try:
             yield ReadThrough(child, failure, output)
         finally:
@@ -112,12 +108,13 @@ async def read_through(
 
 
 def _count_from(fd: int, counter: ContentCounter) -> None:
-    """Feed the counter what the reader writes, to its end (on a thread of its own)."""
+    """Feed the counter what the reader writes, to its end (on a thread of its own); closes
+    `fd`, which is this thread's own."""
     try:
         while chunk := os.read(fd, READ_SIZE):
             counter.feed(chunk)
-    except OSError:
-        return  # the job is failing and its pipes were closed: nothing left to count
+    finally:
+        os.close(fd)
 
 
 @dataclass

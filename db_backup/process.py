@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import signal
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,24 @@ class Child:
     _drain: asyncio.Task[None] | None = None
     # Sees every stderr line, not only the tail (e.g. to judge each error a restore reports).
     on_stderr: Callable[[str], None] | None = None
+    # Held while writing to stdin and while closing it: a writer thread must never write to
+    # the fd number after it was closed — the next socket opened may reuse the number (seen:
+    # dump bytes sent into a new PostgreSQL connection).
+    _stdin_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def write_stdin(self, data: bytes) -> bool:
+        """Write all of `data` to the child's stdin (blocking while it is behind); False when
+        it can take no more: it exited, or its stdin was closed."""
+        with self._stdin_lock:
+            if self.stdin_fd is None:
+                return False
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(self.stdin_fd, view) :]
+            except BrokenPipeError:
+                return False
+            return True
 
     def stderr_tail(self) -> str:
         """The last lines the child wrote to stderr, joined for an error message."""
@@ -92,10 +111,12 @@ class Child:
             raise
 
     def close_stdin(self) -> None:
-        """Send EOF on the child's stdin (if it has one from us); safe to call twice."""
-        if self.stdin_fd is not None:
-            fd, self.stdin_fd = self.stdin_fd, None
-            os.close(fd)
+        """Send EOF on the child's stdin (if it has one from us); safe to call twice. Waits
+        for a write in progress (stop the child first if it may never read again)."""
+        with self._stdin_lock:
+            if self.stdin_fd is not None:
+                fd, self.stdin_fd = self.stdin_fd, None
+                os.close(fd)
 
     def kill_now(self) -> None:
         """SIGKILL without waiting; for an immediate exit of the whole runner."""

@@ -50,6 +50,12 @@ async def pump(
             loop.call_soon_threadsafe(on_progress)
 
     def drain(source: int) -> None:
+        try:
+            _drain(source)
+        finally:
+            os.close(source)
+
+    def _drain(source: int) -> None:
         while chunk := os.read(source, CHUNK_SIZE):
             stored = pipeline.feed(chunk)
             if check is not None:
@@ -60,7 +66,10 @@ async def pump(
             report()
 
     # Its own thread (see threads.py): a pump holds it for a whole dump.
-    worker = start_in_thread(drain, child.stdout_fd, name=f"pump {child.command.split()[0]}")
+    # The thread reads its own copy of the fd: spawn closes the original when the job's block
+    # ends, and an abandoned thread must never read a number some new socket reuses.
+    source = os.dup(child.stdout_fd)
+    worker = start_in_thread(drain, source, name=f"pump {child.command.split()[0]}")
     try:
         await asyncio.shield(worker)
     except asyncio.CancelledError:

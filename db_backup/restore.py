@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -41,6 +42,8 @@ from db_backup.redact import redact
 from db_backup.sources.base import DatabaseState, RestoreProgram, Source
 from db_backup.stages.unpack import Unstaging
 from db_backup.threads import in_thread
+
+log = logging.getLogger(__name__)
 
 PROGRESS_SECONDS = 0.5
 # PostgreSQL cuts identifiers at 63 bytes: room for the suffix below.
@@ -240,8 +243,12 @@ async def restore(plan: RestorePlan, on_progress: Callable[[int], None]) -> Rest
         await _apply(source, plan, plan.archive, into, on_progress)
     except BaseException:
         if not direct:  # the staging database goes; the destination was never touched
-            with contextlib.suppress(BackupError):
+            try:
                 await asyncio.shield(source.drop_database(plan.server, into))
+            except BackupError as exc:
+                log.warning(
+                    "could not drop the staging database %r (drop it by hand): %s", into, exc
+                )
         raise
     if not direct:
         if state is not DatabaseState.MISSING:

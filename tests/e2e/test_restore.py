@@ -364,7 +364,7 @@ def test_sigint_mid_restore_leaves_no_database_and_no_child(
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
-    assert not [name for name in databases(pg) if name.startswith("big_copy")]
+    assert not [name for name in databases(pg) if name.startswith("big_copy")], stderr
     with psycopg.connect(**pg.conninfo(), autocommit=True) as conn:
         left = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'psql'"
