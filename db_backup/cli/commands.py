@@ -283,8 +283,9 @@ async def _backup_main(
     finally:
         renderer.close()
     code = exits.for_run(report)
-    if not report.interrupted_by:
-        from db_backup.publish import publish_metrics
+    metrics = loaded.metrics
+    if not report.interrupted_by and (metrics.textfile or metrics.pushgateway):
+        from db_backup.publish import publish_metrics  # urllib and the like: only when used
 
         for warning in await publish_metrics(loaded, report):  # never changes the exit code
             typer.echo(f"db-backup: warning: {warning}", err=True)

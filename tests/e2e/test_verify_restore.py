@@ -26,6 +26,7 @@ from tests.conftest import (
     write_config,
 )
 from tests.e2e.test_backup_restore import VARIED
+from tests.e2e.test_restore import databases
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -248,16 +249,12 @@ def test_a_configured_scratch_server_gets_a_database_per_test_and_keeps_nothing_
     config = write_config(tmp_path / "backup.yml", document)
     (job,) = back_up(config, pg).values()
 
-    def databases() -> set[str]:
-        with psycopg.connect(**pg.conninfo(), autocommit=True) as conn:
-            return {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
-
-    before, folders = databases(), sandbox_folders()
+    before, folders = databases(pg), sandbox_folders()
     result = verify_restore(config, pg)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"OK      {job['file']} restore-tested" in result.stdout
     assert "1 tables, 7 rows" in result.stdout
-    assert databases() == before  # its test database is gone, nothing else changed
+    assert databases(pg) == before  # its test database is gone, nothing else changed
     assert sandbox_folders() == folders  # no throwaway server was started
     tested = listed(config)[Path(job["file"]).name]["restore_test"]
     assert tested["sandbox"] == f"scratch server {pg.host}:{pg.port}"

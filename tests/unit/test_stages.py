@@ -228,14 +228,20 @@ def test_reading_back_undoes_the_stages_last_first() -> None:
     assert unstaging.raw_bytes == 1
 
 
-@pytest.mark.parametrize("algorithm", ["gzip", "zstd"])
-def test_what_a_stage_writes_its_inverse_reads_back_by_its_record(algorithm: str) -> None:
-    from db_backup.stages.unpack import Unstaging, records_from_name
-
+def compressed(algorithm: str) -> tuple[Pipeline, bytes]:
+    """RAW through the compression stage `algorithm`: the (closed) pipeline, the stored bytes."""
     config = CompressionConfig(algorithm=algorithm)  # type: ignore[arg-type]
     pipeline = Pipeline(compressor_for(config, dump_compresses_itself=False))
     stored = pipeline.feed(RAW) + pipeline.finish()
     pipeline.close()
+    return pipeline, stored
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "zstd"])
+def test_what_a_stage_writes_its_inverse_reads_back_by_its_record(algorithm: str) -> None:
+    from db_backup.stages.unpack import Unstaging, records_from_name
+
+    pipeline, stored = compressed(algorithm)
     # By the records a manifest lists, and (no manifest) by the file name's suffix.
     name = f"shop_20261201T000000Z.sql{pipeline.suffix}"
     for records in (pipeline.records, records_from_name(name)):
@@ -253,10 +259,7 @@ def test_what_a_stage_writes_its_inverse_reads_back_by_its_record(algorithm: str
 def test_an_inverse_reports_a_stream_cut_short_or_changed(algorithm: str) -> None:
     from db_backup.stages.unpack import Unstaging
 
-    config = CompressionConfig(algorithm=algorithm)  # type: ignore[arg-type]
-    pipeline = Pipeline(compressor_for(config, dump_compresses_itself=False))
-    stored = pipeline.feed(RAW) + pipeline.finish()
-    pipeline.close()
+    pipeline, stored = compressed(algorithm)
     cut = Unstaging.of(pipeline.records)
     cut.feed(stored[:-8])
     cut.finish()
