@@ -441,6 +441,8 @@ def prune_command(
         typer.echo(f"removed {leftover}, left behind by an interrupted run")
     kept = len(report.verdicts) - deleted
     typer.echo(f"{kept} kept, {deleted} {'to delete' if dry_run else 'deleted'}", err=True)
+    if not dry_run:
+        setup.publish_metrics(loaded)  # the counts and oldest backups changed
     exits.for_target_errors(report.errors)
 
 

@@ -324,6 +324,7 @@ def verify_restores(config: Path, names: tuple[str, ...], *, every: bool) -> Non
         results = exits.interruptible(
             prove_restores(loaded, archives, catalog.archives, on_result=say)
         )
+        setup.publish_metrics(loaded)  # the restore tests' outcomes
     failed = sum(1 for result in results if not result.ok) + len(catalog.errors)
     typer.echo(
         f"{len(results) - failed + len(catalog.errors)} restore-tested, {failed} failed", err=True

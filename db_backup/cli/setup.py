@@ -87,3 +87,15 @@ def load_config(path: Path, *, require_env: bool = True, only: Sequence[str] | N
     for warning in loaded.warnings:
         typer.echo(f"db-backup: warning: {warning}", err=True)
     return loaded
+
+
+def publish_metrics(loaded: Any, report: Any = None) -> None:
+    """Write/push the config's metrics, if it has any; a failure is a warning on stderr."""
+    metrics = loaded.metrics
+    if not (metrics.textfile or metrics.pushgateway):
+        return  # publish.py (urllib and the like) is imported only when used
+    from db_backup.cli import exits
+    from db_backup.publish import publish_metrics as publish
+
+    for warning in exits.interruptible(publish(loaded, report)):
+        typer.echo(f"db-backup: warning: {warning}", err=True)

@@ -177,3 +177,25 @@ def test_the_example_alert_rules_pass_promtool() -> None:
     checked = promtool("check", "rules", str(REPO / "examples" / "prometheus-alerts.yml"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS: 5 rules found" in checked.stdout
+
+
+def test_prune_and_restore_tests_update_the_metrics(pg: ThrowawayCluster, tmp_path: Path) -> None:
+    textfile = tmp_path / "db_backup.prom"
+    config = configure(pg, tmp_path, {"textfile": str(textfile)})
+    for _ in range(2):
+        assert run_cli("backup", "-c", str(config), "-n", "a", env=cli_env(pg)).returncode == 0
+    named = labels("a", pg, "metrics_a")
+    target = f"local:{tmp_path / 'out'}"
+    assert samples(textfile.read_text())[f'db_backup_backups{{{named},target="{target}"}}'] == 2
+
+    document = json.loads(config.read_text())
+    document["backups"][0]["retention"] = {"keep_last": 1}
+    config.write_text(json.dumps(document))
+    assert run_cli("prune", "-c", str(config), env=cli_env(pg)).returncode == 0
+    assert samples(textfile.read_text())[f'db_backup_backups{{{named},target="{target}"}}'] == 1
+
+    tested = run_cli("verify", "-c", str(config), "--restore", "-n", "a", env=cli_env(pg))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    after = samples(textfile.read_text())
+    assert after[f"db_backup_last_restore_test_success{{{named}}}"] == 1
+    assert promtool("check", "metrics", text=textfile.read_text()).returncode == 0
