@@ -6,6 +6,7 @@ did or its exit code: a failure is a warning the caller shows.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import tempfile
 import urllib.error
@@ -40,10 +41,17 @@ async def publish_metrics(config: Config, report: RunReport | None = None) -> li
     attempts = attempts_in(previous)
     if report is not None:
         attempts |= attempts_of(report)
-    known = {archive.job for archive in catalog.archives}
-    if report is not None:
-        known |= {result.job.name for result in report.results}
-    text = exposition(catalog.archives, {job: a for job, a in attempts.items() if job in known})
+    configured = {backup.name for backup in config.backups}
+
+    def still_configured(job: str) -> bool:  # a backup, a "*" backup's job, or globals
+        return (
+            job in configured
+            or any(job.startswith(f"{name}.") for name in configured)
+            or job.startswith("globals-")
+        )
+
+    kept = {job: attempt for job, attempt in attempts.items() if still_configured(job)}
+    text = exposition(catalog.archives, kept)
     if settings.textfile is not None:
         try:
             await in_thread(write_atomically, Path(settings.textfile), text)
@@ -52,7 +60,7 @@ async def publish_metrics(config: Config, report: RunReport | None = None) -> li
     if settings.pushgateway is not None:
         try:
             await in_thread(push, settings.pushgateway, text)
-        except (OSError, urllib.error.URLError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError: an OSError
             where = redact_url(settings.pushgateway.url)
             warnings.append(f"metrics: cannot push to {where}: {exc}")
     return warnings

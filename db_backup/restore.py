@@ -243,23 +243,35 @@ async def restore(plan: RestorePlan, on_progress: Callable[[int], None]) -> Rest
         await _apply(source, plan, plan.archive, into, on_progress)
     except BaseException:
         if not direct:  # the staging database goes; the destination was never touched
-            try:
-                await asyncio.shield(source.drop_database(plan.server, into))
-            except BackupError as exc:
-                log.warning(
-                    "could not drop the staging database %r (drop it by hand): %s", into, exc
-                )
+            await _drop_quietly(source, plan, into)
         raise
     if not direct:
         if state is not DatabaseState.MISSING:
-            await source.drop_database(plan.server, plan.database)
+            try:
+                await source.drop_database(plan.server, plan.database)
+            except RestoreError as exc:  # the old one stays as it was; the copy goes
+                await _drop_quietly(source, plan, into)
+                raise RestoreError(f"{exc}; {plan.database!r} was left as it was") from None
             outcome.steps.append(f"dropped the old {plan.database!r}")
-        await source.rename_database(plan.server, into, plan.database)
+        try:
+            await source.rename_database(plan.server, into, plan.database)
+        except RestoreError as exc:  # the restore itself succeeded: keep it, and say where
+            raise RestoreError(
+                f"{exc}; the restored copy is complete and kept as database {into!r}"
+            ) from None
     outcome.steps.append(f"restored {plan.archive.location} into {plan.where}")
     outcome.seconds = time.monotonic() - started
     outcome.stored_bytes = plan.archive.stored_bytes
     outcome.raw_bytes = plan.archive.raw_bytes
     return outcome
+
+
+async def _drop_quietly(source: Source, plan: RestorePlan, staging: str) -> None:
+    """Drop a staging database (also while being cancelled); a failure is a warning."""
+    try:
+        await asyncio.shield(source.drop_database(plan.server, staging))
+    except BackupError as exc:
+        log.warning("could not drop the staging database %r (drop it by hand): %s", staging, exc)
 
 
 async def _apply(
@@ -322,7 +334,9 @@ async def _run(
     ) as child:
         reader = ReadThrough(child, failure)
         if feed is not None:
-            await _read_back(feed, reader, on_progress, stop=lambda: reader.stopped)
+            held = _HoldingBack(reader)
+            await _read_back(feed, held, on_progress)
+            held.release()  # only now, checked, may the program see the dump's last bytes
         await reader.finish()
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
@@ -331,11 +345,30 @@ async def _run(
         )
 
 
+class _HoldingBack:
+    """Passes bytes on one write late, so the last ones wait for `release()`: a program that
+    knows where its input ends (pg_restore reads a custom-format dump's table of contents)
+    could otherwise commit before the stored bytes' sha256 was checked."""
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+        self._held = b""
+
+    def write(self, data: bytes) -> None:
+        if self._held:
+            self._writer.write(self._held)
+        self._held = data
+
+    def release(self) -> None:
+        if self._held:
+            self._writer.write(self._held)
+            self._held = b""
+
+
 async def _read_back(
     archive: Archive,
     writer: Writer,
     on_progress: Callable[[int], None],
-    stop: Callable[[], bool] = lambda: False,
 ) -> None:
     """The archive's stored bytes, checked against its manifest as they pass, undone stage by
     stage into `writer`; raises RestoreError if they do not check out."""
@@ -350,10 +383,9 @@ async def _read_back(
             last_report = time.monotonic()
             loop.call_soon_threadsafe(on_progress, done)
 
-    await in_thread(pass_over, archive.store, archive.name, check, read, stop)
+    # Read to the end even if the program stopped reading: the check decides, not its exit.
+    await in_thread(pass_over, archive.store, archive.name, check, read)
     on_progress(done)
-    if stop():
-        return  # the program stopped reading: its exit code says why
     problem = check.unstaging.error or check.against(archive.record)
     if problem is not None:
         raise RestoreError(f"{archive.location}: {problem}; nothing was restored")

@@ -132,7 +132,10 @@ async def _scratch_server(
         password=scratch.password,
         password_file=scratch.password_file,
     )
-    info = await source.probe(server, source.maintenance_database(server))
+    # A scratch server holds none of the jobs' databases: probe it server-wide, as for a
+    # `database: "*"` backup.
+    everywhere = msgspec.structs.replace(server, database="*")
+    info = await source.probe(server, source.maintenance_database(everywhere))
     where = f"{scratch.host or 'local'}:{scratch.port}"
     return Sandbox(server, f"scratch server {where}", info.version, scratch=True)
 

@@ -90,13 +90,20 @@ async def drop_database(server: BackupConfig, database: str) -> None:
     from psycopg import sql
 
     name = sql.Identifier(database)
-    statements = [
-        sql.SQL(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = {} AND pid <> pg_backend_pid()"
-        ).format(sql.Literal(database)),
-        sql.SQL("DROP DATABASE IF EXISTS {}").format(name),
-    ]
+    ((version,),) = await _execute(
+        server, MAINTENANCE_DATABASE, ["SHOW server_version_num"], "asking the server's version"
+    )
+    statements: list[sql.Composed | sql.SQL | str]
+    if int(version) >= 130000:  # ends the sessions itself, and no new one can slip in
+        statements = [sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name)]
+    else:
+        statements = [
+            sql.SQL(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = {} AND pid <> pg_backend_pid()"
+            ).format(sql.Literal(database)),
+            sql.SQL("DROP DATABASE IF EXISTS {}").format(name),
+        ]
     await _execute(server, MAINTENANCE_DATABASE, statements, f"dropping database {database!r}")
 
 
@@ -130,7 +137,9 @@ async def count_contents(server: BackupConfig, database: str, expected: Contents
     try:
         async with conn.cursor() as cur:
             for name in expected.tables:
-                row = await _one(cur, name, "SELECT count(*) FROM {}")
+                # ONLY: pg_dump's COPY of a table with inheritance children holds its own
+                # rows, not theirs (each child is dumped, and counted, under its own name).
+                row = await _one(cur, name, "SELECT count(*) FROM ONLY {}")
                 if row is not None:
                     tables[name] = int(row[0])
             for name in expected.sequences:

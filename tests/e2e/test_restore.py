@@ -370,3 +370,34 @@ def test_sigint_mid_restore_leaves_no_database_and_no_child(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'psql'"
         ).fetchone()
     assert left == (0,)
+
+
+def test_a_custom_dump_that_does_not_match_its_manifest_commits_nothing(
+    pg: ThrowawayCluster, source_db: str, tmp_path: Path
+) -> None:
+    # Uncompressed custom format: pg_restore has no checksum of its own, knows where its input
+    # ends, and would commit before the stored bytes' sha256 is known, if it saw them all.
+    config = configure(
+        pg,
+        tmp_path,
+        {"name": "varied", "database": source_db, "format": "custom"},
+        compression={"algorithm": "none"},
+    )
+    (job,) = backed_up(config, pg)
+    dump = Path(job["file"])
+    data = dump.read_bytes()
+    changed = data.replace(b"long long long", b"LONG long long", 1)
+    assert changed != data
+    assert len(changed) == len(data)
+    dump.write_bytes(changed)
+    create_database(pg, "empty_custom")
+    result = restore(config, pg, "-n", "varied", "--to-database", "empty_custom")
+    assert result.returncode == 1
+    assert "the file changed" in result.stderr
+    with psycopg.connect(**pg.conninfo("empty_custom")) as conn:
+        tables = conn.execute(
+            "SELECT count(*) FROM pg_tables "
+            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+        ).fetchone()
+    assert tables == (0,)
+    drop(pg, "empty_custom")

@@ -233,7 +233,14 @@ def test_a_signal_during_a_restore_test_leaves_no_sandbox(
 def test_a_configured_scratch_server_gets_a_database_per_test_and_keeps_nothing_else(
     pg: ThrowawayCluster, tmp_path: Path
 ) -> None:
-    create_database(pg, "proof_scratch", "CREATE TABLE t AS SELECT generate_series(1, 7) AS n;")
+    create_database(
+        pg,
+        "proof_scratch",
+        "CREATE TABLE t AS SELECT generate_series(1, 7) AS n;"
+        # Inheritance: the parent's COPY holds its own 2 rows, the child's its 3.
+        "CREATE TABLE parent (n int); CREATE TABLE child () INHERITS (parent);"
+        "INSERT INTO parent VALUES (1), (2); INSERT INTO child VALUES (3), (4), (5);",
+    )
     document = {
         "defaults": server_defaults(pg, tmp_path / "out"),
         "backups": [{"name": "scratch", "database": "proof_scratch"}],
@@ -253,7 +260,7 @@ def test_a_configured_scratch_server_gets_a_database_per_test_and_keeps_nothing_
     result = verify_restore(config, pg)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"OK      {job['file']} restore-tested" in result.stdout
-    assert "1 tables, 7 rows" in result.stdout
+    assert "3 tables, 12 rows" in result.stdout
     assert databases(pg) == before  # its test database is gone, nothing else changed
     assert sandbox_folders() == folders  # no throwaway server was started
     tested = listed(config)[Path(job["file"]).name]["restore_test"]
