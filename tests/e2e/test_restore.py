@@ -51,6 +51,17 @@ def drop(pg: ThrowawayCluster, *names: str) -> None:
             )
 
 
+def user_tables(pg: ThrowawayCluster, database: str) -> int:
+    """How many tables `database` holds outside the system schemas."""
+    with psycopg.connect(**pg.conninfo(database)) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_tables "
+            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def configure(pg: ThrowawayCluster, tmp_path: Path, *backups: dict[str, Any], **extra: Any) -> Path:
     return write_config(
         tmp_path / "backup.yml",
@@ -234,12 +245,7 @@ def test_a_restore_error_commits_nothing_and_says_what_failed(
     assert "psql exited with code 3" in result.stderr
     assert 'syntax error at or near "BROKEN"' in result.stderr
     assert "nothing was committed" in result.stderr
-    with psycopg.connect(**pg.conninfo("empty_target")) as conn:
-        tables = conn.execute(
-            "SELECT count(*) FROM pg_tables "
-            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
-        ).fetchone()
-    assert tables == (0,)
+    assert user_tables(pg, "empty_target") == 0
     drop(pg, "empty_target")
 
 
@@ -394,10 +400,5 @@ def test_a_custom_dump_that_does_not_match_its_manifest_commits_nothing(
     result = restore(config, pg, "-n", "varied", "--to-database", "empty_custom")
     assert result.returncode == 1
     assert "the file changed" in result.stderr
-    with psycopg.connect(**pg.conninfo("empty_custom")) as conn:
-        tables = conn.execute(
-            "SELECT count(*) FROM pg_tables "
-            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
-        ).fetchone()
-    assert tables == (0,)
+    assert user_tables(pg, "empty_custom") == 0
     drop(pg, "empty_custom")
