@@ -21,6 +21,7 @@ exit codes; no traceback reaches a user.
     │   └── RestoreRefusedError  the destination database exists and holds data (no --clean)
     ├── LockHeldError          another run holds a storage folder's lock
     ├── JobTimeoutError        a job ran past its `timeout`
+    ├── NotifyError            a notifier could not be reached or refused the message
     └── DemoError              the demo could not complete one of its steps
 """
 
@@ -194,3 +195,14 @@ class DemoError(BackupError):
     """A step of `db-backup demo` failed."""
 
     kind = "demo"
+
+
+class NotifyError(BackupError):
+    """A notifier could not be reached or refused a message. Never fails a run: it becomes a
+    warning. `transient`: trying again may help (no answer, a 5xx), so a send is retried."""
+
+    kind = "notify"
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient

@@ -32,6 +32,21 @@ def redact_url(url: str) -> str:
     )
 
 
+def mask_url_path(url: str) -> str:
+    """A notifier's URL fit to print: only scheme and host. Its path and query are where
+    services put the token (a Slack webhook, a healthchecks ping UUID), so both are masked."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a port that is not a number: show none of it
+        port = ""
+    masked = MASK if parts.path.strip("/") or parts.query else ""
+    return f"{parts.scheme}://{host}{port}/{masked}" if parts.scheme else MASK
+
+
 def mask_command(argv: Sequence[str]) -> str:
     """A loggable rendering of argv with any conninfo `password=` masked."""
     return " ".join(_SECRET_IN_CONNINFO.sub(rf"\1{MASK}", arg) for arg in argv)

@@ -266,7 +266,7 @@ def _run_backup(loaded: Any, selected: Sequence[Any], options: _RunOptions) -> t
 async def _backup_main(
     loaded: Any, selected: Sequence[Any], options: _RunOptions, run: Any, renderer: Any
 ) -> tuple[int, Any]:
-    from db_backup.cli.render import json_report
+    from db_backup.report import json_report
     from db_backup.run import prepare_plan
 
     if renderer is None:  # a dry run
@@ -277,20 +277,46 @@ async def _backup_main(
         )
         _print_table(plan_table(plan, failures))
         return exits.EXIT_OK, None
+    notifications = None
+    if loaded.notify and any(backup.notify for backup in selected):
+        from db_backup.notify import Notifications  # httpx and aiosmtplib: only when used
+
+        notifications = Notifications(loaded.notify)
+        notifications.start()  # healthchecks' /start, in the background
     run.subscribe(renderer)
     try:
         report = await run.execute(loaded, selected, names=options.names, concurrency=options.jobs)
     finally:
         renderer.close()
     code = exits.for_run(report)
+    # After the backups are committed; neither ever changes the exit code.
+    warnings: list[str] = []
     metrics = loaded.metrics
     if not report.interrupted_by and (metrics.textfile or metrics.pushgateway):
         from db_backup.publish import publish_metrics  # urllib and the like: only when used
 
-        for warning in await publish_metrics(loaded, report):  # never changes the exit code
-            typer.echo(f"db-backup: warning: {warning}", err=True)
+        warnings += await publish_metrics(loaded, report)
+    deliveries = []
+    if notifications is not None and report.interrupted_by:
+        notifications.abandon()  # stop promptly; the checks' grace time notices the silence
+    elif notifications is not None:
+        import socket
+
+        from db_backup.notification import run_notice
+
+        document = json_report(report, code, config=loaded.source, warnings=warnings)
+        host = socket.gethostname()
+        notice = run_notice(report, host=host, config=loaded.source, document=document)
+        deliveries = await notifications.finish(notice)
+        warnings += [delivery.warning for delivery in deliveries if not delivery.ok]
+    for warning in warnings:
+        typer.echo(f"db-backup: warning: {warning}", err=True)
     if options.json_output:
-        sys.stdout.buffer.write(json_report(report, code))
+        sys.stdout.buffer.write(
+            json_report(
+                report, code, config=loaded.source, warnings=warnings, deliveries=deliveries
+            )
+        )
         sys.stdout.flush()
     elif not options.quiet or code != exits.EXIT_OK:
         from db_backup.cli.tables import summary_table
@@ -368,12 +394,23 @@ def verify(
         else:
             passed = f" (passed: {'; '.join(verdict.checks)})" if verdict.checks else ""
             typer.echo(f"FAILED  {verdict.location}: {'; '.join(verdict.problems)}{passed}")
-    failed = len(missing) + len(unreadable) + sum(1 for verdict in verdicts if not verdict.ok)
+    problems = [
+        *((f"target {label}", "listing it", error) for label, error in unreadable.items()),
+        *((path, "a named file", "no such file or folder") for path in missing),
+        *(
+            (verdict.location, "stored backup", "; ".join(verdict.problems))
+            for verdict in verdicts
+            if not verdict.ok
+        ),
+    ]
+    failed = len(problems)
     if not verdicts and not missing and not unreadable:
         typer.echo("no backups found", err=True)
         raise typer.Exit(exits.EXIT_FAILED)
     checked = len(verdicts) + len(missing) + len(unreadable)
     typer.echo(f"{checked - failed} verified, {failed} failed", err=True)
+    if config is not None:
+        setup.notify_failure(loaded, "verify", total=checked, noun="backups", problems=problems)
     raise typer.Exit(exits.EXIT_FAILED if failed else exits.EXIT_OK)
 
 
@@ -443,12 +480,57 @@ def prune_command(
     typer.echo(f"{kept} kept, {deleted} {'to delete' if dry_run else 'deleted'}", err=True)
     if not dry_run:
         setup.publish_metrics(loaded)  # the counts and oldest backups changed
+        problems = [(f"target {label}", "pruning", error) for label, error in report.errors.items()]
+        targets = {verdict.archive.target for verdict in report.verdicts} | set(report.errors)
+        setup.notify_failure(loaded, "prune", total=len(targets), noun="targets", problems=problems)
     exits.for_target_errors(report.errors)
 
 
 # -- restore -------------------------------------------------------------------------------------
 
 app.command("restore")(restoring.restore_command)
+
+
+# -- notify-test ---------------------------------------------------------------------------------
+
+
+@app.command("notify-test")
+def notify_test(config: ConfigOption) -> None:
+    """Send a test message to every notifier in the config and say how each went
+    (healthchecks: a /log ping, which changes no check's state)."""
+    import socket
+
+    with exits.errors_to_exit_codes():
+        loaded = setup.load_config(config)
+        if not loaded.notify:
+            typer.echo(f"{config}: no notifiers (`notify:`) to test", err=True)
+            raise typer.Exit(exits.EXIT_FAILED)
+        from db_backup.notification import Notice
+        from db_backup.notify import send_notice
+        from db_backup.report import problems_report
+
+        notice = Notice(
+            command="notify-test",
+            host=socket.gethostname(),
+            config=loaded.source,
+            noun="notifiers",
+            total=len(loaded.notify),
+            failed=0,
+            problems=(),
+            document=problems_report(
+                "notify-test", config=loaded.source, total=len(loaded.notify), problems=()
+            ),
+        )
+        deliveries = exits.interruptible(send_notice(loaded.notify, notice))
+    for delivery in deliveries:
+        tries = "" if delivery.attempts == 1 else f" ({delivery.attempts} attempts)"
+        if delivery.ok:
+            typer.echo(f"OK      {delivery.notifier}{tries}")
+        else:
+            typer.echo(f"FAILED  {delivery.notifier}: {delivery.error}{tries}")
+    failed = sum(1 for delivery in deliveries if not delivery.ok)
+    typer.echo(f"{len(deliveries) - failed} reached, {failed} failed", err=True)
+    raise typer.Exit(exits.EXIT_FAILED if failed else exits.EXIT_OK)
 
 
 # -- demo ----------------------------------------------------------------------------------------

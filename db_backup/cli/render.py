@@ -8,7 +8,6 @@ per-job lines go to stderr, results (summary table, JSON report) to stdout, so
 
 from __future__ import annotations
 
-import resource
 from datetime import datetime
 from typing import IO, Protocol
 
@@ -24,7 +23,6 @@ from db_backup.model import (
     JobSpec,
     JobStarted,
     JobStatus,
-    RunReport,
     Waiting,
 )
 from db_backup.preflight import CheckOutcome
@@ -125,116 +123,6 @@ class PlainRenderer:
     def _line(self, text: str) -> None:
         self._stream.write(f"{_clock()} {text}\n")
         self._stream.flush()
-
-
-class _TargetReport(msgspec.Struct, kw_only=True):
-    target: str
-    stored: bool
-    file: str | None
-    manifest: str | None
-    error: str | None
-
-
-def _target_reports(result: JobResult) -> list[_TargetReport]:
-    copies = {copy.target: copy for copy in result.copies}
-    failures = dict(result.failed_targets)
-    reports = []
-    for target in result.job.targets:
-        copy = copies.get(target.label)
-        reports.append(
-            _TargetReport(
-                target=target.label,
-                stored=copy is not None,
-                file=copy.file if copy else None,
-                manifest=copy.manifest if copy else None,
-                error=failures.get(target.label),
-            )
-        )
-    return reports
-
-
-class _JobReport(msgspec.Struct, kw_only=True):
-    job: str
-    backup: str
-    kind: str
-    database: str
-    server: str
-    status: str
-    error: str | None
-    error_kind: str | None  # what kind of failure: connection, dump, storage, targets, ...
-    file: str | None  # on the first target that stored it
-    manifest: str | None
-    targets: list[_TargetReport]
-    raw_bytes: int
-    stored_bytes: int
-    sha256: str | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    duration_seconds: float
-
-
-class _RunReport(msgspec.Struct, kw_only=True):
-    started_at: datetime
-    finished_at: datetime
-    exit_code: int
-    peak_rss_bytes: int  # of the runner process itself (children such as pg_dump excluded)
-    interrupted_by: str | None
-    succeeded: int
-    failed: int
-    cancelled: int
-    jobs: list[_JobReport]
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory. VmHWM, not getrusage's ru_maxrss: a program
-    started by vfork (Python's subprocess does) inherits its parent's high-water mark in
-    ru_maxrss — measured: 106 MiB reported for a 45 MiB run whose parent held 106 MiB."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def json_report(report: RunReport, exit_code: int) -> bytes:
-    """The run as JSON for programs: one object, every job with its outcome."""
-    jobs = [
-        _JobReport(
-            job=r.job.name,
-            backup=r.job.backup.name,
-            kind=r.job.kind.value,
-            database=r.job.database,
-            server=str(r.job.server),
-            status=r.status.value,
-            error=r.error,
-            error_kind=r.error_kind,
-            file=r.copies[0].file if r.copies else None,
-            manifest=r.copies[0].manifest if r.copies else None,
-            targets=_target_reports(r),
-            raw_bytes=r.raw_bytes,
-            stored_bytes=r.stored_bytes,
-            sha256=r.sha256,
-            started_at=r.started_at,
-            finished_at=r.finished_at,
-            duration_seconds=round(r.duration, 3),
-        )
-        for r in report.results
-    ]
-    body = _RunReport(
-        started_at=report.started_at,
-        finished_at=report.finished_at,
-        exit_code=exit_code,
-        peak_rss_bytes=peak_rss_bytes(),
-        interrupted_by=report.interrupted_by,
-        succeeded=sum(1 for j in jobs if j.status == JobStatus.SUCCEEDED),
-        failed=sum(1 for j in jobs if j.status == JobStatus.FAILED),
-        cancelled=sum(1 for j in jobs if j.status == JobStatus.CANCELLED),
-        jobs=jobs,
-    )
-    return msgspec.json.format(msgspec.json.encode(body), indent=2) + b"\n"
 
 
 def catalog_json(catalog: Catalog) -> bytes:

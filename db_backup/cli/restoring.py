@@ -325,7 +325,14 @@ def verify_restores(config: Path, names: tuple[str, ...], *, every: bool) -> Non
             prove_restores(loaded, archives, catalog.archives, on_result=say)
         )
         setup.publish_metrics(loaded)  # the restore tests' outcomes
-    failed = sum(1 for result in results if not result.ok) + len(catalog.errors)
+    problems = [
+        *((f"target {label}", "listing it", error) for label, error in catalog.errors.items()),
+        *((r.archive.location, "restore test", "; ".join(r.problems)) for r in results if not r.ok),
+    ]
+    setup.notify_failure(
+        loaded, "verify --restore", total=len(results), noun="backups", problems=problems
+    )
+    failed = len(problems)
     typer.echo(
         f"{len(results) - failed + len(catalog.errors)} restore-tested, {failed} failed", err=True
     )

@@ -84,6 +84,9 @@ def load_config(path: Path, *, require_env: bool = True, only: Sequence[str] | N
             remember(getattr(target, "secret_access_key", None))
     if loaded.verify.sandbox is not None:
         remember(loaded.verify.sandbox.password)
+    for notifier in loaded.notify:
+        for secret in notifier.secrets:
+            remember(secret)
     for warning in loaded.warnings:
         typer.echo(f"db-backup: warning: {warning}", err=True)
     return loaded
@@ -99,3 +102,33 @@ def publish_metrics(loaded: Any, report: Any = None) -> None:
 
     for warning in exits.interruptible(publish(loaded, report)):
         typer.echo(f"db-backup: warning: {warning}", err=True)
+
+
+def notify_failure(
+    loaded: Any, command: str, *, total: int, noun: str, problems: Sequence[tuple[str, str, str]]
+) -> None:
+    """`verify` or `prune` failed: tell the config's notifiers (if it has any) the
+    (name, where, reason) of each problem. A failure to notify is a warning on stderr."""
+    if not loaded.notify or not problems:
+        return
+    import socket
+
+    from db_backup.cli import exits
+    from db_backup.notification import Notice, Problem
+    from db_backup.notify import send_notice
+    from db_backup.report import problems_report
+
+    listed = tuple(Problem(*problem) for problem in problems)
+    notice = Notice(
+        command=command,
+        host=socket.gethostname(),
+        config=loaded.source,
+        noun=noun,
+        total=total,
+        failed=len(listed),
+        problems=listed,
+        document=problems_report(command, config=loaded.source, total=total, problems=listed),
+    )
+    for delivery in exits.interruptible(send_notice(loaded.notify, notice)):
+        if not delivery.ok:
+            typer.echo(f"db-backup: warning: {delivery.warning}", err=True)

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from db_backup.config.document import KeyPath
-from db_backup.config.schema import SECRET_FIELDS, ByteSize, Duration, StorageConfig
+from db_backup.config.schema import ByteSize, Duration, StorageConfig, is_secret
 from db_backup.units import parse_duration, parse_size
 
 MSGSPEC_PATH = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
@@ -91,14 +91,28 @@ def _choices(struct: type[Any], path: KeyPath) -> tuple[Any, ...]:
         if isinstance(part, int) or not isinstance(type_info, msgspec.inspect.StructType):
             return ()
         type_info = struct_fields(type_info.cls).get(part)
+    if isinstance(type_info, msgspec.inspect.UnionType):  # `on: failure` or `on: [failure]`
+        members = [item_type(type_info), *type_info.types]
+        literal = next((t for t in members if isinstance(t, msgspec.inspect.LiteralType)), None)
+        return tuple(literal.values) if literal else ()
     if isinstance(type_info, msgspec.inspect.LiteralType):
         return tuple(type_info.values)
     return ()
 
 
-def humanize(message: str, path: KeyPath, value: Any, target: type[Any]) -> str:
-    """msgspec's "Expected `int`, got `str`" → 'expected int, got "abc"'."""
-    secret = bool(path) and path[-1] in SECRET_FIELDS
+def kinds_of(target: Any) -> tuple[str, ...]:
+    """The `kind:` tags of a union of tagged structs (notifiers), else the storage kinds."""
+    members = typing.get_args(target)
+    tags = tuple(msgspec.inspect.type_info(m).tag for m in members)  # type: ignore[attr-defined]
+    return tags or _STORAGE_KINDS
+
+
+def humanize(
+    message: str, path: KeyPath, value: Any, target: type[Any], *, secret: bool = False
+) -> str:
+    """msgspec's "Expected `int`, got `str`" → 'expected int, got "abc"'; `secret`: the
+    value is never shown."""
+    secret = secret or is_secret(path)
     shown = "***" if secret else (f'"{value}"' if isinstance(value, str) else repr(value))
     missing = re.match(r"Object missing required field `(.+)`", message)
     if missing:
@@ -106,7 +120,7 @@ def humanize(message: str, path: KeyPath, value: Any, target: type[Any]) -> str:
     text = message.replace("`", "")
     text = text[:1].lower() + text[1:]
     if text.startswith("invalid enum value") or text.startswith("invalid value"):
-        choices = _choices(target, path) or (_STORAGE_KINDS if path[-1:] == ("kind",) else ())
+        choices = _choices(target, path) or (kinds_of(target) if path[-1:] == ("kind",) else ())
         text = f"invalid value {shown}"
         if choices:
             text += f"; expected one of: {', '.join(str(c) for c in choices)}"

@@ -30,6 +30,7 @@ from db_backup.config.convert import (
     decode_custom,
     humanize,
     item_type,
+    kinds_of,
     lookup,
     nested_struct,
     struct_fields,
@@ -42,13 +43,15 @@ from db_backup.config.schema import (
     MAX_NAME_LENGTH,
     NAME_PATTERN,
     NAME_RULE,
-    SECRET_FIELDS,
     BackupConfig,
     Config,
+    EmailNotifier,
     LocalStorage,
     MetricsConfig,
+    NotifierConfig,
     RawConfig,
     StorageConfig,
+    is_secret,
 )
 from db_backup.config.variables import ENV_FORMS, expand_env
 from db_backup.errors import ConfigError, ConfigIssue
@@ -153,6 +156,7 @@ class _Loader:
         backups = [self._backup(raw, index) for index in range(len(raw.backups))]
         self._check_names()
         self._check_file_names(backups)
+        notifiers = self._notifiers(raw.notify)
         self._raise_if_any()
         return Config(
             source=doc.file,
@@ -160,6 +164,7 @@ class _Loader:
             backups=tuple(b for b in backups if b is not None),
             verify=raw.verify,
             metrics=self._metrics(raw.metrics),
+            notify=notifiers,
             literal_secret_lines=tuple(self.literal_secret_lines),
         )
 
@@ -171,14 +176,14 @@ class _Loader:
         if isinstance(node, list):
             return [self._expand(value, (*path, index)) for index, value in enumerate(node)]
         if isinstance(node, str):
-            if path and path[-1] in SECRET_FIELDS and node and "${" not in node:
+            if is_secret(path) and node and "${" not in node:
                 line = self.document.value_positions.get(path, (None, 0))[0]
                 if line is not None:
                     self.literal_secret_lines.append(line + 1)
             try:
                 text, missing = expand_env(node, self.environ)
             except ValueError as exc:
-                secret = bool(path) and path[-1] in SECRET_FIELDS
+                secret = is_secret(path)
                 self._add(
                     self.document.issue(
                         path, f"unsupported ${{...}}: use {ENV_FORMS}" if secret else str(exc)
@@ -367,17 +372,18 @@ class _Loader:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _convert(self, data: Any, target: type[Any], locate: Any, name: Any = None) -> Any:
+    def _convert(self, data: Any, target: Any, locate: Any, name: Any = None) -> Any:
         try:
             return msgspec.convert(data, target, strict=False, dec_hook=decode_custom)
         except msgspec.ValidationError as exc:
             match = MSGSPEC_PATH.match(str(exc))
             message, dotted = (match["message"], match["path"]) if match else (str(exc), "")
+            dotted = dotted.replace("[...]", "")  # a mapping's value: point at the mapping
             path: KeyPath = tuple(
                 int(index) if index else key for key, index in PATH_TOKEN.findall(dotted)
             )
             value = lookup(data, path)
-            text = humanize(message, path, value, target)
+            text = humanize(message, path, value, target, secret=is_secret(locate(path)))
             if isinstance(name, str):
                 text += f" (backup {name!r})"
             self._add(self.document.issue(locate(path), text))
@@ -388,6 +394,45 @@ class _Loader:
         if metrics.textfile is None:
             return metrics
         return msgspec.structs.replace(metrics, textfile=self._absolute(metrics.textfile))
+
+    def _notifiers(self, entries: Sequence[Any]) -> tuple[NotifierConfig, ...]:
+        """Each `notify:` entry as its kind's struct, checked; paths in it made absolute."""
+        union = msgspec.inspect.type_info(NotifierConfig)
+        assert isinstance(union, msgspec.inspect.UnionType)
+        notifiers = []
+        for index, entry in enumerate(entries):
+            path: KeyPath = ("notify", index)
+            if not isinstance(entry, dict):
+                self._add(self.document.issue(path, "expected a mapping with a `kind:`"))
+                continue
+            if "kind" not in entry:
+                kinds = ", ".join(kinds_of(NotifierConfig))
+                self._add(self.document.issue(path, f"missing required key 'kind' ({kinds})"))
+                continue
+            kind = nested_struct(union, entry)
+            before = len(self.issues)
+            if kind is not None:  # else an unknown kind: conversion names the known ones
+                self._check_keys(entry, kind, path)
+            if len(self.issues) > before:
+                continue
+            notifier = self._convert(entry, kind or NotifierConfig, lambda p, at=path: (*at, *p))
+            if notifier is None:
+                continue
+            # Unset ${VAR}s left values empty where no secret is needed (list, prune):
+            # a send reports those; a run that needs them has them checked here.
+            for key, message in notifier.problems() if self.require_env else ():
+                self._add(self.document.issue((*path, key), message))
+            if isinstance(notifier, EmailNotifier):
+                notifier = msgspec.structs.replace(
+                    notifier,
+                    **{
+                        key: self._absolute(value)
+                        for key in ("password_file", "ca_file")
+                        if (value := getattr(notifier, key))
+                    },
+                )
+            notifiers.append(notifier)
+        return tuple(notifiers)
 
     def _absolute(self, value: str) -> str:
         expanded = os.path.expanduser(value)

@@ -8,9 +8,12 @@ live in `load.py`, which reports them with file positions.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
+
+from db_backup.redact import mask_url_path
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
@@ -82,14 +85,21 @@ class RetentionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 SECRET_FIELDS = frozenset({"password", "secret_access_key"})
 
 
-def _masked_repr(self: msgspec.Struct) -> str:
-    """repr() without secrets, for any struct that may hold one (debug output, tracebacks)."""
-    shown = (
-        f"{name}={'***' if name in SECRET_FIELDS and value is not None else repr(value)}"
-        for name in self.__struct_fields__
-        for value in [getattr(self, name)]
-    )
-    return f"{type(self).__name__}({', '.join(shown)})"
+def _masking_repr(secret_fields: frozenset[str]) -> Callable[[msgspec.Struct], str]:
+    """A repr() that shows `***` for the fields holding secrets (debug output, tracebacks)."""
+
+    def masked(self: msgspec.Struct) -> str:
+        shown = (
+            f"{name}={'***' if name in secret_fields and value else repr(value)}"
+            for name in self.__struct_fields__
+            for value in [getattr(self, name)]
+        )
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    return masked
+
+
+_masked_repr = _masking_repr(SECRET_FIELDS)
 
 
 class _Target(
@@ -293,6 +303,7 @@ class PostgresBackup(
     )
     retry_delay: Duration = Duration(5.0)  # first backoff; doubles per attempt, with jitter
     retention: RetentionConfig = RetentionConfig()
+    notify: bool = True  # false: the config's notifiers hear nothing of this backup
 
     __repr__ = _masked_repr
 
@@ -350,6 +361,162 @@ class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     pushgateway: PushgatewayConfig | None = None
 
 
+# -- notifications (notify.py sends them; notification.py words them) ---------------------------
+
+# `on:` — which runs a notifier hears of: failed ones (the default), successful ones, or all.
+NotifyWhen = Literal["failure", "success", "always"]
+# Values that hold a token (webhook URLs, ping URLs, headers) or a password: masked in repr,
+# never printed; the loader remembers them so that no log line shows them either.
+NOTIFIER_SECRET_FIELDS = frozenset({"webhook_url", "url", "urls", "headers", "password"})
+
+
+def is_secret(path: tuple[str | int, ...]) -> bool:
+    """Does the config value at `path` hold a secret (never echoed, warned about if literal)?"""
+    if path[:1] == ("notify",):
+        return any(part in NOTIFIER_SECRET_FIELDS for part in path)
+    return bool(path) and path[-1] in SECRET_FIELDS
+
+
+class _Notifier(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="kind"
+):
+    """What every `notify:` entry has: bounds on each send. A send that fails is tried again
+    `retries` times (1 s, then 2 s, ... apart) when the failure may pass (no answer, a 5xx);
+    so one notifier holds a run up at most (retries + 1) x timeout, plus the pauses."""
+
+    timeout: Duration = Duration(10.0)  # per attempt, connecting included
+    retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 2
+
+    __repr__ = _masking_repr(NOTIFIER_SECRET_FIELDS)
+
+    @property
+    def label(self) -> str:
+        """How warnings name this notifier: its kind and where it sends, tokens masked."""
+        raise NotImplementedError
+
+    @property
+    def when(self) -> tuple[NotifyWhen, ...]:
+        """Which runs it hears of (healthchecks: every run, its start too)."""
+        return ("always",)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What no output or log line may show of it (see redact.SecretFilter)."""
+        return ()
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(key, message) for each fault msgspec cannot see."""
+        return []
+
+
+class _Messenger(_Notifier, frozen=True, kw_only=True):
+    """A notifier that sends a message, only for the runs `on` names."""
+
+    on: NotifyWhen | tuple[NotifyWhen, ...] = ("failure",)
+
+    @property
+    def when(self) -> tuple[NotifyWhen, ...]:
+        return (self.on,) if isinstance(self.on, str) else self.on
+
+
+def _http_url_problem(key: str, url: str) -> list[tuple[str, str]]:
+    if re.match(r"https?://[^/]", url, re.IGNORECASE):
+        return []
+    if not url:
+        return [(key, "is empty")]
+    return [(key, "expected an http:// or https:// URL")]  # the URL may hold a token: not shown
+
+
+class SlackNotifier(_Messenger, frozen=True, kw_only=True, tag="slack"):
+    """A Slack incoming webhook (or one that speaks its format: Mattermost, Rocket.Chat)."""
+
+    webhook_url: str
+
+    @property
+    def label(self) -> str:
+        return f"slack {mask_url_path(self.webhook_url)}"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self.webhook_url,)
+
+    def problems(self) -> list[tuple[str, str]]:
+        return _http_url_problem("webhook_url", self.webhook_url)
+
+
+class EmailNotifier(_Messenger, frozen=True, kw_only=True, tag="email"):
+    """A plain-text mail through an SMTP server."""
+
+    host: str
+    port: Port = 587
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    sender: str = msgspec.field(name="from")
+    to: tuple[str, ...]
+    ca_file: str | None = None  # a private CA that signed the server's certificate
+
+    @property
+    def label(self) -> str:
+        return f"email via {self.host}:{self.port} to {', '.join(self.to)}"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self.password,) if self.password else ()
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if not self.host.strip():
+            found.append(("host", "is empty"))
+        if not self.to:
+            found.append(("to", "name at least one recipient"))
+        if self.password is not None and self.password_file is not None:
+            found.append(("password_file", "give either password or password_file, not both"))
+        if (self.password is not None or self.password_file is not None) and not self.username:
+            found.append(("username", "a password needs a username"))
+        return found
+
+
+class WebhookNotifier(_Messenger, frozen=True, kw_only=True, tag="webhook"):
+    """Any HTTP endpoint: a JSON POST of the run report (`backup --json`'s document)."""
+
+    url: str
+    headers: dict[str, str] = {}
+
+    @property
+    def label(self) -> str:
+        return f"webhook {mask_url_path(self.url)}"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self.url, *self.headers.values())
+
+    def problems(self) -> list[tuple[str, str]]:
+        return _http_url_problem("url", self.url)
+
+
+class HealthchecksNotifier(_Notifier, frozen=True, kw_only=True, tag="healthchecks"):
+    """A healthchecks.io (or self-hosted) check: `/start` when a backup run starts, the URL
+    itself when it succeeds, `/fail` when it fails; a run that never ends, the service sees."""
+
+    url: str
+
+    @property
+    def label(self) -> str:
+        return f"healthchecks {mask_url_path(self.url)}"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self.url,)
+
+    def problems(self) -> list[tuple[str, str]]:
+        return _http_url_problem("url", self.url)
+
+
+NotifierConfig = SlackNotifier | EmailNotifier | WebhookNotifier | HealthchecksNotifier
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     """A whole, validated config file."""
 
@@ -358,6 +525,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     backups: tuple[BackupConfig, ...]
     verify: VerifyConfig = VerifyConfig()
     metrics: MetricsConfig = MetricsConfig()
+    notify: tuple[NotifierConfig, ...] = ()
     warnings: tuple[str, ...] = ()  # risky but valid settings, for the CLI to print
     literal_secret_lines: tuple[int, ...] = ()  # where a password or secret key is written out
 
@@ -370,3 +538,4 @@ class RawConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     backups: list[Any]
     verify: VerifyConfig = VerifyConfig()
     metrics: MetricsConfig = MetricsConfig()
+    notify: list[Any] = []  # NotifierConfig entries, converted one by one (load.py)
