@@ -135,7 +135,7 @@ def smtp_receiver(
             return AuthResult(success=False, handled=False)
         login, given = data.login.decode(), data.password.decode()
         receiver.logins.append((login, given))
-        return AuthResult(success=(login, given) == (username, password))
+        return AuthResult(success=(login, given) == (username, password), handled=False)
 
     context = None
     if certificate is not None:

@@ -420,7 +420,8 @@ class _Loader:
                 continue
             # Unset ${VAR}s left values empty where no secret is needed (list, prune):
             # a send reports those; a run that needs them has them checked here.
-            for key, message in notifier.problems() if self.require_env else ():
+            unset = any(where[:2] == path for where, _ in self._unset)  # reported already
+            for key, message in notifier.problems() if self.require_env and not unset else ():
                 self._add(self.document.issue((*path, key), message))
             if isinstance(notifier, EmailNotifier):
                 notifier = msgspec.structs.replace(

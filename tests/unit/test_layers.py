@@ -38,6 +38,8 @@ FLOORS: list[set[str]] = [
         "retention",
         "retry",
         "notice",
+        "notification",  # what a notification says
+        "report",  # the run report's JSON
         "process",
         "stages.compress",
         "stages.unpack",
@@ -68,6 +70,7 @@ FLOORS: list[set[str]] = [
         "restore",
         "metrics",
         "publish",
+        "notify",
     },  # retention applied; a job's fan-out and its
     # pump; a restore
     {"job", "restore_proof"},  # one job; restore tests (restore.py in a sandbox)

@@ -1,0 +1,111 @@
+"""`db-backup notify-test`: a test message to every notifier, each outcome reported, exit 1
+if any failed; mail over STARTTLS to a server whose certificate a private CA signed; a
+refused login or an untrusted certificate is not tried again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import cli_env, run_cli, write_config
+from tests.receivers import http_receiver, self_signed_certificate, smtp_receiver
+
+USER, PASSWORD = "backup@example.com", "tls-password-8d2c"
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
+
+
+def config_with(tmp_path: Path, notify: list[dict[str, Any]]) -> Path:
+    return write_config(
+        tmp_path / "backup.yml",
+        {
+            "backups": [{"name": "shop", "database": "shop", "storage": {"path": "out"}}],
+            "notify": notify,
+        },
+    )
+
+
+def mail(port: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "kind": "email",
+        "host": "127.0.0.1",
+        "port": port,
+        "username": USER,
+        "password_file": "smtp.pw",
+        "from": USER,
+        "to": ["ops@example.com"],
+        **extra,
+    }
+
+
+def test_every_notifier_gets_a_test_message(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
+    (tmp_path / "smtp.pw").write_text(PASSWORD + "\n")
+    with (
+        http_receiver() as slack,
+        http_receiver() as checks,
+        smtp_receiver(USER, PASSWORD, certificate=certificate) as smtp,
+    ):
+        config = config_with(
+            tmp_path,
+            [
+                {"kind": "slack", "webhook_url": f"{slack.url}/services/x"},
+                {"kind": "healthchecks", "url": f"{checks.url}/check"},
+                mail(smtp.port, ca_file=str(certificate[0])),  # security: starttls (default)
+            ],
+        )
+        result = run_cli("notify-test", "-c", str(config), env=cli_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        f"OK      slack {slack.url}/***",
+        f"OK      healthchecks {checks.url}/***",
+        f"OK      email via 127.0.0.1:{smtp.port} to ops@example.com",
+    ]
+    assert "3 reached, 0 failed" in result.stderr
+    assert checks.paths() == ["/check/log"]  # a log entry: no check changes state
+    assert "a test message" in slack.requests[0].json()["text"]
+    assert smtp.logins == [(USER, PASSWORD)]
+    [(_, _, message)] = smtp.messages
+    assert message["Subject"].endswith("a test message; notifications reach you")
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_a_refused_login_or_an_untrusted_certificate_fails_once(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    (tmp_path / "smtp.pw").write_text("not-the-password\n")
+    with (
+        smtp_receiver(USER, PASSWORD, certificate=certificate) as smtp,
+        http_receiver(lambda _path: (200, b"")) as fine,
+    ):
+        config = config_with(
+            tmp_path,
+            [
+                mail(smtp.port, ca_file=str(certificate[0])),
+                mail(smtp.port),  # the system's CAs do not know the test CA
+                {"kind": "webhook", "url": f"{fine.url}/hook"},
+            ],
+        )
+        result = run_cli("notify-test", "-c", str(config), env=cli_env())
+    assert result.returncode == 1
+    wrong_login, untrusted, webhook = result.stdout.splitlines()
+    assert wrong_login.startswith(f"FAILED  email via 127.0.0.1:{smtp.port} to ops@example.com: ")
+    assert "the server answered 535" in wrong_login
+    assert "attempts" not in wrong_login  # a permanent failure: not tried again
+    assert "certificate verify failed" in untrusted
+    assert "attempts" not in untrusted
+    assert webhook == f"OK      webhook {fine.url}/***"
+    # the refused login (aiosmtplib tries it once per AUTH mechanism the server offers)
+    assert set(smtp.logins) == {(USER, "not-the-password")}
+    assert "not-the-password" not in result.stdout + result.stderr
+    assert "1 reached, 2 failed" in result.stderr
+
+
+def test_without_notifiers_there_is_nothing_to_test(tmp_path: Path) -> None:
+    result = run_cli("notify-test", "-c", str(config_with(tmp_path, [])), env=cli_env())
+    assert result.returncode == 1
+    assert "no notifiers (`notify:`) to test" in result.stderr
