@@ -91,4 +91,24 @@ backups:
 # metrics:
 #   textfile: /var/lib/prometheus/node-exporter/db_backup.prom
 #   pushgateway: {url: "http://pushgateway:9091", job: db_backup}
+
+# Who hears of each run: one message per run (README, "Monitoring"); `db-backup notify-test`
+# sends a test message to each. A backup with `notify: false` is left out of them.
+# notify:
+#   - kind: slack
+#     webhook_url: ${SLACK_WEBHOOK_URL}
+#     on: [failure]                   # failure (the default), success, always
+#   - kind: email
+#     host: smtp.example.com
+#     port: 587
+#     security: starttls              # starttls, tls or none
+#     username: backup@example.com
+#     password: ${SMTP_PASSWORD}      # or password_file
+#     from: backup@example.com
+#     to: [ops@example.com]
+#   - kind: webhook                   # a JSON POST of the run report (backup --json)
+#     url: https://hooks.example.com/db-backup
+#     headers: {Authorization: "Bearer ${HOOK_TOKEN}"}
+#   - kind: healthchecks              # /start as a run starts; then success or /fail
+#     url: https://hc-ping.com/${HC_UUID}
 """

@@ -273,6 +273,32 @@ def test_the_generated_sample_validates_as_written() -> None:
     assert config.backups[2].exclude == ("postgres", "template*")
 
 
+def test_the_samples_commented_blocks_validate_once_uncommented() -> None:
+    """verify:, metrics: and notify: are commented out in the sample; each is meant to work
+    as written once its `# ` is taken away (and its variables set)."""
+    start = SAMPLE_CONFIG.index("# verify:")
+    blocks = "\n".join(
+        line[2:] if line.startswith("#  ") or line.startswith("# ") and line.endswith(":") else ""
+        for line in SAMPLE_CONFIG[start:].splitlines()
+    )
+    env = {
+        "SCRATCH_PASSWORD": "pw",
+        "SMTP_PASSWORD": "pw",
+        "HOOK_TOKEN": "token",
+        "HC_UUID": "uuid",
+        "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T/B/x",
+    }
+    config = parse_config(SAMPLE_CONFIG[:start] + blocks + "\n", environ=env)
+    assert config.verify.sandbox is not None
+    assert config.metrics.pushgateway is not None
+    assert [n.label.split(" ")[0] for n in config.notify] == [
+        "slack",
+        "email",
+        "webhook",
+        "healthchecks",
+    ]
+
+
 def test_deep_merge_replaces_lists_and_scalars() -> None:
     merged = deep_merge({"a": {"x": 1, "y": 2}, "l": [1]}, {"a": {"y": 3}, "l": [2]})
     assert merged == {"a": {"x": 1, "y": 3}, "l": [2]}
