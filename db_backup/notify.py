@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import email.message
 import email.utils
+import logging
 import ssl
 import urllib.parse
 import uuid
@@ -26,6 +27,7 @@ import httpx
 
 from db_backup import __version__
 from db_backup.config.schema import (
+    AppriseNotifier,
     EmailNotifier,
     HealthchecksNotifier,
     NotifierConfig,
@@ -35,6 +37,7 @@ from db_backup.config.schema import (
 from db_backup.errors import NotifyError
 from db_backup.notification import Delivery, Notice, wants
 from db_backup.redact import redact_known, remember
+from db_backup.threads import in_thread
 
 FIRST_RETRY_PAUSE = 1.0  # seconds; doubles with each further attempt
 USER_AGENT = f"db-backup/{__version__}"
@@ -50,6 +53,7 @@ class Notifications:
         self._notifiers = tuple(notifiers)
         self._run_id = str(uuid.uuid4())  # pairs a start ping with its end (healthchecks' rid)
         self._started: asyncio.Task[list[Delivery]] | None = None
+        self._undelivered: dict[int, list[str]] = {}  # an Apprise notifier's URLs still to go
 
     def start(self) -> None:
         """Send `/start` to every healthchecks notifier, in the background."""
@@ -92,8 +96,36 @@ class Notifications:
         elif isinstance(notifier, WebhookNotifier):
             headers = {"Content-Type": "application/json", **notifier.headers}
             await _post(client, notifier.url, content=notice.document, headers=headers)
+        elif isinstance(notifier, AppriseNotifier):
+            await self._send_apprise(notifier, notice)
         else:
             await _send_mail(notifier, notice)
+
+    async def _send_apprise(self, notifier: AppriseNotifier, notice: Notice) -> None:
+        """Each URL on its own, so that a retry goes only to those that failed."""
+        try:
+            import apprise
+        except ImportError:
+            raise NotifyError("needs Apprise: pip install 'db-backup[apprise]'") from None
+        undelivered = self._undelivered.setdefault(id(notifier), list(notifier.urls))
+        kind = apprise.NotifyType.SUCCESS if notice.ok else apprise.NotifyType.FAILURE
+        for chatty in ("apprise", "urllib3"):  # their debug lines show the URLs Apprise
+            quiet = logging.getLogger(chatty)  # derives, tokens in them; unless asked for
+            if quiet.level == logging.NOTSET:  # (--log-level apprise=debug)
+                quiet.setLevel(logging.ERROR)
+
+        def send(url: str) -> bool:
+            box = apprise.Apprise()
+            if not box.add(url):
+                raise NotifyError(f"Apprise does not know the URL {url.partition(':')[0]}://***")
+            return bool(box.notify(body=notice.text(), title=notice.subject, notify_type=kind))
+
+        for url in list(undelivered):
+            if await in_thread(send, url):  # blocking (requests): a daemon thread
+                undelivered.remove(url)
+        if undelivered:
+            schemes = ", ".join(f"{url.partition(':')[0]}://***" for url in undelivered)
+            raise NotifyError(f"Apprise could not deliver to {schemes}", transient=True)
 
     async def _ping(
         self, check: NotifierConfig, client: httpx.AsyncClient, signal: str, body: bytes

@@ -514,7 +514,32 @@ class HealthchecksNotifier(_Notifier, frozen=True, kw_only=True, tag="healthchec
         return _http_url_problem("url", self.url)
 
 
-NotifierConfig = SlackNotifier | EmailNotifier | WebhookNotifier | HealthchecksNotifier
+class AppriseNotifier(_Messenger, frozen=True, kw_only=True, tag="apprise"):
+    """The long tail of services (Discord, Telegram, Teams, ntfy, Matrix, ...) through
+    Apprise, an optional extra: `pip install 'db-backup[apprise]'`."""
+
+    urls: tuple[str, ...]  # Apprise URLs, e.g. "tgram://bottoken/ChatID"
+
+    @property
+    def label(self) -> str:
+        schemes = (url.partition("://")[0] if "://" in url else "?" for url in self.urls)
+        return f"apprise {', '.join(f'{scheme}://***' for scheme in schemes)}"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return self.urls
+
+    def problems(self) -> list[tuple[str, str]]:
+        if not self.urls:
+            return [("urls", "name at least one Apprise URL")]
+        if any("://" not in url for url in self.urls):
+            return [("urls", "expected Apprise URLs (service://...)")]  # they hold tokens
+        return []
+
+
+NotifierConfig = (
+    SlackNotifier | EmailNotifier | WebhookNotifier | HealthchecksNotifier | AppriseNotifier
+)
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):

@@ -109,3 +109,24 @@ def test_without_notifiers_there_is_nothing_to_test(tmp_path: Path) -> None:
     result = run_cli("notify-test", "-c", str(config_with(tmp_path, [])), env=cli_env())
     assert result.returncode == 1
     assert "no notifiers (`notify:`) to test" in result.stderr
+
+
+def test_apprise_urls_each_get_the_message_and_a_retry_goes_to_the_failed_one(
+    tmp_path: Path,
+) -> None:
+    with http_receiver() as fine, http_receiver(lambda _path: (503, b"busy")) as busy:
+        host = fine.url.removeprefix("http://")
+        urls = [f"json://{host}/hook/apprise-token-1", f"json://{busy.url[7:]}/down"]
+        config = config_with(tmp_path, [{"kind": "apprise", "urls": urls, "retries": 1}])
+        result = run_cli("--log-level", "debug", "notify-test", "-c", str(config), env=cli_env())
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        "FAILED  apprise json://***, json://***: Apprise could not deliver to json://*** "
+        "(2 attempts)"
+    ]
+    assert fine.paths() == ["/hook/apprise-token-1"]  # once: the retry went to the other only
+    assert busy.paths() == ["/down", "/down"]
+    posted = fine.requests[0].json()
+    assert posted["title"].endswith("a test message; notifications reach you")
+    assert "config:" in posted["message"]
+    assert "apprise-token-1" not in result.stdout + result.stderr

@@ -278,7 +278,7 @@ def test_the_samples_commented_blocks_validate_once_uncommented() -> None:
     as written once its `# ` is taken away (and its variables set)."""
     start = SAMPLE_CONFIG.index("# verify:")
     blocks = "\n".join(
-        line[2:] if line.startswith("#  ") or line.startswith("# ") and line.endswith(":") else ""
+        line[2:] if line.startswith("#  ") or (line.startswith("# ") and line.endswith(":")) else ""
         for line in SAMPLE_CONFIG[start:].splitlines()
     )
     env = {

@@ -80,6 +80,7 @@ def test_no_token_in_a_label_or_a_repr() -> None:
      headers: {Authorization: "Bearer s3cr3t"}}
   - {kind: healthchecks, url: "https://hc-ping.com/s3cr3t"}
   - {kind: email, host: smtp.example.com, username: u, password: s3cr3t, from: a@b.c, to: [d@e.f]}
+  - {kind: apprise, urls: ["tgram://s3cr3t/chat", "ntfys://ntfy.sh/s3cr3t"]}
 """
     )
     for notifier in notifiers:
@@ -91,6 +92,7 @@ def test_no_token_in_a_label_or_a_repr() -> None:
         "webhook https://hooks.example.com/***",
         "healthchecks https://hc-ping.com/***",
     ]
+    assert notifiers[4].label == "apprise tgram://***, ntfys://***"
 
 
 @pytest.mark.parametrize(
@@ -125,9 +127,9 @@ def test_each_fault_is_located_and_no_secret_echoed() -> None:
     assert found == [
         "backup.yml:3:32: notify[0].webhook_url: expected an http:// or https:// URL",
         'backup.yml:4:12: notify[1].kind: invalid value "pager"; expected one of: '
-        "slack, email, webhook, healthchecks",
+        "slack, email, webhook, healthchecks, apprise",
         "backup.yml:5:5: notify[2]: missing required key 'kind' "
-        "(slack, email, webhook, healthchecks)",
+        "(slack, email, webhook, healthchecks, apprise)",
         'backup.yml:6:45: notify[3].on: invalid value "sometimes"; '
         "expected one of: always, failure, success",
         "backup.yml:7:46: notify[4].on: unknown key 'on'; valid keys: kind, retries, timeout, url",
