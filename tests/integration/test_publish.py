@@ -31,7 +31,7 @@ def test_the_file_changes_only_by_renaming_a_whole_one_over_it(
         seen.append((textfile.read_text(), Path(source).read_text(), Path(source).parent))
         real_replace(source, destination)
 
-    monkeypatch.setattr(publish.os, "replace", watching_replace)
+    monkeypatch.setattr(os, "replace", watching_replace)
     publish.write_atomically(textfile, NEW)
     # when the name changed hands, it still held the old file and the new one was whole,
     # in the same folder (a rename within one file system is atomic)
@@ -50,7 +50,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(
     def full_disk(_fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(publish.os, "fsync", full_disk)
+    monkeypatch.setattr(os, "fsync", full_disk)
     with pytest.raises(OSError, match="No space left"):
         publish.write_atomically(textfile, NEW)
     assert textfile.read_text() == OLD
