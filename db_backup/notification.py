@@ -7,11 +7,12 @@ One message per run, never one per job: a night with 19 failures is one mail, li
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from db_backup.config.schema import NotifierConfig
+from db_backup.config.schema import BackupConfig, NotifierConfig
 from db_backup.model import JobResult, JobStatus, RunReport
 from db_backup.units import format_bytes, format_duration
 
@@ -42,7 +43,9 @@ class Notice:
     total: int
     failed: int
     problems: tuple[Problem, ...]
-    document: bytes  # the JSON a webhook posts (for a backup run: `backup --json`'s)
+    # The JSON a webhook posts: a backup run's report (`backup --json`); None: the problems
+    # as a JSON document of their own (report.problems_report)
+    document: bytes | None = None
     cancelled: int = 0
     started_at: datetime | None = None
     duration: float | None = None
@@ -157,6 +160,23 @@ def run_notice(report: RunReport, *, host: str, config: str, document: bytes) ->
         started_at=report.started_at,
         duration=(report.finished_at - report.started_at).total_seconds(),
         stored_bytes=sum(r.stored_bytes for r in results),
+    )
+
+
+def stopped_run_notice(
+    error: str, backups: Sequence[BackupConfig], *, host: str, config: str
+) -> Notice:
+    """The notice of a backup run that stopped before its jobs (another run holds a lock):
+    every backup that notifies counts as failed, for the one reason."""
+    total = sum(1 for backup in backups if backup.notify)
+    return Notice(
+        command="backup",
+        host=host,
+        config=config,
+        noun="backups",
+        total=total,
+        failed=total,
+        problems=(Problem("the run", "before any backup started", error),),
     )
 
 

@@ -37,6 +37,7 @@ from db_backup.config.schema import (
 from db_backup.errors import NotifyError
 from db_backup.notification import Delivery, Notice, wants
 from db_backup.redact import redact_known, remember
+from db_backup.report import problems_report
 from db_backup.threads import in_thread
 
 FIRST_RETRY_PAUSE = 1.0  # seconds; doubles with each further attempt
@@ -95,7 +96,8 @@ class Notifications:
             await _post(client, notifier.webhook_url, json=notice.slack())
         elif isinstance(notifier, WebhookNotifier):
             headers = {"Content-Type": "application/json", **notifier.headers}
-            await _post(client, notifier.url, content=notice.document, headers=headers)
+            document = notice.document or problems_report(notice)
+            await _post(client, notifier.url, content=document, headers=headers)
         elif isinstance(notifier, AppriseNotifier):
             await self._send_apprise(notifier, notice)
         else:

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from db_backup.model import JobResult, JobStatus, RunReport
-from db_backup.notification import Delivery, Problem
+from db_backup.notification import Delivery, Notice
 
 REPORT_VERSION = 1
 
@@ -157,16 +157,18 @@ def json_report(
     return msgspec.json.format(msgspec.json.encode(body), indent=2) + b"\n"
 
 
-def problems_report(command: str, *, config: str, total: int, problems: Sequence[Problem]) -> bytes:
-    """The JSON a webhook gets from `verify` or `prune` (a backup run posts its run report)."""
+def problems_report(notice: Notice) -> bytes:
+    """The JSON a webhook gets for a notice without a run report of its own: a failed
+    `verify` or `prune`, a backup run stopped before its jobs, `notify-test`."""
+    problems = notice.problems
     body: dict[str, Any] = {
         "report_version": REPORT_VERSION,
-        "command": command,
-        "host": socket.gethostname(),
-        "config": config,
-        "ok": not problems,
-        "total": total,
-        "failed": len(problems),
+        "command": notice.command,
+        "host": notice.host,
+        "config": notice.config,
+        "ok": notice.ok,
+        "total": notice.total,
+        "failed": notice.failed,
         "problems": [{"name": p.name, "where": p.where, "reason": p.reason} for p in problems],
     }
     return msgspec.json.format(msgspec.json.encode(body), indent=2) + b"\n"

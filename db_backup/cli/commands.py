@@ -21,6 +21,7 @@ import typer
 from db_backup import __version__
 from db_backup.cli import exits, restoring, setup
 from db_backup.cli.options import ConfigOption, NamesOption
+from db_backup.errors import BackupError
 
 T = TypeVar("T")
 
@@ -286,6 +287,10 @@ async def _backup_main(
     run.subscribe(renderer)
     try:
         report = await run.execute(loaded, selected, names=options.names, concurrency=options.jobs)
+    except BackupError as exc:  # e.g. another run holds a lock: no job ran
+        if notifications is not None:
+            await _tell_of_a_stopped_run(notifications, loaded, selected, exc)
+        raise
     finally:
         renderer.close()
     code = exits.for_run(report)
@@ -323,6 +328,20 @@ async def _backup_main(
 
         _print_table(summary_table(report))
     return code, report
+
+
+async def _tell_of_a_stopped_run(
+    notifications: Any, loaded: Any, selected: Sequence[Any], error: Exception
+) -> None:
+    import socket
+
+    from db_backup.notification import stopped_run_notice
+
+    host = socket.gethostname()
+    notice = stopped_run_notice(str(error), selected, host=host, config=loaded.source)
+    for delivery in await notifications.finish(notice):
+        if not delivery.ok:
+            typer.echo(f"db-backup: warning: {delivery.warning}", err=True)
 
 
 # -- verify --------------------------------------------------------------------------------------
@@ -507,7 +526,6 @@ def notify_test(config: ConfigOption) -> None:
             raise typer.Exit(exits.EXIT_FAILED)
         from db_backup.notification import Notice
         from db_backup.notify import send_notice
-        from db_backup.report import problems_report
 
         notice = Notice(
             command="notify-test",
@@ -517,9 +535,6 @@ def notify_test(config: ConfigOption) -> None:
             total=len(loaded.notify),
             failed=0,
             problems=(),
-            document=problems_report(
-                "notify-test", config=loaded.source, total=len(loaded.notify), problems=()
-            ),
         )
         deliveries = exits.interruptible(send_notice(loaded.notify, notice))
     for delivery in deliveries:

@@ -116,7 +116,6 @@ def notify_failure(
     from db_backup.cli import exits
     from db_backup.notification import Notice, Problem
     from db_backup.notify import send_notice
-    from db_backup.report import problems_report
 
     listed = tuple(Problem(*problem) for problem in problems)
     notice = Notice(
@@ -127,7 +126,6 @@ def notify_failure(
         total=total,
         failed=len(listed),
         problems=listed,
-        document=problems_report(command, config=loaded.source, total=total, problems=listed),
     )
     for delivery in exits.interruptible(send_notice(loaded.notify, notice)):
         if not delivery.ok:

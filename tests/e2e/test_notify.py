@@ -5,6 +5,7 @@ and `prune` tell of their failures; no secret in anything the run printed or wro
 
 from __future__ import annotations
 
+import fcntl
 import json
 import socket
 import time
@@ -289,3 +290,27 @@ def test_verify_and_prune_tell_of_their_failures(pg: ThrowawayCluster, tmp_path:
     assert (prune["command"], prune["failed"]) == ("prune", 1)
     assert prune["problems"][0]["name"].startswith("target s3://backups/")
     assert checks.paths() == ["/check/fail", "/check/fail"]
+
+
+def test_a_run_stopped_by_a_held_lock_still_ends_its_start_ping(
+    pg: ThrowawayCluster, tmp_path: Path
+) -> None:
+    with http_receiver() as hook, http_receiver() as checks:
+        notify = [
+            {"kind": "webhook", "url": f"{hook.url}/hook"},
+            {"kind": "healthchecks", "url": f"{checks.url}/check"},
+        ]
+        config = configure(pg, tmp_path, notify)
+        (tmp_path / "out").mkdir(mode=0o700)
+        with (tmp_path / "out" / ".db-backup.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another run holds the folder
+            result = run_cli("backup", "-c", str(config), env=cli_env(pg))
+    assert result.returncode == 1
+    assert "db-backup: error:" in result.stderr
+    assert checks.paths() == ["/check/start", "/check/fail"]
+    assert "lock" in checks.requests[1].body.decode()
+    [posted] = hook.requests
+    body = posted.json()
+    assert (body["command"], body["ok"], body["failed"], body["total"]) == ("backup", False, 2, 2)
+    assert body["problems"][0]["name"] == "the run"
+    assert "lock" in body["problems"][0]["reason"]
