@@ -50,10 +50,11 @@ class Notice:
     started_at: datetime | None = None
     duration: float | None = None
     stored_bytes: int | None = None
+    interrupted_by: str | None = None  # "SIGTERM": the run was stopped
 
     @property
     def ok(self) -> bool:
-        return not (self.failed or self.cancelled or self.problems)
+        return not (self.failed or self.cancelled or self.problems or self.interrupted_by)
 
     @property
     def subject(self) -> str:
@@ -64,8 +65,12 @@ class Notice:
         if self.ok:
             return f"{what} on {self.host}: {self.total} {self.noun} OK"
         outcome = f"{self.failed} of {self.total} {self.noun} FAILED"
+        if not self.total and self.problems:  # nothing to count: say what went wrong
+            outcome = f"FAILED: {self.problems[0].reason}"
         if self.cancelled:
             outcome += f", {self.cancelled} cancelled"
+        if self.interrupted_by:
+            outcome = f"stopped by {self.interrupted_by}; {outcome}"
         return f"{what} on {self.host}: {outcome}"
 
     def facts(self) -> list[str]:
@@ -141,12 +146,9 @@ def wants(notifier: NotifierConfig, notice: Notice) -> bool:
     )
 
 
-def run_notice(report: RunReport, *, host: str, config: str, document: bytes) -> Notice | None:
-    """The notice of a backup run, leaving out jobs whose backup says `notify: false`;
-    None when no job is left."""
+def run_notice(report: RunReport, *, host: str, config: str, document: bytes) -> Notice:
+    """The notice of a backup run, leaving out jobs whose backup says `notify: false`."""
     results = [r for r in report.results if r.job.backup.notify]
-    if not results:
-        return None
     return Notice(
         command="backup",
         host=host,
@@ -160,6 +162,7 @@ def run_notice(report: RunReport, *, host: str, config: str, document: bytes) ->
         started_at=report.started_at,
         duration=(report.finished_at - report.started_at).total_seconds(),
         stored_bytes=sum(r.stored_bytes for r in results),
+        interrupted_by=report.interrupted_by,
     )
 
 

@@ -13,6 +13,9 @@ import urllib.parse
 from collections.abc import Sequence
 
 MASK = "***"
+# A URL's path or query shorter than this ("/", "/hook") is no token, and masking it would
+# garble unrelated text.
+MIN_SECRET_PART = 8
 _SECRET_IN_CONNINFO = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
 
@@ -35,16 +38,36 @@ def redact_url(url: str) -> str:
 def mask_url_path(url: str) -> str:
     """A notifier's URL fit to print: only scheme and host. Its path and query are where
     services put the token (a Slack webhook, a healthchecks ping UUID), so both are masked."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a malformed host or port: show none of it
+        return f"{mask_scheme(url)}"
     if ":" in host:
         host = f"[{host}]"  # an IPv6 address
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:  # a port that is not a number: show none of it
-        port = ""
     masked = MASK if parts.path.strip("/") or parts.query else ""
     return f"{parts.scheme}://{host}{port}/{masked}" if parts.scheme else MASK
+
+
+def mask_scheme(url: str) -> str:
+    """`tgram://***`: only the service an (Apprise) URL names."""
+    scheme, separator, _ = url.partition("://")
+    return f"{scheme}://{MASK}" if separator and scheme.isalnum() else MASK
+
+
+def url_forms(url: str) -> tuple[str, ...]:
+    """The ways a URL with a token may show up in a log line or an error: as written, as an
+    HTTP client normalises it (scheme and host in lower case), and its path or query alone
+    (a server echoing the path; a ping URL with `/start` inserted before its query)."""
+    forms = [url]
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return tuple(forms)
+    forms.append(urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.lower())))
+    forms += [part for part in (parts.path, parts.query) if len(part) >= MIN_SECRET_PART]
+    return tuple(dict.fromkeys(forms))
 
 
 def mask_command(argv: Sequence[str]) -> str:

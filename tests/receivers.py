@@ -8,8 +8,9 @@ import json
 import ssl
 import subprocess
 import threading
+import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -33,6 +34,7 @@ class Request:
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
+    received: float  # time.monotonic() when it came in
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -59,7 +61,9 @@ class HttpReceiver:
 @contextmanager
 def http_receiver(
     answer: Callable[[str], tuple[int, bytes]] = lambda _path: (200, b"OK"),
+    headers: dict[str, str] | None = None,
 ) -> Iterator[HttpReceiver]:
+    """A receiver on a free loopback port; `headers` go with every answer."""
     receiver = HttpReceiver(answer)
     lock = threading.Lock()
 
@@ -75,6 +79,7 @@ def http_receiver(
                         dict(urllib.parse.parse_qsl(parts.query)),
                         {key.lower(): value for key, value in self.headers.items()},
                         self.rfile.read(length),
+                        time.monotonic(),
                     )
                 )
             status, body = receiver.answer(parts.path)
@@ -82,6 +87,8 @@ def http_receiver(
                 receiver.released.wait(60)
                 return
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -114,6 +121,17 @@ class SmtpReceiver:
     port: int
     messages: list[tuple[str, list[str], EmailMessage]] = field(default_factory=list)
     logins: list[tuple[str, str]] = field(default_factory=list)
+    refused: set[str] = field(default_factory=set)  # recipients it answers 550 for
+    recipients: list[str] = field(default_factory=list)  # every RCPT TO it was given
+
+    async def handle_RCPT(
+        self, _server: Any, _session: Any, envelope: Any, address: str, _options: Any
+    ) -> str:
+        self.recipients.append(address)
+        if address in self.refused:
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
         parsed = message_from_bytes(envelope.original_content, policy=policy.default)
@@ -124,11 +142,17 @@ class SmtpReceiver:
 
 @contextmanager
 def smtp_receiver(
-    username: str, password: str, *, certificate: tuple[Path, Path] | None = None
+    username: str,
+    password: str,
+    *,
+    certificate: tuple[Path, Path] | None = None,
+    implicit_tls: bool = False,
+    refused: Iterable[str] = (),
 ) -> Iterator[SmtpReceiver]:
     """An SMTP server on loopback that requires AUTH with these credentials; with a
-    (certificate, key) pair it also requires STARTTLS before AUTH."""
-    receiver = SmtpReceiver(free_port())
+    (certificate, key) pair it also requires STARTTLS before AUTH (or, `implicit_tls`,
+    speaks TLS from the first byte, as on port 465)."""
+    receiver = SmtpReceiver(free_port(), refused=set(refused))
 
     def authenticate(_server: Any, _session: Any, _envelope: Any, mechanism: str, data: Any) -> Any:
         if not isinstance(data, LoginPassword):
@@ -147,9 +171,11 @@ def smtp_receiver(
         port=receiver.port,
         authenticator=authenticate,
         auth_required=True,
-        auth_require_tls=certificate is not None,
-        require_starttls=certificate is not None,
-        tls_context=context,
+        # aiosmtpd does not count implicit TLS as TLS for AUTH (it would not offer it)
+        auth_require_tls=certificate is not None and not implicit_tls,
+        require_starttls=certificate is not None and not implicit_tls,
+        tls_context=None if implicit_tls else context,
+        ssl_context=context if implicit_tls else None,
     )
     controller.start()
     try:

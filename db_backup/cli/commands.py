@@ -302,9 +302,7 @@ async def _backup_main(
 
         warnings += await publish_metrics(loaded, report)
     deliveries = []
-    if notifications is not None and report.interrupted_by:
-        notifications.abandon()  # stop promptly; the checks' grace time notices the silence
-    elif notifications is not None:
+    if notifications is not None:
         import socket
 
         from db_backup.notification import run_notice
@@ -312,7 +310,8 @@ async def _backup_main(
         document = json_report(report, code, config=loaded.source, warnings=warnings)
         host = socket.gethostname()
         notice = run_notice(report, host=host, config=loaded.source, document=document)
-        deliveries = await notifications.finish(notice)
+        # Stopped by a signal: one short attempt each, within the forced exit's time.
+        deliveries = await notifications.finish(notice, hurry=bool(report.interrupted_by))
         warnings += [delivery.warning for delivery in deliveries if not delivery.ok]
     for warning in warnings:
         typer.echo(f"db-backup: warning: {warning}", err=True)
@@ -425,6 +424,10 @@ def verify(
     failed = len(problems)
     if not verdicts and not missing and not unreadable:
         typer.echo("no backups found", err=True)
+        if config is not None:  # a wiped target looks like this
+            setup.notify_failure(
+                loaded, "verify", total=0, noun="backups", problems=[setup.NONE_FOUND]
+            )
         raise typer.Exit(exits.EXIT_FAILED)
     checked = len(verdicts) + len(missing) + len(unreadable)
     typer.echo(f"{checked - failed} verified, {failed} failed", err=True)

@@ -320,6 +320,9 @@ def verify_restores(config: Path, names: tuple[str, ...], *, every: bool) -> Non
         archives = chosen(named, every=every)
         if not archives:
             typer.echo("no backups found", err=True)
+            setup.notify_failure(
+                loaded, "verify --restore", total=0, noun="backups", problems=[setup.NONE_FOUND]
+            )
             raise typer.Exit(exits.EXIT_FAILED)
         results = exits.interruptible(
             prove_restores(loaded, archives, catalog.archives, on_result=say)
@@ -329,9 +332,8 @@ def verify_restores(config: Path, names: tuple[str, ...], *, every: bool) -> Non
         *((f"target {label}", "listing it", error) for label, error in catalog.errors.items()),
         *((r.archive.location, "restore test", "; ".join(r.problems)) for r in results if not r.ok),
     ]
-    setup.notify_failure(
-        loaded, "verify --restore", total=len(results), noun="backups", problems=problems
-    )
+    total = len(results) + len(catalog.errors)
+    setup.notify_failure(loaded, "verify --restore", total=total, noun="backups", problems=problems)
     failed = len(problems)
     typer.echo(
         f"{len(results) - failed + len(catalog.errors)} restore-tested, {failed} failed", err=True

@@ -104,12 +104,20 @@ def publish_metrics(loaded: Any, report: Any = None) -> None:
         typer.echo(f"db-backup: warning: {warning}", err=True)
 
 
+# What `verify` tells the notifiers when the targets hold no backup at all (wiped?).
+NONE_FOUND = ("every target", "listing them", "no backups found")
+
+
 def notify_failure(
     loaded: Any, command: str, *, total: int, noun: str, problems: Sequence[tuple[str, str, str]]
 ) -> None:
     """`verify` or `prune` failed: tell the config's notifiers (if it has any) the
     (name, where, reason) of each problem. A failure to notify is a warning on stderr."""
-    if not loaded.notify or not problems:
+    if not problems:
+        return
+    for label, why in loaded.muted_notifiers:  # commands without secrets: their ${VAR}s unset
+        typer.echo(f"db-backup: warning: notify: {label}: not sent: {why}", err=True)
+    if not loaded.notify:
         return
     import socket
 

@@ -88,7 +88,10 @@ def _choices(struct: type[Any], path: KeyPath) -> tuple[Any, ...]:
     """The allowed values of a Literal-typed field, for 'expected one of' hints."""
     type_info: Any = msgspec.inspect.type_info(struct)
     for part in path:
-        if isinstance(part, int) or not isinstance(type_info, msgspec.inspect.StructType):
+        if isinstance(part, int):  # an element of a list: `on: [failures]`
+            type_info = item_type(type_info)
+            continue
+        if not isinstance(type_info, msgspec.inspect.StructType):
             return ()
         type_info = struct_fields(type_info.cls).get(part)
     if isinstance(type_info, msgspec.inspect.UnionType):  # `on: failure` or `on: [failure]`

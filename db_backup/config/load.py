@@ -156,7 +156,7 @@ class _Loader:
         backups = [self._backup(raw, index) for index in range(len(raw.backups))]
         self._check_names()
         self._check_file_names(backups)
-        notifiers = self._notifiers(raw.notify)
+        notifiers, muted = self._notifiers(raw.notify or ())
         self._raise_if_any()
         return Config(
             source=doc.file,
@@ -165,6 +165,7 @@ class _Loader:
             verify=raw.verify,
             metrics=self._metrics(raw.metrics),
             notify=notifiers,
+            muted_notifiers=muted,
             literal_secret_lines=tuple(self.literal_secret_lines),
         )
 
@@ -395,11 +396,15 @@ class _Loader:
             return metrics
         return msgspec.structs.replace(metrics, textfile=self._absolute(metrics.textfile))
 
-    def _notifiers(self, entries: Sequence[Any]) -> tuple[NotifierConfig, ...]:
-        """Each `notify:` entry as its kind's struct, checked; paths in it made absolute."""
+    def _notifiers(
+        self, entries: Sequence[Any]
+    ) -> tuple[tuple[NotifierConfig, ...], tuple[tuple[str, str], ...]]:
+        """Each `notify:` entry as its kind's struct, checked, its paths made absolute; and
+        the notifiers muted because a ${VAR} they need is unset where a command may run
+        without secrets (require_env=False), as (label, why)."""
         union = msgspec.inspect.type_info(NotifierConfig)
         assert isinstance(union, msgspec.inspect.UnionType)
-        notifiers = []
+        notifiers, muted = [], []
         for index, entry in enumerate(entries):
             path: KeyPath = ("notify", index)
             if not isinstance(entry, dict):
@@ -409,8 +414,13 @@ class _Loader:
                 kinds = ", ".join(kinds_of(NotifierConfig))
                 self._add(self.document.issue(path, f"missing required key 'kind' ({kinds})"))
                 continue
-            kind = nested_struct(union, entry)
             before = len(self.issues)
+            headers = entry.get("headers")
+            for name, value in headers.items() if isinstance(headers, dict) else ():
+                if not isinstance(value, str):
+                    where = (*path, "headers", name)
+                    self._add(self.document.issue(where, "expected a string (quote it)"))
+            kind = nested_struct(union, entry)
             if kind is not None:  # else an unknown kind: conversion names the known ones
                 self._check_keys(entry, kind, path)
             if len(self.issues) > before:
@@ -418,10 +428,11 @@ class _Loader:
             notifier = self._convert(entry, kind or NotifierConfig, lambda p, at=path: (*at, *p))
             if notifier is None:
                 continue
-            # Unset ${VAR}s left values empty where no secret is needed (list, prune):
-            # a send reports those; a run that needs them has them checked here.
-            unset = any(where[:2] == path for where, _ in self._unset)  # reported already
-            for key, message in notifier.problems() if self.require_env and not unset else ():
+            unset = [name for where, name in self._unset if where[:2] == path]
+            if unset and not self.require_env:
+                muted.append((notifier.label, f"environment variable {unset[0]} is not set"))
+                continue
+            for key, message in notifier.problems() if not unset else ():  # unset: reported
                 self._add(self.document.issue((*path, key), message))
             if isinstance(notifier, EmailNotifier):
                 notifier = msgspec.structs.replace(
@@ -433,7 +444,7 @@ class _Loader:
                     },
                 )
             notifiers.append(notifier)
-        return tuple(notifiers)
+        return tuple(notifiers), tuple(muted)
 
     def _absolute(self, value: str) -> str:
         expanded = os.path.expanduser(value)

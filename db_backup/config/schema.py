@@ -8,12 +8,13 @@ live in `load.py`, which reports them with file positions.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from db_backup.redact import mask_url_path
+from db_backup.redact import mask_scheme, mask_url_path, url_forms
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
@@ -368,12 +369,22 @@ NotifyWhen = Literal["failure", "success", "always"]
 # Values that hold a token (webhook URLs, ping URLs, headers) or a password: masked in repr,
 # never printed; the loader remembers them so that no log line shows them either.
 NOTIFIER_SECRET_FIELDS = frozenset({"webhook_url", "url", "urls", "headers", "password"})
+# What a `notify:` entry may show in a message; anything else there is treated as a secret.
+NOTIFIER_PLAIN_FIELDS = frozenset(
+    {"kind", "on", "timeout", "retries", "host", "port", "security", "username", "from", "to"}
+    | {"password_file", "ca_file"}
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A mail address: `ops@example.com` or `Ops <ops@example.com>` (no quoting, no IP literals).
+_ADDR_SPEC = r"[^\s<>@,;:\"()\[\]\\]+@[^\s<>@,;:\"()\[\]\\]+"
+_ADDRESS = re.compile(rf"{_ADDR_SPEC}|[^<>@\x00-\x1f]*<{_ADDR_SPEC}>")
 
 
 def is_secret(path: tuple[str | int, ...]) -> bool:
     """Does the config value at `path` hold a secret (never echoed, warned about if literal)?"""
     if path[:1] == ("notify",):
-        return any(part in NOTIFIER_SECRET_FIELDS for part in path)
+        named = [part for part in path[2:] if isinstance(part, str)]
+        return not named or named[0] not in NOTIFIER_PLAIN_FIELDS
     return bool(path) and path[-1] in SECRET_FIELDS
 
 
@@ -406,7 +417,7 @@ class _Notifier(
 
     def problems(self) -> list[tuple[str, str]]:
         """(key, message) for each fault msgspec cannot see."""
-        return []
+        return [("timeout", "must be more than 0")] if self.timeout <= 0 else []
 
 
 class _Messenger(_Notifier, frozen=True, kw_only=True):
@@ -418,13 +429,24 @@ class _Messenger(_Notifier, frozen=True, kw_only=True):
     def when(self) -> tuple[NotifyWhen, ...]:
         return (self.on,) if isinstance(self.on, str) else self.on
 
+    def problems(self) -> list[tuple[str, str]]:
+        found = super().problems()
+        if not self.when:
+            found.append(("on", "name at least one of: failure, success, always"))
+        return found
+
 
 def _http_url_problem(key: str, url: str) -> list[tuple[str, str]]:
-    if re.match(r"https?://[^/]", url, re.IGNORECASE):
-        return []
+    """Why `url` cannot be sent to (never quoting it: it may hold a token), or nothing."""
     if not url:
         return [(key, "is empty")]
-    return [(key, "expected an http:// or https:// URL")]  # the URL may hold a token: not shown
+    if not re.match(r"https?://[^/]", url, re.IGNORECASE) or _CONTROL.search(url):
+        return [(key, "expected an http:// or https:// URL")]
+    try:
+        urllib.parse.urlsplit(url).port  # noqa: B018 (it raises on a malformed host or port)
+    except ValueError:
+        return [(key, "not a valid URL (its host or port)")]
+    return []
 
 
 class SlackNotifier(_Messenger, frozen=True, kw_only=True, tag="slack"):
@@ -438,10 +460,10 @@ class SlackNotifier(_Messenger, frozen=True, kw_only=True, tag="slack"):
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        return (self.webhook_url,)
+        return url_forms(self.webhook_url)
 
     def problems(self) -> list[tuple[str, str]]:
-        return _http_url_problem("webhook_url", self.webhook_url)
+        return super().problems() + _http_url_problem("webhook_url", self.webhook_url)
 
 
 class EmailNotifier(_Messenger, frozen=True, kw_only=True, tag="email"):
@@ -466,11 +488,14 @@ class EmailNotifier(_Messenger, frozen=True, kw_only=True, tag="email"):
         return (self.password,) if self.password else ()
 
     def problems(self) -> list[tuple[str, str]]:
-        found = []
+        found = super().problems()
         if not self.host.strip():
             found.append(("host", "is empty"))
         if not self.to:
             found.append(("to", "name at least one recipient"))
+        for key, address in [("from", self.sender), *(("to", a) for a in self.to)]:
+            if not _ADDRESS.fullmatch(address):
+                found.append((key, f"not a mail address: {address!r}"))
         if self.password is not None and self.password_file is not None:
             found.append(("password_file", "give either password or password_file, not both"))
         if (self.password is not None or self.password_file is not None) and not self.username:
@@ -490,10 +515,16 @@ class WebhookNotifier(_Messenger, frozen=True, kw_only=True, tag="webhook"):
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        return (self.url, *self.headers.values())
+        # A short value ("4", "yes") is no secret, and masking it would garble every message.
+        values = (value for value in self.headers.values() if len(value) >= 8)
+        return (*url_forms(self.url), *values)
 
     def problems(self) -> list[tuple[str, str]]:
-        return _http_url_problem("url", self.url)
+        found = super().problems() + _http_url_problem("url", self.url)
+        for name, value in self.headers.items():
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name) or _CONTROL.search(value):
+                found.append(("headers", f"header {name!r}: a name or value HTTP cannot carry"))
+        return found
 
 
 class HealthchecksNotifier(_Notifier, frozen=True, kw_only=True, tag="healthchecks"):
@@ -508,10 +539,10 @@ class HealthchecksNotifier(_Notifier, frozen=True, kw_only=True, tag="healthchec
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        return (self.url,)
+        return url_forms(self.url)
 
     def problems(self) -> list[tuple[str, str]]:
-        return _http_url_problem("url", self.url)
+        return super().problems() + _http_url_problem("url", self.url)
 
 
 class AppriseNotifier(_Messenger, frozen=True, kw_only=True, tag="apprise"):
@@ -522,19 +553,19 @@ class AppriseNotifier(_Messenger, frozen=True, kw_only=True, tag="apprise"):
 
     @property
     def label(self) -> str:
-        schemes = (url.partition("://")[0] if "://" in url else "?" for url in self.urls)
-        return f"apprise {', '.join(f'{scheme}://***' for scheme in schemes)}"
+        return f"apprise {', '.join(mask_scheme(url) for url in self.urls)}"
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        return self.urls
+        return tuple(form for url in self.urls for form in url_forms(url))
 
     def problems(self) -> list[tuple[str, str]]:
+        found = super().problems()
         if not self.urls:
-            return [("urls", "name at least one Apprise URL")]
-        if any("://" not in url for url in self.urls):
-            return [("urls", "expected Apprise URLs (service://...)")]  # they hold tokens
-        return []
+            found.append(("urls", "name at least one Apprise URL"))
+        if any("://" not in url or _CONTROL.search(url) for url in self.urls):
+            found.append(("urls", "expected Apprise URLs (service://...)"))  # they hold tokens
+        return found
 
 
 NotifierConfig = (
@@ -551,6 +582,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     verify: VerifyConfig = VerifyConfig()
     metrics: MetricsConfig = MetricsConfig()
     notify: tuple[NotifierConfig, ...] = ()
+    # Notifiers left out because a ${VAR} they need is unset, where a command may run
+    # without secrets (list, prune, verify): (label, why), for a warning when one would send.
+    muted_notifiers: tuple[tuple[str, str], ...] = ()
     warnings: tuple[str, ...] = ()  # risky but valid settings, for the CLI to print
     literal_secret_lines: tuple[int, ...] = ()  # where a password or secret key is written out
 
@@ -563,4 +597,4 @@ class RawConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     backups: list[Any]
     verify: VerifyConfig = VerifyConfig()
     metrics: MetricsConfig = MetricsConfig()
-    notify: list[Any] = []  # NotifierConfig entries, converted one by one (load.py)
+    notify: list[Any] | None = None  # NotifierConfig entries, converted one by one (load.py)

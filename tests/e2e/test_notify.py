@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import signal
 import socket
 import time
 from pathlib import Path
@@ -15,7 +16,15 @@ from typing import Any
 import pytest
 
 from db_backup.pgcluster import ThrowawayCluster
-from tests.conftest import cli_env, create_database, run_cli, server_defaults, write_config
+from tests.conftest import (
+    StartCli,
+    cli_env,
+    create_database,
+    run_cli,
+    server_defaults,
+    write_config,
+)
+from tests.fakes import gated_pg_dump
 from tests.receivers import (
     HANG,
     HttpReceiver,
@@ -24,6 +33,7 @@ from tests.receivers import (
     http_receiver,
     smtp_receiver,
 )
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +56,8 @@ def notifiers(
             "headers": {"Authorization": "Bearer ${HOOK_TOKEN}"},
             "on": "always",
         },
-        {"kind": "healthchecks", "url": f"{checks.url}/${{CHECK_UUID}}"},
+        # written as a user might: upper-case scheme, a query (slug URLs take ?create=1)
+        {"kind": "healthchecks", "url": f"HTTP://{checks.url[7:]}/${{CHECK_UUID}}?create=1"},
         {
             "kind": "email",
             "host": "127.0.0.1",
@@ -121,6 +132,7 @@ def test_a_failing_run_sends_one_message_to_every_notifier(
     assert checks.paths() == [f"/{CHECK_UUID}/start", f"/{CHECK_UUID}/fail"]
     start, end = checks.requests
     assert start.query["rid"] == end.query["rid"]
+    assert start.query["create"] == end.query["create"] == "1"
     assert end.body.decode().startswith(subject)
     assert "broken" in end.body.decode()
     assert reason in end.body.decode()
@@ -314,3 +326,69 @@ def test_a_run_stopped_by_a_held_lock_still_ends_its_start_ping(
     assert (body["command"], body["ok"], body["failed"], body["total"]) == ("backup", False, 2, 2)
     assert body["problems"][0]["name"] == "the run"
     assert "lock" in body["problems"][0]["reason"]
+
+
+def test_a_run_stopped_by_sigterm_says_so_in_one_short_attempt(
+    pg: ThrowawayCluster, tmp_path: Path, start_cli: StartCli
+) -> None:
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    wrapper = gated_pg_dump(tmp_path, pg.client_bin("pg_dump"), gate, started)
+    with http_receiver() as checks, http_receiver(lambda _path: (HANG, b"")) as silent:
+        notify = [
+            {"kind": "healthchecks", "url": f"{checks.url}/check"},
+            {"kind": "webhook", "url": f"{silent.url}/hook", "timeout": "30s"},
+        ]
+        config = configure(pg, tmp_path, notify)
+        document = json.loads(config.read_text())
+        document["defaults"]["pg_dump_path"] = str(wrapper)
+        write_config(config, document)
+        process = start_cli("backup", "-c", str(config), "-n", "good", env=cli_env(pg))
+        wait_for(started.exists, what="the dump to start", process=process)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert checks.paths() == ["/check/start", "/check/fail"]
+    assert (
+        checks.requests[1]
+        .body.decode()
+        .startswith(f"db-backup on {HOST}: stopped by SIGTERM; 0 of 1 backups FAILED, 1 cancelled")
+    )
+    # one attempt of at most 2 s, not three of 30 s: the forced exit would cut them short
+    assert len(silent.requests) == 1
+    assert f"webhook {silent.url}/***: no answer within 2s (timeout) (1 attempt)" in stderr
+
+
+def test_a_slow_check_holds_up_only_its_own_end_ping(pg: ThrowawayCluster, tmp_path: Path) -> None:
+    def slow_start(path: str) -> tuple[int, bytes]:
+        return (HANG, b"") if path.endswith("/start") else (200, b"OK")
+
+    with http_receiver(slow_start) as checks, http_receiver() as slack:
+        notify: list[dict[str, Any]] = [
+            {"kind": "healthchecks", "url": f"{checks.url}/check", "timeout": "2s", "retries": 1},
+            {"kind": "slack", "webhook_url": f"{slack.url}/services/x"},
+        ]
+        config = configure(pg, tmp_path, notify)
+        result = run_cli("backup", "-c", str(config), "-n", "broken", "--json", env=cli_env(pg))
+    assert result.returncode == 1
+    # /start: tried at once and again 2 s + 1 s later; the failed run's Slack message did
+    # not wait for them (the check's end ping did, and came after both)
+    assert checks.paths() == ["/check/start", "/check/start", "/check/fail"]
+    [message] = slack.requests
+    assert message.received < checks.requests[1].received < checks.requests[2].received
+    warnings = json.loads(result.stdout)["warnings"]
+    assert warnings == [
+        f"notify: healthchecks {checks.url}/*** (/start): no answer within 2s (timeout) "
+        "(2 attempts)"
+    ]
+
+
+def test_verify_finding_no_backup_at_all_tells_of_it(pg: ThrowawayCluster, tmp_path: Path) -> None:
+    with http_receiver() as hook:
+        config = configure(pg, tmp_path, [{"kind": "webhook", "url": f"{hook.url}/hook"}])
+        (tmp_path / "out").mkdir(mode=0o700)  # an empty (wiped?) folder
+        result = run_cli("verify", "-c", str(config), env=cli_env())
+    assert result.returncode == 1
+    [posted] = hook.requests
+    assert posted.json()["problems"] == [
+        {"name": "every target", "where": "listing them", "reason": "no backups found"}
+    ]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import cli_env, run_cli, write_config
-from tests.receivers import http_receiver, self_signed_certificate, smtp_receiver
+from tests.receivers import HANG, http_receiver, self_signed_certificate, smtp_receiver
 
 USER, PASSWORD = "backup@example.com", "tls-password-8d2c"
 
@@ -130,3 +130,65 @@ def test_apprise_urls_each_get_the_message_and_a_retry_goes_to_the_failed_one(
     assert posted["title"].endswith("a test message; notifications reach you")
     assert "config:" in posted["message"]
     assert "apprise-token-1" not in result.stdout + result.stderr
+
+
+def test_whatever_a_server_answers_is_an_outcome_not_a_crash(tmp_path: Path) -> None:
+    """A broken gzip answer is not decoded; a refusal echoing the URL's token shows it
+    masked; a timeout above httpx's own 5 s default is the one that counts."""
+    broken_gzip = {"Content-Encoding": "gzip"}
+    with (
+        http_receiver(lambda _path: (200, b"not gzip at all"), broken_gzip) as fine,
+        http_receiver(lambda _path: (502, b"\x1f\x8b broken"), broken_gzip) as failing,
+        http_receiver(lambda path: (400, f"Cannot POST {path}".encode())) as echoing,
+        http_receiver(lambda _path: (HANG, b"")) as silent,
+    ):
+        config = config_with(
+            tmp_path,
+            [
+                {"kind": "webhook", "url": f"{fine.url}/ok"},
+                {"kind": "webhook", "url": f"{failing.url}/bad", "retries": 0},
+                {"kind": "webhook", "url": f"{echoing.url}/hook/ECHOED-TOKEN-42"},
+                {"kind": "webhook", "url": f"{silent.url}/slow", "timeout": "5.5s", "retries": 0},
+            ],
+        )
+        result = run_cli("--log-level", "info", "notify-test", "-c", str(config), env=cli_env())
+    assert result.returncode == 1
+    assert "internal error" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"OK      webhook {fine.url}/***"
+    assert lines[1].startswith(f"FAILED  webhook {failing.url}/***: answered HTTP 502 Bad Gateway")
+    assert (
+        lines[2]
+        == f"FAILED  webhook {echoing.url}/***: answered HTTP 400 Bad Request: Cannot POST ***"
+    )
+    assert lines[3] == f"FAILED  webhook {silent.url}/***: no answer within 5.5s (timeout)"
+    assert "ECHOED-TOKEN-42" not in result.stdout + result.stderr  # httpx logs URLs at info
+
+
+def test_a_refused_recipient_and_an_untrusted_tls_server_are_not_tried_again(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    (tmp_path / "smtp.pw").write_text(PASSWORD)
+    with (
+        smtp_receiver(
+            USER, PASSWORD, certificate=certificate, refused=["nobody@example.com"]
+        ) as starttls,
+        smtp_receiver(USER, PASSWORD, certificate=certificate, implicit_tls=True) as implicit,
+    ):
+        trusted = str(certificate[0])
+        config = config_with(
+            tmp_path,
+            [
+                {**mail(starttls.port, ca_file=trusted), "to": ["nobody@example.com"]},
+                mail(implicit.port, security="tls"),  # the system's CAs do not know it
+                mail(implicit.port, security="tls", ca_file=trusted),
+            ],
+        )
+        result = run_cli("notify-test", "-c", str(config), env=cli_env())
+    refused, untrusted, delivered = result.stdout.splitlines()
+    assert "the server refused nobody@example.com: 550 5.1.1 no such mailbox" in refused
+    assert starttls.recipients == ["nobody@example.com"]  # asked once
+    assert "certificate verify failed" in untrusted
+    assert "attempts" not in refused + untrusted
+    assert delivered == f"OK      email via 127.0.0.1:{implicit.port} to ops@example.com"
+    assert len(implicit.messages) == 1

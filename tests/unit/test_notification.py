@@ -103,7 +103,7 @@ def test_no_token_in_a_label_or_a_repr() -> None:
         ("http://[::1]:9/a?b=c", "http://[::1]:9/***"),
         ("https://u:p@host/?t=1", "https://host/***"),
         ("", "***"),
-        ("http://host:port/x", "http://host/***"),
+        ("http://host:port/x", "http://***"),  # malformed: only the scheme
     ],
 )
 def test_mask_url_path(url: str, shown: str) -> None:
@@ -118,7 +118,7 @@ def test_each_fault_is_located_and_no_secret_echoed() -> None:
   - {webhook_url: "https://x/y"}
   - {kind: webhook, url: "https://x/y", on: sometimes}
   - {kind: healthchecks, url: "https://x/y", on: always}
-  - {kind: email, host: h, from: a, to: [], password: s3cr3t}
+  - {kind: email, host: h, from: a@b.c, to: [], password: s3cr3t}
   - {kind: slack, webhook_url: 42}
   - {kind: webhook, url: "https://x/y", timout: 3}
   - just a string
@@ -134,7 +134,7 @@ def test_each_fault_is_located_and_no_secret_echoed() -> None:
         "expected one of: always, failure, success",
         "backup.yml:7:46: notify[4].on: unknown key 'on'; valid keys: kind, retries, timeout, url",
         "backup.yml:8:5: notify[5].username: a password needs a username",
-        "backup.yml:8:41: notify[5].to: name at least one recipient",
+        "backup.yml:8:45: notify[5].to: name at least one recipient",
         "backup.yml:9:32: notify[6].webhook_url: expected str, got ***",
         "backup.yml:10:41: notify[7].timout: unknown key 'timout'; did you mean 'timeout'?",
         "backup.yml:11:5: notify[8]: expected a mapping with a `kind:`",
@@ -142,15 +142,19 @@ def test_each_fault_is_located_and_no_secret_echoed() -> None:
     assert not any("s3cr3t" in line for line in found)
 
 
-def test_an_unset_variable_is_an_error_only_where_a_message_is_sent() -> None:
-    notify = '  - {kind: slack, webhook_url: "${SLACK_URL}"}\n'
+def test_an_unset_variable_is_an_error_or_mutes_its_notifier() -> None:
+    """A run that sends needs it; a command that may run without secrets (list, prune,
+    verify) leaves that notifier out rather than send to a URL with a hole in it."""
+    notify = '  - {kind: healthchecks, url: "https://hc-ping.com/${PING_KEY}/backups"}\n'
     assert errors_of(notify) == [
-        "backup.yml:3:32: notify[0].webhook_url: environment variable SLACK_URL is not set "
-        "(use ${SLACK_URL:-default})"
+        "backup.yml:3:31: notify[0].url: environment variable PING_KEY is not set "
+        "(use ${PING_KEY:-default})"
     ]
     lenient = parse_config(BACKUPS + "notify:\n" + notify, environ={}, require_env=False)
-    assert isinstance(lenient.notify[0], SlackNotifier)
-    assert lenient.notify[0].webhook_url == ""  # a send says the URL is not valid
+    assert lenient.notify == ()
+    assert lenient.muted_notifiers == (
+        ("healthchecks https://hc-ping.com/***", "environment variable PING_KEY is not set"),
+    )
 
 
 # -- messages ------------------------------------------------------------------------------------
@@ -203,7 +207,7 @@ def test_a_failed_run_names_each_failed_job_with_its_reason() -> None:
     assert "• *crm* (database 'crm' on db1:5432): `connection check: database \"crm\" does" in slack
 
 
-def test_a_successful_run_is_short_and_only_left_out_jobs_mean_no_notice() -> None:
+def test_a_successful_run_is_short_and_left_out_jobs_are_not_counted() -> None:
     notice = run_notice(
         report(result("shop", JobStatus.SUCCEEDED)), host="h", config="c", document=b"{}"
     )
@@ -212,7 +216,8 @@ def test_a_successful_run_is_short_and_only_left_out_jobs_mean_no_notice() -> No
     assert notice.subject == "db-backup on h: 1 backups OK"
     assert "Failed" not in notice.text()
     quiet = report(result("quiet", JobStatus.FAILED, "x", notify=False))
-    assert run_notice(quiet, host="h", config="c", document=b"{}") is None
+    left_out = run_notice(quiet, host="h", config="c", document=b"{}")
+    assert (left_out.total, left_out.ok) == (0, True)
 
 
 def notice(problems: int, reason: str = "it broke") -> Notice:
