@@ -417,7 +417,7 @@ class _Notifier(
 
     def problems(self) -> list[tuple[str, str]]:
         """(key, message) for each fault msgspec cannot see."""
-        return [("timeout", "must be more than 0")] if self.timeout <= 0 else []
+        return []
 
 
 class _Messenger(_Notifier, frozen=True, kw_only=True):

@@ -142,6 +142,31 @@ def test_each_fault_is_located_and_no_secret_echoed() -> None:
     assert not any("s3cr3t" in line for line in found)
 
 
+def test_more_faults_each_located_without_the_value() -> None:
+    found = errors_of(
+        """\
+  - {kind: webhook, url: "https://x/y", on: []}
+  - {kind: webhook, url: "https://x/y", on: [failures]}
+  - {kind: webhook, url: "https://x/y", headers: {X-Count: 4, Authorization: "Bearer s3cr3t"}}
+  - {kind: webhook, url: "http://[::1/s3cr3t"}
+  - {kind: email, host: h, from: "ops@[10.0.0.1", to: [ops]}
+  - {kind: slack, webhook_url: "https://x/y", timeout: 0}
+"""
+    )
+    assert found == [
+        "backup.yml:3:45: notify[0].on: name at least one of: failure, success, always",
+        'backup.yml:4:46: notify[1].on[0]: invalid value "failures"; '
+        "expected one of: always, failure, success",
+        "backup.yml:5:60: notify[2].headers.X-Count: expected a string (quote it)",
+        "backup.yml:6:26: notify[3].url: not a valid URL (its host or port)",
+        "backup.yml:7:34: notify[4].from: not a mail address: 'ops@[10.0.0.1'",
+        "backup.yml:7:55: notify[4].to: not a mail address: 'ops'",
+        "backup.yml:8:56: notify[5].timeout: expected a positive duration, got 0",
+    ]
+    assert not any("s3cr3t" in line for line in found)
+    assert parse_config(BACKUPS + "notify:\n", environ={}).notify == ()  # all commented out
+
+
 def test_an_unset_variable_is_an_error_or_mutes_its_notifier() -> None:
     """A run that sends needs it; a command that may run without secrets (list, prune,
     verify) leaves that notifier out rather than send to a URL with a hole in it."""
