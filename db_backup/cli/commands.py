@@ -117,6 +117,9 @@ def validate(
         wildcards = sum(1 for b in loaded.backups if b.is_wildcard)
         summary = f"{config}: OK, {len(loaded.backups)} backups"
         summary += f' ({wildcards} with database "*")' if wildcards else ""
+        summary += (
+            f", {len(loaded.notify)} notifiers (try them: notify-test)" if loaded.notify else ""
+        )
         typer.echo(summary)
         if not connect:
             return
