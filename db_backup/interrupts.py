@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from db_backup.process import TERMINATE_GRACE_SECONDS
+from db_backup.threads import DaemonExecutor
 
 T = TypeVar("T")
 
@@ -63,6 +64,7 @@ def run_interruptible(
 
     async def guarded() -> None:
         loop = asyncio.get_running_loop()
+        loop.set_default_executor(DaemonExecutor())  # asyncio.run would wait for its threads
         task = asyncio.current_task()
         assert task is not None
 

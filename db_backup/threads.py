@@ -14,8 +14,10 @@ never queues the short ones behind it, as a fixed-size pool would.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
+import functools
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -73,3 +75,16 @@ def start_in_thread(
 async def in_thread(function: Callable[..., T], *args: object) -> T:
     """`await function(*args)` run on a daemon thread: asyncio.to_thread, abandonable."""
     return await start_in_thread(function, *args)
+
+
+class DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The event loop's default executor: what libraries run there (name lookups for httpx
+    and aiosmtplib) gets a daemon thread of its own, which nobody waits for at exit — a DNS
+    server that never answers must not keep a finished or stopped process alive. (A
+    ThreadPoolExecutor only because asyncio accepts nothing else; its pool stays unused.)"""
+
+    def submit(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> Future[T]:
+        return submit(functools.partial(fn, *args, **kwargs))
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass  # abandoned, as every call here

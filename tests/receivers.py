@@ -25,6 +25,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from db_backup.pgcluster import free_port
 
 HANG = -1  # a status that means: never answer (until the receiver closes)
+STALL = b"<stall>"  # a body that means: send the status and one byte of it, then nothing
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,13 @@ def http_receiver(
             self.send_response(status)
             for name, value in (headers or {}).items():
                 self.send_header(name, value)
+            if body == STALL:
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                receiver.released.wait(60)
+                return
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

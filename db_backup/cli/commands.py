@@ -246,6 +246,11 @@ def _run_backup(loaded: Any, selected: Sequence[Any], options: _RunOptions) -> t
 
     run = BackupRun(wait=options.wait)
     renderer = None if options.dry_run else _renderer(options)
+    notifications = None
+    if renderer is not None and loaded.notify and any(backup.notify for backup in selected):
+        from db_backup.notify import Notifications  # httpx and aiosmtplib: only when used
+
+        notifications = Notifications(loaded.notify)
 
     def on_signal(name: str) -> bool:
         if renderer is not None:
@@ -253,11 +258,14 @@ def _run_backup(loaded: Any, selected: Sequence[Any], options: _RunOptions) -> t
                 f"{name} received: cancelling running and queued jobs "
                 f"(send it again to stop immediately)"
             )
+        if notifications is not None:
+            notifications.hurry()  # the jobs may be over, and a notifier retrying
         return run.cancel(name)  # False while still planning: the whole run is cancelled
 
     from db_backup.interrupts import run_interruptible
 
-    outcome = run_interruptible(_backup_main(loaded, selected, options, run, renderer), on_signal)
+    main = _backup_main(loaded, selected, options, run, renderer, notifications)
+    outcome = run_interruptible(main, on_signal)
     if outcome.interrupted_by is not None:
         sys.stderr.write(
             f"db-backup: interrupted by {outcome.interrupted_by} before any dump started\n"
@@ -268,7 +276,12 @@ def _run_backup(loaded: Any, selected: Sequence[Any], options: _RunOptions) -> t
 
 
 async def _backup_main(
-    loaded: Any, selected: Sequence[Any], options: _RunOptions, run: Any, renderer: Any
+    loaded: Any,
+    selected: Sequence[Any],
+    options: _RunOptions,
+    run: Any,
+    renderer: Any,
+    notifications: Any,
 ) -> tuple[int, Any]:
     from db_backup.report import json_report
     from db_backup.run import prepare_plan
@@ -281,16 +294,12 @@ async def _backup_main(
         )
         _print_table(plan_table(plan, failures))
         return exits.EXIT_OK, None
-    notifications = None
-    if loaded.notify and any(backup.notify for backup in selected):
-        from db_backup.notify import Notifications  # httpx and aiosmtplib: only when used
-
-        notifications = Notifications(loaded.notify)
+    if notifications is not None:
         notifications.start()  # healthchecks' /start, in the background
     run.subscribe(renderer)
     try:
         report = await run.execute(loaded, selected, names=options.names, concurrency=options.jobs)
-    except BackupError as exc:  # e.g. another run holds a lock: no job ran
+    except (Exception, asyncio.CancelledError) as exc:  # no job ran: a lock held, a signal
         if notifications is not None:
             await _tell_of_a_stopped_run(notifications, loaded, selected, exc)
         raise
@@ -333,15 +342,22 @@ async def _backup_main(
 
 
 async def _tell_of_a_stopped_run(
-    notifications: Any, loaded: Any, selected: Sequence[Any], error: Exception
+    notifications: Any, loaded: Any, selected: Sequence[Any], error: BaseException
 ) -> None:
     import socket
 
     from db_backup.notification import stopped_run_notice
 
-    host = socket.gethostname()
-    notice = stopped_run_notice(str(error), selected, host=host, config=loaded.source)
-    for delivery in await notifications.finish(notice):
+    stopped = isinstance(error, asyncio.CancelledError)  # by a signal, while planning
+    why = "stopped by a signal before any dump started" if stopped else str(error)
+    if not isinstance(error, BackupError | asyncio.CancelledError):
+        why = f"internal error: {type(error).__name__}: {error}"
+    from db_backup.redact import redact_known
+
+    notice = stopped_run_notice(
+        redact_known(why), selected, host=socket.gethostname(), config=loaded.source
+    )
+    for delivery in await notifications.finish(notice, hurry=stopped):
         if not delivery.ok:
             typer.echo(f"db-backup: warning: {delivery.warning}", err=True)
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
-from db_backup.config.schema import BackupConfig, Config, LocalStorage
+from db_backup.config.schema import BackupConfig, Config, EmailNotifier, LocalStorage
 from db_backup.naming import file_prefix, longest_file_names, unusable_name
 from db_backup.place import place_of, shared_folder_risk
 
@@ -116,3 +116,15 @@ def same_places(backup: BackupConfig) -> Iterator[tuple[int, int, str]]:
         first = places.index(place)
         if first < index:
             yield index, first, place
+
+
+def clear_text_password_warnings(config: Config) -> list[str]:
+    """An email notifier that logs in without TLS sends its password in clear."""
+    return [
+        f"notify: {notifier.label}: security: none sends the SMTP password unencrypted; "
+        "use starttls or tls"
+        for notifier in config.notify
+        if isinstance(notifier, EmailNotifier)
+        and notifier.security == "none"
+        and (notifier.password or notifier.password_file)
+    ]

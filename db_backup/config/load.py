@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from db_backup.config.checks import (
+    clear_text_password_warnings,
     exposed_secret_warnings,
     file_name_problems,
     same_places,
@@ -99,6 +100,7 @@ def load_config(
         *exposed_secret_warnings(source, config),
         *secret_file_warnings(config),
         *shared_folder_warnings(config),
+        *clear_text_password_warnings(config),
     ]
     return msgspec.structs.replace(config, warnings=tuple(warnings))
 

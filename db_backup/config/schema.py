@@ -522,7 +522,8 @@ class WebhookNotifier(_Messenger, frozen=True, kw_only=True, tag="webhook"):
     def problems(self) -> list[tuple[str, str]]:
         found = super().problems() + _http_url_problem("url", self.url)
         for name, value in self.headers.items():
-            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name) or _CONTROL.search(value):
+            bad_value = _CONTROL.search(value) or not value.isascii()
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name) or bad_value:
                 found.append(("headers", f"header {name!r}: a name or value HTTP cannot carry"))
         return found
 

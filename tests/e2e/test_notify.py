@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from db_backup.pgcluster import ThrowawayCluster
+from tests.blackhole import BlackHole
 from tests.conftest import (
     StartCli,
     cli_env,
@@ -395,3 +396,38 @@ def test_verify_finding_no_backup_at_all_tells_of_it(pg: ThrowawayCluster, tmp_p
     assert posted.json()["problems"] == [
         {"name": "every target", "where": "listing them", "reason": "no backups found"}
     ]
+
+
+def test_a_signal_while_notifiers_retry_ends_them_promptly(
+    pg: ThrowawayCluster, tmp_path: Path, start_cli: StartCli
+) -> None:
+    with http_receiver(lambda _path: (503, b"busy")) as busy:
+        notify = [{"kind": "webhook", "url": f"{busy.url}/hook", "retries": 5, "on": "always"}]
+        config = configure(pg, tmp_path, notify)
+        process = start_cli("backup", "-c", str(config), "-n", "broken", env=cli_env(pg))
+        wait_for(lambda: bool(busy.requests), what="the first notification", process=process)
+        process.send_signal(signal.SIGTERM)  # the job is over; the notifier would retry 5 times
+        stdout, stderr = process.communicate(timeout=60)
+    assert "stopped immediately" not in stderr  # not the forced exit: the retries ended
+    assert process.returncode == 1  # what the backups decided
+    assert f"webhook {busy.url}/***: answered HTTP 503 Service Unavailable: busy" in stderr
+    assert len(busy.requests) < 6
+    assert "broken" in stdout  # the summary still printed
+
+
+def test_a_signal_before_any_dump_still_ends_the_start_ping(
+    pg: ThrowawayCluster, tmp_path: Path, start_cli: StartCli
+) -> None:
+    with BlackHole() as hole, http_receiver() as checks:
+        config = configure(pg, tmp_path, [{"kind": "healthchecks", "url": f"{checks.url}/c"}])
+        document = json.loads(config.read_text())
+        # discovery connects to a server that never answers: the run is stuck planning
+        document["backups"] = [{"name": "all", "database": "*", "port": hole.port}]
+        write_config(config, document)
+        process = start_cli("backup", "-c", str(config), env=cli_env(pg))
+        wait_for(lambda: hole.connections > 0, what="discovery to connect", process=process)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert checks.paths() == ["/c/start", "/c/fail"]
+    assert "stopped by a signal before any dump started" in checks.requests[1].body.decode()

@@ -4,13 +4,14 @@ refused login or an untrusted certificate is not tried again."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import cli_env, run_cli, write_config
-from tests.receivers import HANG, http_receiver, self_signed_certificate, smtp_receiver
+from tests.receivers import HANG, STALL, http_receiver, self_signed_certificate, smtp_receiver
 
 USER, PASSWORD = "backup@example.com", "tls-password-8d2c"
 
@@ -192,3 +193,61 @@ def test_a_refused_recipient_and_an_untrusted_tls_server_are_not_tried_again(
     assert "attempts" not in refused + untrusted
     assert delivered == f"OK      email via 127.0.0.1:{implicit.port} to ops@example.com"
     assert len(implicit.messages) == 1
+
+
+def test_tokens_stay_masked_however_a_url_is_re_encoded_and_odd_answers_are_told_plainly(
+    tmp_path: Path,
+) -> None:
+    with (
+        http_receiver() as checks,
+        http_receiver(lambda _path: (400, STALL)) as stalling,
+        http_receiver(lambda _path: (403, b"\x1b[31mforbidden\x1b[0m\x07")) as escaping,
+        http_receiver() as hook,
+    ):
+        config = config_with(
+            tmp_path,
+            [
+                # a query and a path that an HTTP client re-encodes when it sends them
+                {
+                    "kind": "healthchecks",
+                    "url": f"{checks.url}/t\u00f6ken{{SECRET1}}?key=ab+cd/ef==",
+                },
+                {"kind": "webhook", "url": f"{stalling.url}/hook", "timeout": "3s"},
+                {"kind": "webhook", "url": f"{escaping.url}/hook"},
+                {
+                    "kind": "webhook",
+                    "url": f"{hook.url}/hook",
+                    "headers": {"content-type": "application/cloudevents+json"},
+                },
+            ],
+        )
+        result = run_cli("--log-level", "debug", "notify-test", "-c", str(config), env=cli_env())
+    everything = result.stdout + result.stderr
+    for secret in ("SECRET1", "ab+cd", "ab%2Bcd", "t%C3%B6ken"):
+        assert secret not in everything
+    assert checks.requests[0].query["key"] == "ab cd/ef=="  # sent as written
+    lines = result.stdout.splitlines()
+    # a 4xx whose body stalls: its status says enough; not a timeout, not tried again
+    assert lines[1] == f"FAILED  webhook {stalling.url}/***: answered HTTP 400 Bad Request: x"
+    assert (
+        lines[2]
+        == f"FAILED  webhook {escaping.url}/***: answered HTTP 403 Forbidden: [31mforbidden [0m"
+    )
+    [posted] = hook.requests
+    assert posted.headers["content-type"] == "application/cloudevents+json"  # theirs, once
+
+
+def test_an_apprise_service_that_never_answers_is_given_up_on_time(tmp_path: Path) -> None:
+    with http_receiver(lambda _path: (HANG, b"")) as silent:
+        url = f"json://{silent.url.removeprefix('http://')}/hook"
+        config = config_with(
+            tmp_path, [{"kind": "apprise", "urls": [url], "timeout": "2s", "retries": 0}]
+        )
+        started = time.monotonic()
+        result = run_cli("notify-test", "-c", str(config), env=cli_env())
+        elapsed = time.monotonic() - started
+    assert result.stdout.splitlines() == [
+        "FAILED  apprise json://***: no answer within 2s (timeout)"
+    ]
+    assert len(silent.requests) == 1
+    assert elapsed < 20, elapsed  # its child is killed: Apprise's threads do not hold the exit
