@@ -160,7 +160,9 @@ async def _dump(
                 check = await stack.enter_async_context(
                     integrity.read_through(dump.reader_argv, dump.completion, dump.counter)
                 )
-            child = await stack.enter_async_context(spawn(dump.argv, dump.env))
+            child = await stack.enter_async_context(
+                spawn(dump.argv, dump.env, inherited_file=dump.inherited_file)
+            )
             await pump(
                 child,
                 pipeline,

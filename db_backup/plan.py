@@ -32,7 +32,9 @@ def default_concurrency() -> int:
 
 
 def server_of(backup: BackupConfig) -> Server:
-    return Server(backup.host, backup.port)
+    """The server a backup's jobs run against, for per-server limits and globals: a MySQL
+    backup through a Unix socket is known by the socket's path."""
+    return Server(getattr(backup, "socket", None) or backup.host, backup.port)
 
 
 def select_backups(config: Config, names: Sequence[str]) -> tuple[BackupConfig, ...]:

@@ -38,6 +38,8 @@ STDERR_TAIL_LINE_BYTES = 1000
 PIPE_BYTES = 1024 * 1024
 
 _live: set[Child] = set()
+# Where argv names an `inherited_file` (see spawn): replaced by /dev/fd/N of an inherited pipe.
+INHERITED_FILE = "<inherited-file>"
 _SETPRIV = shutil.which("setpriv")
 
 
@@ -143,6 +145,19 @@ class Child:
             log.debug("%s: %s", self.command.split(" ", 1)[0], text)
 
 
+def _filled_pipe(content: bytes) -> int:
+    """The read end of a pipe that holds `content` and then EOF (the write end is closed).
+    A pipe holds 64 KiB before a writer blocks: plenty for an option file."""
+    if len(content) > 60_000:
+        raise ValueError("a secret file must fit in a pipe (60 kB)")
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        os.write(write_end, content)
+    finally:
+        os.close(write_end)
+    return read_end
+
+
 def _stdout_pipe() -> tuple[int, int]:
     """A pipe for a child's stdout, enlarged where the kernel allows."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
@@ -159,16 +174,22 @@ async def spawn(
     capture_stdout: bool = True,
     feed_stdin: bool = False,
     on_stderr: Callable[[str], None] | None = None,
+    inherited_file: bytes | None = None,
 ) -> AsyncIterator[Child]:
     """Start `argv`, its stdout piped to `child.stdout_fd` (or discarded) and, with
     `feed_stdin`, its stdin from `child.stdin_fd`; on leaving the block the child is gone
-    and the pipes closed.
+    and the pipes closed. `inherited_file`: a small file (a client option file with a password)
+    the child reads from an inherited pipe, named where argv says INHERITED_FILE — neither in
+    argv nor on any disk, and gone with the child, however the run ends.
 
     If the block raises (or is cancelled) while the child still runs, the child is terminated
     and reaped before the exception continues.
     """
     command = mask_command(argv)
     log.debug("spawning %s", command)
+    inherited_read = _filled_pipe(inherited_file) if inherited_file is not None else None
+    if inherited_read is not None:
+        argv = [arg.replace(INHERITED_FILE, f"/dev/fd/{inherited_read}") for arg in argv]
     read_end, write_end = _stdout_pipe() if capture_stdout else (None, None)
     stdin_read, stdin_write = os.pipe2(os.O_CLOEXEC) if feed_stdin else (None, None)
     try:
@@ -179,6 +200,7 @@ async def spawn(
             stderr=asyncio.subprocess.PIPE,
             env=dict(env),
             start_new_session=True,
+            pass_fds=() if inherited_read is None else (inherited_read,),
         )
     except BaseException as exc:  # also cancellation: never leak the read end
         for fd in (read_end, stdin_write):
@@ -188,8 +210,8 @@ async def spawn(
             raise ToolNotFoundError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
         raise
     finally:
-        for fd in (write_end, stdin_read):  # the child has its copies; ours would keep
-            if fd is not None:  # EOF (or EPIPE) from coming
+        for fd in (write_end, stdin_read, inherited_read):  # the child has its copies; ours
+            if fd is not None:  # would keep EOF (or EPIPE) from coming
                 os.close(fd)
     child = Child(process, command, read_end, stdin_write, on_stderr=on_stderr)
     child._drain = asyncio.create_task(child._read_stderr())

@@ -331,6 +331,7 @@ async def _run(
         capture_stdout=False,
         feed_stdin=feed is not None,
         on_stderr=judge,
+        inherited_file=program.inherited_file,
     ) as child:
         reader = ReadThrough(child, failure)
         if feed is not None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from db_backup.mariadbcluster import ThrowawayMariaDB
 from db_backup.pgcluster import ThrowawayCluster
 from tests.seaweed import SeaweedServer
 
@@ -51,6 +52,30 @@ def pg() -> Iterator[ThrowawayCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[ThrowawayMariaDB]:
+    """The session's MariaDB server (superuser `root`, a password over TCP)."""
+    server = ThrowawayMariaDB(parent=memory_folder()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def mariadb_defaults(server: ThrowawayMariaDB, storage: Path, **extra: Any) -> dict[str, Any]:
+    """Settings of a `type: mariadb` backup on the session's server; the password comes
+    from the environment (cli_env(..., mariadb=server))."""
+    return {
+        "type": "mariadb",
+        "host": server.host,
+        "port": server.port,
+        "username": server.superuser,
+        "password": "${TEST_MARIADB_PASSWORD}",
+        "storage": {"path": str(storage), "prefix": "t"},
+        **extra,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -176,13 +201,19 @@ def server_defaults(cluster: ThrowawayCluster, storage: Path, **extra: Any) -> d
 
 
 def cli_env(
-    cluster: ThrowawayCluster | None = None, *, s3: SeaweedServer | None = None, **extra: str
+    cluster: ThrowawayCluster | None = None,
+    *,
+    s3: SeaweedServer | None = None,
+    mariadb: ThrowawayMariaDB | None = None,
+    **extra: str,
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_BACKUP_", "PG", "AWS_"))}
     env["NO_COLOR"] = "1"
     env["DB_BACKUP_STATE_DIR"] = str(STATE_DIR)
     if cluster is not None:
         env["TEST_PG_PASSWORD"] = cluster.password
+    if mariadb is not None:
+        env["TEST_MARIADB_PASSWORD"] = mariadb.password
     if s3 is not None:
         env.update(s3.environment())
     env.update(extra)

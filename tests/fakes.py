@@ -119,7 +119,7 @@ def gated_pg_dump(directory: Path, real_pg_dump: Path, gate: Path, started: Path
     path.write_text(
         f"""#!{sys.executable}
 import os, sys, time
-if sys.argv[1:] != ["--version"]:
+if "--version" not in sys.argv[1:]:
     temporary = f"{started!s}.{{os.getpid()}}.tmp"  # our own: several may start at once
     with open(temporary, "w") as handle:
         handle.write(str(os.getpid()))
@@ -139,13 +139,16 @@ os.execv({str(real_pg_dump)!r}, [{str(real_pg_dump)!r}, *sys.argv[1:]])
 
 
 def truncating_pg_dump(directory: Path, real_pg_dump: Path) -> Path:
-    """Runs the real pg_dump, passes on only the first half of its output, and exits 0."""
-    path = directory / "truncating-pg_dump"
+    """Runs the real pg_dump (or mariadb-dump), passes on only the first half of its
+    output, and exits 0."""
+    path = directory / f"truncating-{real_pg_dump.name}"
     path.write_text(
         f"""#!{sys.executable}
 import subprocess, sys
-result = subprocess.run([{str(real_pg_dump)!r}, *sys.argv[1:]], stdout=subprocess.PIPE)
-if sys.argv[1:] == ["--version"]:
+# close_fds=False: the real program reads its option file from an inherited pipe
+argv = [{str(real_pg_dump)!r}, *sys.argv[1:]]
+result = subprocess.run(argv, stdout=subprocess.PIPE, close_fds=False)
+if "--version" in sys.argv[1:]:
     sys.stdout.buffer.write(result.stdout)
 else:
     sys.stdout.buffer.write(result.stdout[: len(result.stdout) // 2])

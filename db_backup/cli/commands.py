@@ -27,7 +27,8 @@ T = TypeVar("T")
 
 app = typer.Typer(
     name="db-backup",
-    help="Back up many PostgreSQL databases in parallel: streamed, compressed, atomic.",
+    help="Back up many PostgreSQL and MariaDB/MySQL databases in parallel: streamed, "
+    "compressed, atomic.",
     epilog=exits.EXIT_CODES_HELP,
     add_completion=False,
     no_args_is_help=True,
@@ -61,7 +62,8 @@ def _root(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
-    """Back up many PostgreSQL databases in parallel: streamed, compressed, atomic."""
+    """Back up many PostgreSQL and MariaDB/MySQL databases in parallel: streamed,
+    compressed, atomic."""
     try:
         setup.configure_logging(log_level)
     except ValueError as exc:

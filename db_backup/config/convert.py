@@ -123,7 +123,8 @@ def humanize(
     text = message.replace("`", "")
     text = text[:1].lower() + text[1:]
     if text.startswith("invalid enum value") or text.startswith("invalid value"):
-        choices = _choices(target, path) or (kinds_of(target) if path[-1:] == ("kind",) else ())
+        tagged = path[-1:] in (("kind",), ("type",))
+        choices = _choices(target, path) or (kinds_of(target) if tagged else ())
         text = f"invalid value {shown}"
         if choices:
             text += f"; expected one of: {', '.join(str(c) for c in choices)}"

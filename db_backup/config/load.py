@@ -59,7 +59,7 @@ from db_backup.errors import ConfigError, ConfigIssue
 
 # Keys whose relative paths are taken relative to the config file, not the working directory
 # (cron runs in /, and a config should mean the same thing wherever it is run from).
-_PATH_KEYS = ("password_file", "pg_dump_path")
+_PATH_KEYS = ("password_file", "pg_dump_path", "dump_path", "socket")
 
 
 def load_config(
@@ -280,12 +280,16 @@ class _Loader:
             merged["storage"] = default_storage_kind(merged["storage"])
         origin = Origin(entry, raw.defaults, entry_path, ("defaults",))
         before = len(self.issues)
-        self._check_keys(merged, BackupConfig, (), origin)
+        engine = nested_struct(msgspec.inspect.type_info(BackupConfig), merged)
+        if engine is not None:  # else an unknown `type`: conversion names the known ones
+            self._check_keys(merged, engine, (), origin)
         if len(self.issues) > before:
             return None
         if merged.get("password") == "":
             merged.pop("password")  # `${PW:-}` unset → libpq's own .pgpass / PGPASSWORD apply
-        backup = self._convert(merged, BackupConfig, origin.locate, name=entry.get("name"))
+        backup = self._convert(
+            merged, engine or BackupConfig, origin.locate, name=entry.get("name")
+        )
         if backup is None:
             return None
         return self._check_backup(backup, origin)
@@ -320,7 +324,7 @@ class _Loader:
                 f"{compression.algorithm} levels are {allowed.start} to {allowed.stop - 1}, "
                 f"got {compression.level}",
             )
-        if backup.format == "custom" and compression.algorithm == "zstd":
+        if backup.format == "custom" and compression.algorithm == "zstd":  # PostgreSQL's
             problem(
                 ("compression", "algorithm"),
                 "format: custom is compressed by pg_dump itself, with gzip (or none)",
@@ -333,7 +337,7 @@ class _Loader:
             **{
                 key: self._absolute(value)
                 for key in _PATH_KEYS
-                if (value := getattr(backup, key)) is not None
+                if (value := getattr(backup, key, None)) is not None
             },
         )
         for index, first, place in same_places(resolved):

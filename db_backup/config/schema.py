@@ -270,33 +270,26 @@ class S3Storage(_Target, frozen=True, tag="s3"):
 StorageConfig = LocalStorage | S3Storage
 
 
-class PostgresBackup(
-    msgspec.Struct,
-    frozen=True,
-    kw_only=True,
-    forbid_unknown_fields=True,
-    tag="postgres",
-    tag_field="type",
+class _Backup(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type"
 ):
-    """One `backups:` entry after `defaults:` were merged under it."""
+    """One `backups:` entry after `defaults:` were merged under it: what every engine's
+    entry has. Each engine is a subclass tagged by its `type`."""
 
-    engine: ClassVar[str] = "postgres"  # its `type`: which Source dumps it (sources/)
+    engine: ClassVar[str]  # which Source dumps it (sources/); the manifest's `engine`
 
     name: str
     database: str
-    host: str | None = None  # None: libpq's default (PGHOST or the local socket)
-    port: Port = 5432
+    host: str | None = None
     username: str | None = None
     password: str | None = None
     password_file: str | None = None
     exclude: tuple[str, ...] = ()
-    format: Literal["plain", "custom"] = "plain"
     # One target or a list; the loader always leaves a tuple here (see `targets`).
     storage: StorageConfig | tuple[StorageConfig, ...]
     compression: CompressionConfig = CompressionConfig()
     max_per_host: Positive | None = None
     globals: bool = False
-    pg_dump_path: str | None = None
     connect_timeout: Duration = Duration(10.0)
     timeout: Duration | None = None  # per attempt
     retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = (
@@ -323,8 +316,35 @@ class PostgresBackup(
         return self.database == ALL_DATABASES
 
 
-# The union every loader converts to; add MysqlBackup here when it arrives.
-BackupConfig = PostgresBackup
+class PostgresBackup(_Backup, frozen=True, kw_only=True, tag="postgres"):
+    """`type: postgres` (the default)."""
+
+    engine: ClassVar[str] = "postgres"
+
+    # host None: libpq's default (PGHOST or the local socket)
+    port: Port = 5432
+    format: Literal["plain", "custom"] = "plain"
+    pg_dump_path: str | None = None
+
+
+class MysqlBackup(_Backup, frozen=True, kw_only=True, tag="mysql"):
+    """`type: mysql` — and `type: mariadb`, the same engine under the server's own name."""
+
+    engine: ClassVar[str] = "mysql"
+
+    # host None (and no socket): the client's default, the local server's socket
+    port: Port = 3306
+    socket: str | None = None  # a Unix socket instead of TCP
+    format: Literal["plain"] = "plain"
+    dump_path: str | None = None  # default: mariadb-dump, else mysqldump, on PATH
+
+
+class MariadbBackup(MysqlBackup, frozen=True, kw_only=True, tag="mariadb"):
+    """`type: mariadb`: a MysqlBackup; the name documents the server."""
+
+
+# The union every loader converts to, tagged by `type`.
+BackupConfig = PostgresBackup | MysqlBackup | MariadbBackup
 
 
 class SandboxConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

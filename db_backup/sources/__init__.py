@@ -15,7 +15,10 @@ from db_backup.sources.base import Source
 
 # engine (the config's `type`, a manifest's `engine`) → "module:class", imported when used
 # (psycopg and the like load only for the engines a run needs).
-ENGINES = {"postgres": "db_backup.sources.pg_source:PostgresSource"}
+ENGINES = {
+    "postgres": "db_backup.sources.pg_source:PostgresSource",
+    "mysql": "db_backup.sources.my_source:MysqlSource",  # type: mysql and type: mariadb
+}
 
 
 def source_named(engine: str) -> Source:

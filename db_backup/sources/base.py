@@ -76,6 +76,9 @@ class Dump:
     # reader, what the reader writes on its stdout (the dump as plain SQL).
     counter: ContentCounter | None = None
     secret: str | None = None  # masked in what the dump program says
+    # A client option file the program reads from an inherited pipe, where argv says
+    # process.INHERITED_FILE (MySQL's password: never in argv, env or on disk).
+    inherited_file: bytes | None = None
 
 
 class DatabaseState(StrEnum):
@@ -97,6 +100,7 @@ class RestoreProgram:
     argv: list[str]
     env: dict[str, str]
     secret: str | None = None  # masked in what the program says
+    inherited_file: bytes | None = None  # as Dump's
     error_marker: str | None = None
     tolerated: tuple[str, ...] = ()  # e.g. "already exists" (a role the server has)
 

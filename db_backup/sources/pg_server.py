@@ -218,8 +218,9 @@ def installed_clients() -> tuple[ClientBinary, ...]:
 
 async def client_for(backup: BackupConfig, server_version_num: int) -> ClientBinary:
     """The pg_dump to use against this server: `pg_dump_path`, else the best installed one."""
-    if backup.pg_dump_path:
-        path = Path(backup.pg_dump_path)
+    configured = getattr(backup, "pg_dump_path", None)  # a PostgresBackup's own key
+    if configured:
+        path = Path(configured)
         if not os.access(path, os.X_OK):
             raise ToolNotFoundError(f"pg_dump_path {path} is not an executable file")
         version = await in_thread(client_version, path)

@@ -10,7 +10,7 @@ import pytest
 from db_backup.config.load import load_config, parse_config
 from db_backup.config.merge import deep_merge
 from db_backup.config.sample import SAMPLE_CONFIG
-from db_backup.config.schema import LocalStorage, S3Storage
+from db_backup.config.schema import LocalStorage, PostgresBackup, S3Storage
 from db_backup.config.variables import expand_env
 from db_backup.errors import ConfigError
 
@@ -257,6 +257,7 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     backup = load_config(config_file).backups[0]
     assert isinstance(backup.targets[0], LocalStorage)
     assert backup.targets[0].path == str(tmp_path / "conf" / "out")
+    assert isinstance(backup, PostgresBackup)
     assert backup.pg_dump_path == str(tmp_path / "conf" / "bin" / "pg_dump")
 
 

@@ -46,6 +46,7 @@ FLOORS: list[set[str]] = [
         "sources.base",  # the engine interface
         "sources.postgres",
         "sources.pg_contents",
+        "sources.mysql",
     },
     # the config loader; I/O with one thing: a store, a server, a throwaway cluster
     {
@@ -59,7 +60,10 @@ FLOORS: list[set[str]] = [
         "sources.pg_server",
         "sources.pg_admin",
         "sources.pg_source",
+        "sources.my_server",
+        "sources.my_source",
         "pgcluster",
+        "mariadbcluster",
     },
     # what reads or guards many targets, and the planner
     {"catalog", "plan", "lock", "integrity", "preflight"},

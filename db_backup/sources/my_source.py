@@ -1,0 +1,189 @@
+"""`MysqlSource`: MySQL and MariaDB behind the one engine interface (sources/base.py), made of
+mysql.py (pure: option file, argv, markers) and my_server.py (PyMySQL checks, discovery,
+programs on disk).
+
+Backups: connection checks, discovery, dumps of one database (and `globals: true`, users and
+grants, through mariadb-dump --system=users), completeness by the end marker, transient
+errors. Restore and restore tests come next (see README, "MySQL and MariaDB"): until then
+those calls say so.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+from db_backup.config.schema import BackupConfig, MysqlBackup
+from db_backup.errors import BackupError, DumpError, RestoreError, ToolNotFoundError
+from db_backup.manifest import Contents, Manifest
+from db_backup.model import JobKind, JobSpec
+from db_backup.process import INHERITED_FILE
+from db_backup.retry import is_transient
+from db_backup.sources.base import (
+    Completion,
+    DatabaseState,
+    Dump,
+    RestoreProgram,
+    Sandbox,
+    ServerInfo,
+)
+from db_backup.sources.my_server import (
+    check_connection,
+    find_dump_program,
+    list_databases,
+    program_version,
+    query,
+    resolve_password,
+)
+from db_backup.sources.mysql import END_MARKER, dump_argv, globals_argv, option_file
+from db_backup.threads import in_thread
+
+# What a dump program's last words mean for another attempt (lower case).
+TRANSIENT_DUMP_MARKERS = (
+    "lost connection to",
+    "server has gone away",
+    "can't connect to",
+    "too many connections",
+    "deadlock found",
+    "lock wait timeout",
+    "server shutdown in progress",
+)
+PERMANENT_DUMP_MARKERS = ("access denied", "unknown database", "doesn't exist")
+# The client environment variable that would carry a password to every child that inherits
+# it (and to `ps e`): never passed on.
+_PASSWORD_VARIABLES = ("MYSQL_PWD",)
+
+
+# mariadb-dump (10.11) cannot select a database whose name holds a quote when it dumps its
+# events ("Unknown database" at `--events`); without events it can.
+QUOTES = frozenset("'\"")
+
+
+async def _without_events(
+    backup: MysqlBackup, database: str, password: str | None, argv: list[str]
+) -> None:
+    """Leave `--events` out of `argv` for a database whose name holds a quote, if it has no
+    events (nothing is lost); if it has some, say why it cannot be dumped whole."""
+    rows = await in_thread(
+        query,
+        backup,
+        None,
+        password,
+        "SELECT COUNT(*) FROM information_schema.events WHERE event_schema = %s",
+        database,
+    )
+    if rows[0][0]:
+        raise DumpError(
+            f"database {database!r} has {rows[0][0]} event(s), which mariadb-dump cannot dump "
+            "from a database whose name holds a quote (a known limit of the tool); rename "
+            "the database, or move its events elsewhere",
+            stderr_tail="",
+        )
+    argv.remove("--events")
+
+
+def _mysql(backup: BackupConfig) -> MysqlBackup:
+    assert isinstance(backup, MysqlBackup), f"not a MySQL backup: {backup.name}"
+    return backup
+
+
+class MysqlSource:
+    """MySQL / MariaDB behind the Source interface: PyMySQL for the checks, mariadb-dump
+    (or mysqldump) for the dumps, the password on an inherited pipe as a client option
+    file (never in argv, the environment or on disk)."""
+
+    name = "mysql"
+
+    async def probe(self, backup: BackupConfig, database: str) -> ServerInfo:
+        mysql = _mysql(backup)
+        return await check_connection(mysql, database or None, resolve_password(mysql))
+
+    async def list_databases(self, backup: BackupConfig) -> list[str]:
+        mysql = _mysql(backup)
+        return await list_databases(mysql, resolve_password(mysql))
+
+    async def dump(self, job: JobSpec, server: ServerInfo) -> Dump:
+        backup = _mysql(job.backup)
+        password = resolve_password(backup)
+        program = find_dump_program(backup)
+        version = await in_thread(program_version, program)
+        option = INHERITED_FILE if password is not None else None
+        globals_only = job.kind is JobKind.GLOBALS
+        if globals_only and "mariadb" not in f"{program.name} {version}".lower():
+            raise ToolNotFoundError(
+                f"globals: true needs MariaDB's mariadb-dump (--system=users); {program} "
+                "is MySQL's mysqldump"
+            )
+        argv = (
+            globals_argv(str(program), backup, option)
+            if globals_only
+            else dump_argv(str(program), backup, job.database, option)
+        )
+        if not globals_only and set(job.database) & QUOTES:
+            await _without_events(backup, job.database, password, argv)
+        env = {k: v for k, v in os.environ.items() if k not in _PASSWORD_VARIABLES}
+        return Dump(
+            program=program.name,
+            client=f"{program.name} {version}",
+            argv=argv,
+            env=env,
+            format="plain",
+            completion=self.completion("plain", job.kind),
+            compression=None,
+            expected_bytes=None if globals_only else server.database_size,
+            secret=password,
+            inherited_file=option_file(password).encode() if password is not None else None,
+        )
+
+    def maintenance_database(self, backup: BackupConfig) -> str:
+        return "" if backup.is_wildcard else backup.database  # "": the server alone
+
+    def completion(self, format: str, kind: JobKind) -> Completion:
+        return Completion(
+            "end marker",
+            passed="dump complete (ends with the dump program's completion comment)",
+            failed="the SQL dump does not end with the dump program's '-- Dump completed'",
+            end_marker=END_MARKER,
+        )
+
+    async def reader_argv(self) -> list[str]:
+        raise BackupError("MySQL dumps are told complete by their end marker, not read through")
+
+    def is_transient(self, error: BackupError) -> bool:
+        return is_transient(
+            error, transient=TRANSIENT_DUMP_MARKERS, permanent=PERMANENT_DUMP_MARKERS
+        )
+
+    # -- restore: the next step for this engine ---------------------------------------------
+
+    def _not_yet(self) -> RestoreError:
+        return RestoreError("restoring MySQL/MariaDB backups is not available yet")
+
+    async def database_state(self, server: BackupConfig, database: str) -> DatabaseState:
+        raise self._not_yet()
+
+    async def create_database(self, server: BackupConfig, database: str) -> None:
+        raise self._not_yet()
+
+    async def drop_database(self, server: BackupConfig, database: str) -> None:
+        raise self._not_yet()
+
+    async def rename_database(self, server: BackupConfig, old: str, new: str) -> None:
+        raise self._not_yet()
+
+    async def restore_program(
+        self, server: BackupConfig, database: str, record: Manifest, *, jobs: int, file: Path | None
+    ) -> RestoreProgram:
+        raise self._not_yet()
+
+    def restore_needs_file(self, record: Manifest, jobs: int) -> bool:
+        return False
+
+    async def count_contents(
+        self, server: BackupConfig, database: str, expected: Contents
+    ) -> Contents:
+        raise self._not_yet()
+
+    def sandbox(self, template: BackupConfig) -> AbstractAsyncContextManager[Sandbox]:
+        raise self._not_yet()
