@@ -8,8 +8,10 @@ checked on the fly → the inverse of every stage (unpack.py) → the engine's r
 Nothing half-done is left under the destination's name. A missing database, or one that
 `--clean` replaces, is restored under a staging name and renamed into place only when the
 restore succeeded (the old one is dropped just before); an existing empty database is
-restored into directly, in one transaction. When the stored bytes do not check out the
-program is stopped before it sees the end of its input, so it commits nothing.
+restored into directly, in one transaction. An engine that renames no database (MySQL)
+restores a missing one directly, created here and dropped if the restore fails, and refuses
+to replace one that holds data. When the stored bytes do not check out the program is
+stopped before it sees the end of its input, so it commits nothing.
 """
 
 from __future__ import annotations
@@ -227,6 +229,13 @@ async def restore(plan: RestorePlan, on_progress: Callable[[int], None]) -> Rest
             "replace it (it is dropped only once the restore succeeded), or restore beside "
             "it with another --to-database"
         )
+    if state is DatabaseState.NOT_EMPTY and not source.renames_databases:
+        raise RestoreRefusedError(
+            f"{plan.where} is not empty, and {source.name} cannot swap a restored copy in "
+            "(it renames no database), so --clean would mean dropping it before the restore "
+            "is known to succeed; nothing was changed. Restore into another --to-database, "
+            "check it, then switch to it"
+        )
     outcome = RestoreOutcome(plan, state)
     started = time.monotonic()
     if plan.globals is not None:
@@ -235,14 +244,20 @@ async def restore(plan: RestorePlan, on_progress: Callable[[int], None]) -> Rest
     staged = source.restore_needs_file(plan.archive.record, plan.jobs)
     if plan.jobs > 1 and not staged:
         outcome.steps.append(f"-j {plan.jobs} ignored: this dump restores as one stream")
-    direct = state is DatabaseState.EMPTY and not staged
+    # Into the destination itself when it is empty, or missing and cannot be renamed into
+    # place (then it is created here, and dropped again should the restore fail).
+    direct = not staged and (
+        state is DatabaseState.EMPTY
+        or (state is DatabaseState.MISSING and not source.renames_databases)
+    )
     into = plan.database if direct else staging_name(plan.database)
-    if not direct:
+    created = into != plan.database or state is DatabaseState.MISSING
+    if created:
         await source.create_database(plan.server, into)
     try:
         await _apply(source, plan, plan.archive, into, on_progress)
     except BaseException:
-        if not direct:  # the staging database goes; the destination was never touched
+        if created:  # what this restore created goes; anything else was never touched
             await _drop_quietly(source, plan, into)
         raise
     if not direct:

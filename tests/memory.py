@@ -128,6 +128,7 @@ class ScriptSource:
         "import sys; sys.stdout.write('-- fake dump\\n' * 2000 + '-- fake dump complete\\n')"
     )
     name: str = "fake"
+    renames_databases: bool = True
     expected_bytes: int | None = None  # what the engine expects the dump to be
     probes: list[str] = field(default_factory=list)
 

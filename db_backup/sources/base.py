@@ -10,6 +10,7 @@ renaming one, the program that reads a dump into it. Throwaway servers join here
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -47,6 +48,12 @@ class Completion:
     def ends_whole(self, tail: bytes) -> bool:
         """Does output ending in `tail` carry the end marker (when there is one)?"""
         return self.end_marker is None or self.end_marker in tail[-TAIL_BYTES:]
+
+
+def counting() -> bool:
+    """Count what dumps hold (for restore tests)? DB_BACKUP_COUNT_CONTENTS=0 turns it off:
+    the benchmark's baseline for what counting costs."""
+    return os.environ.get("DB_BACKUP_COUNT_CONTENTS", "1") != "0"
 
 
 class ContentCounter(Protocol):
@@ -119,6 +126,9 @@ class Source(Protocol):
     """One database engine (see the module's docstring)."""
 
     name: str  # the config's `type:`, and the manifest's `engine`
+    # Can it rename a database? If so a restore stages under another name and swaps it in;
+    # if not (MySQL), it restores only into a missing or empty database, directly.
+    renames_databases: bool
 
     async def probe(self, backup: BackupConfig, database: str) -> ServerInfo:
         """Connect to `database` as the dump will; raise ConnectionCheckError (or another

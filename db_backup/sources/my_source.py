@@ -1,25 +1,27 @@
 """`MysqlSource`: MySQL and MariaDB behind the one engine interface (sources/base.py), made of
-mysql.py (pure: option file, argv, markers) and my_server.py (PyMySQL checks, discovery,
-programs on disk).
-
-Backups: connection checks, discovery, dumps of one database (and `globals: true`, users and
-grants, through mariadb-dump --system=users), completeness by the end marker, transient
-errors. Restore and restore tests come next (see README, "MySQL and MariaDB"): until then
-those calls say so.
+mysql.py (pure: option file, argv, markers), my_contents.py (pure: rows per table from the
+stream), my_server.py (PyMySQL checks, discovery, programs on disk) and my_admin.py
+(databases for a restore).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import msgspec
 
 from db_backup.config.schema import BackupConfig, MysqlBackup
 from db_backup.errors import BackupError, DumpError, RestoreError, ToolNotFoundError
 from db_backup.manifest import Contents, Manifest
 from db_backup.model import JobKind, JobSpec
 from db_backup.process import INHERITED_FILE
+from db_backup.redact import remember
 from db_backup.retry import is_transient
+from db_backup.sources import my_admin
 from db_backup.sources.base import (
     Completion,
     DatabaseState,
@@ -27,16 +29,19 @@ from db_backup.sources.base import (
     RestoreProgram,
     Sandbox,
     ServerInfo,
+    counting,
 )
+from db_backup.sources.my_contents import MysqlDumpContents
 from db_backup.sources.my_server import (
     check_connection,
+    find_client_program,
     find_dump_program,
     list_databases,
     program_version,
     query,
     resolve_password,
 )
-from db_backup.sources.mysql import END_MARKER, dump_argv, globals_argv, option_file
+from db_backup.sources.mysql import END_MARKER, client_argv, dump_argv, globals_argv, option_file
 from db_backup.threads import in_thread
 
 # What a dump program's last words mean for another attempt (lower case).
@@ -94,6 +99,7 @@ class MysqlSource:
     file (never in argv, the environment or on disk)."""
 
     name = "mysql"
+    renames_databases = False  # no RENAME DATABASE: see restore.py
 
     async def probe(self, backup: BackupConfig, database: str) -> ServerInfo:
         mysql = _mysql(backup)
@@ -134,6 +140,7 @@ class MysqlSource:
             expected_bytes=None if globals_only else server.database_size,
             secret=password,
             inherited_file=option_file(password).encode() if password is not None else None,
+            counter=None if globals_only or not counting() else MysqlDumpContents(),
         )
 
     def maintenance_database(self, backup: BackupConfig) -> str:
@@ -155,35 +162,73 @@ class MysqlSource:
             error, transient=TRANSIENT_DUMP_MARKERS, permanent=PERMANENT_DUMP_MARKERS
         )
 
-    # -- restore: the next step for this engine ---------------------------------------------
-
-    def _not_yet(self) -> RestoreError:
-        return RestoreError("restoring MySQL/MariaDB backups is not available yet")
+    # -- restore: `server` is a backup's connection settings --------------------------------
 
     async def database_state(self, server: BackupConfig, database: str) -> DatabaseState:
-        raise self._not_yet()
+        return await my_admin.database_state(_mysql(server), database)
 
     async def create_database(self, server: BackupConfig, database: str) -> None:
-        raise self._not_yet()
+        await my_admin.create_database(_mysql(server), database)
 
     async def drop_database(self, server: BackupConfig, database: str) -> None:
-        raise self._not_yet()
+        await my_admin.drop_database(_mysql(server), database)
 
     async def rename_database(self, server: BackupConfig, old: str, new: str) -> None:
-        raise self._not_yet()
+        raise RestoreError("MySQL renames no database")  # renames_databases = False
 
     async def restore_program(
         self, server: BackupConfig, database: str, record: Manifest, *, jobs: int, file: Path | None
     ) -> RestoreProgram:
-        raise self._not_yet()
+        mysql = _mysql(server)
+        password = resolve_password(mysql)
+        program = await in_thread(find_client_program)
+        option = INHERITED_FILE if password is not None else None
+        globals_only = record.kind == JobKind.GLOBALS.value
+        argv = client_argv(str(program), mysql, None if globals_only else database, option)
+        if globals_only:  # users the server has already: say so, and go on
+            argv.append("--force")
+        return RestoreProgram(
+            program=program.name,
+            argv=argv,
+            env={k: v for k, v in os.environ.items() if k not in _PASSWORD_VARIABLES},
+            secret=password,
+            inherited_file=option_file(password).encode() if password is not None else None,
+            error_marker="ERROR" if globals_only else None,
+            tolerated=("already exists", "Operation CREATE USER failed") if globals_only else (),
+        )
 
     def restore_needs_file(self, record: Manifest, jobs: int) -> bool:
-        return False
+        return False  # SQL from stdin; -j does not apply
 
     async def count_contents(
         self, server: BackupConfig, database: str, expected: Contents
     ) -> Contents:
-        raise self._not_yet()
+        return await my_admin.count_contents(_mysql(server), database, expected)
 
-    def sandbox(self, template: BackupConfig) -> AbstractAsyncContextManager[Sandbox]:
-        raise self._not_yet()
+    @contextlib.asynccontextmanager
+    async def sandbox(self, template: BackupConfig) -> AsyncIterator[Sandbox]:
+        """A throwaway MariaDB from the local binaries (mariadbcluster.py), removed on
+        leaving, also when cancelled. Its globals are not applied: the users and grants of
+        a dump would replace the account the test reaches the sandbox through."""
+        from db_backup.mariadbcluster import MariaDBError, ThrowawayMariaDB
+
+        server = ThrowawayMariaDB()
+        try:
+            try:
+                await in_thread(server.start)
+            except (MariaDBError, BackupError, OSError) as exc:
+                raise RestoreError(f"the throwaway MariaDB did not start: {exc}") from None
+            remember(server.password)
+            sandbox = msgspec.structs.replace(
+                _mysql(template),
+                host=server.host,
+                port=server.port,
+                socket=None,
+                username=server.superuser,
+                password=server.password,
+                password_file=None,
+            )
+            description = f"throwaway MariaDB {server.version}"
+            yield Sandbox(sandbox, description, server.version, scratch=True)
+        finally:
+            await asyncio.shield(in_thread(server.stop))

@@ -90,16 +90,17 @@ def globals_argv(program: str, backup: MysqlBackup, options_path: str | None) ->
 
 
 def client_argv(
-    program: str, backup: MysqlBackup, database: str, options_path: str | None
+    program: str, backup: MysqlBackup, database: str | None, options_path: str | None
 ) -> list[str]:
-    """The client reading a dump from stdin into `database`, stopping at the first error."""
+    """The client reading a dump from stdin into `database` (None: server-wide, users and
+    grants), stopping at the first error."""
     return [
         program,
         *connection_args(backup, options_path),
         f"--connect-timeout={max(1, round(backup.connect_timeout))}",
         "--default-character-set=utf8mb4",
         "--batch",
-        f"--database={database}",
+        *([f"--database={database}"] if database is not None else []),
     ]
 
 

@@ -27,6 +27,7 @@ from db_backup.sources.base import (
     RestoreProgram,
     Sandbox,
     ServerInfo,
+    counting,
 )
 from db_backup.sources.pg_contents import PlainDumpContents
 from db_backup.sources.pg_server import (
@@ -52,18 +53,13 @@ from db_backup.sources.postgres import (
 from db_backup.threads import in_thread
 
 
-def counting() -> bool:
-    """Count what dumps hold (for restore tests)? DB_BACKUP_COUNT_CONTENTS=0 turns it off:
-    the benchmark's baseline for what counting costs."""
-    return os.environ.get("DB_BACKUP_COUNT_CONTENTS", "1") != "0"
-
-
 class PostgresSource:
     """PostgreSQL behind the Source interface (sources/base.py): psycopg for the checks,
     pg_dump / pg_dumpall for the dumps, pg_restore to read custom format through; psql and
     pg_restore to restore."""
 
     name = "postgres"
+    renames_databases = True
 
     async def probe(self, backup: BackupConfig, database: str) -> ServerInfo:
         return await check_connection(backup, database, resolve_password(backup))

@@ -79,11 +79,11 @@ def fingerprint(server: ThrowawayMariaDB, database: str) -> dict[str, Any]:
         "AND table_type = 'BASE TABLE' ORDER BY table_name",
         database=database,
     ).splitlines()
-    found: dict[str, Any] = {}
+    found: dict[str, Any] = {"tables": {}}
     for table in tables:
         count = server.sql(f"SELECT COUNT(*) FROM {quoted(table)}", database=database)  # noqa: S608
         checksum = server.sql(f"CHECKSUM TABLE {quoted(table)} EXTENDED", database=database)
-        found[table] = (int(count), checksum.split("\t")[-1].strip())
+        found["tables"][table] = (int(count), checksum.split("\t")[-1].strip())
     for kind, query in {
         "views": "SELECT table_name FROM information_schema.views WHERE table_schema = DATABASE()",
         "routines": "SELECT routine_name FROM information_schema.routines "
@@ -129,8 +129,11 @@ def test_a_round_trip_keeps_every_row_type_name_and_object(
         capture_output=True,
     )
     original = fingerprint(mariadb, database)
-    assert original['we`ird "tab" é'][0] == 3
-    assert original["plain"][0] == 2000
+    # the rows of every table, counted from the dump as it streamed, are the database's
+    rows = {name: count for name, (count, _) in original["tables"].items()}
+    assert manifest["contents"]["tables"] == rows
+    assert rows['we`ird "tab" é'] == 3
+    assert rows["plain"] == 2000
     assert original["views"] == ["big view"]
     assert original["routines"] == ["add one"]
     assert original["triggers"] == ["stamp"]
@@ -284,3 +287,42 @@ def test_postgres_and_mariadb_jobs_in_one_run(
     verified = run_cli("verify", "-c", str(config), env=env)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "2 verified, 0 failed" in verified.stderr
+
+
+def test_restore_and_restore_tests_of_mariadb_backups(
+    mariadb: ThrowawayMariaDB, tmp_path: Path
+) -> None:
+    make_database(mariadb, "to_restore", VARIED)
+    config = configure(tmp_path, mariadb, [{"name": "shop", "database": "to_restore"}])
+    env = cli_env(mariadb=mariadb)
+    assert run_cli("backup", "-c", str(config), env=env).returncode == 0
+    mariadb.sql("DROP DATABASE IF EXISTS restored_copy;")
+
+    restored = run_cli("restore", "-c", str(config), "-n", "shop", "--to-database",
+                       "restored_copy", env=env)  # fmt: skip
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert fingerprint(mariadb, "restored_copy") == fingerprint(mariadb, "to_restore")
+
+    # a database that holds data is never replaced: MariaDB cannot swap a checked copy in
+    before = fingerprint(mariadb, "restored_copy")
+    for extra in ([], ["--clean"]):
+        again = run_cli("restore", "-c", str(config), "-n", "shop", "--to-database",
+                        "restored_copy", *extra, env=env)  # fmt: skip
+        assert again.returncode != 0
+        assert "nothing was changed" in again.stderr
+    assert fingerprint(mariadb, "restored_copy") == before
+
+    # restore tests in a throwaway MariaDB: every table's rows as the dump counted them
+    proved = run_cli("verify", "-c", str(config), "--restore", env=env)
+    assert proved.returncode == 0, proved.stdout + proved.stderr
+    assert "restore-tested" in proved.stdout
+    assert "throwaway MariaDB" in run_cli("list", "-c", str(config), "--json", env=env).stdout
+
+    [manifest_path] = (tmp_path / "out").glob("*.sql.gz.json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["contents"]["tables"]["plain"] += 1  # the manifest now claims a row too many
+    manifest_path.write_text(json.dumps(manifest))
+    tampered = run_cli("verify", "-c", str(config), "--restore", env=env)
+    assert tampered.returncode == 1
+    assert "plain" in tampered.stdout
+    assert "2001" in tampered.stdout

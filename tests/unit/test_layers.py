@@ -47,6 +47,7 @@ FLOORS: list[set[str]] = [
         "sources.postgres",
         "sources.pg_contents",
         "sources.mysql",
+        "sources.my_contents",
     },
     # the config loader; I/O with one thing: a store, a server, a throwaway cluster
     {
@@ -61,6 +62,7 @@ FLOORS: list[set[str]] = [
         "sources.pg_admin",
         "sources.pg_source",
         "sources.my_server",
+        "sources.my_admin",
         "sources.my_source",
         "pgcluster",
         "mariadbcluster",
