@@ -31,7 +31,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
 
 import aiosmtplib
 import httpx
@@ -45,7 +44,8 @@ from db_backup.config.schema import (
     SlackNotifier,
     WebhookNotifier,
 )
-from db_backup.errors import NotifyError
+from db_backup.credentials import password_of
+from db_backup.errors import CredentialsError, NotifyError
 from db_backup.notification import Delivery, Notice, wants
 from db_backup.process import spawn
 from db_backup.redact import MIN_SECRET_PART, mask_scheme, mask_url_path, redact_known, remember
@@ -366,13 +366,7 @@ async def _send_mail(notifier: EmailNotifier, notice: Notice, bound: float) -> N
 
 
 def _password(notifier: EmailNotifier) -> str | None:
-    if notifier.password_file is None:
-        return notifier.password or None
     try:
-        password = Path(notifier.password_file).read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise NotifyError(
-            f"password_file {notifier.password_file}: {exc.strerror or exc}"
-        ) from None
-    remember(password)
-    return password
+        return password_of(notifier.password or None, notifier.password_file)
+    except CredentialsError as exc:
+        raise NotifyError(str(exc)) from None

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from db_backup.config.schema import MysqlBackup
+from db_backup.credentials import password_of
 from db_backup.errors import (
     CheckFailure,
     ConnectionCheckError,
-    CredentialsError,
     ToolNotFoundError,
 )
-from db_backup.redact import redact, remember
+from db_backup.redact import redact
 from db_backup.sources.base import ServerInfo
 from db_backup.sources.mysql import SYSTEM_SCHEMAS, TRANSACTIONAL_ENGINES, version_number
 from db_backup.threads import in_thread
@@ -38,17 +38,7 @@ _UNREACHABLE = {2002, 2003, 2005, 2006}  # socket, TCP, unknown host, gone away
 def resolve_password(backup: MysqlBackup) -> str | None:
     """The configured password, read from `password_file` if that is how it is given; None:
     the user's own option files (~/.my.cnf) say, as for the mysql client."""
-    if backup.password_file is None:
-        return backup.password
-    try:
-        text = Path(backup.password_file).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CredentialsError(
-            f"password_file {backup.password_file}: {exc.strerror or exc}"
-        ) from None
-    password = text.rstrip("\r\n")
-    remember(password)
-    return password
+    return password_of(backup.password, backup.password_file)
 
 
 def _connect(backup: MysqlBackup, database: str | None, password: str | None) -> Any:

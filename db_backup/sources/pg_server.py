@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from db_backup.config.schema import BackupConfig
+from db_backup.credentials import password_of
 from db_backup.errors import (
     CheckFailure,
     ConnectionCheckError,
-    CredentialsError,
     ToolNotFoundError,
 )
-from db_backup.redact import redact, remember
+from db_backup.redact import redact
 from db_backup.sources.base import ServerInfo
 from db_backup.sources.postgres import (
     ClientBinary,
@@ -56,17 +56,7 @@ _UNREACHABLE_MARKERS = (
 
 def resolve_password(backup: BackupConfig) -> str | None:
     """The configured password, read from `password_file` if that is how it is given."""
-    if backup.password_file is None:
-        return backup.password
-    try:
-        text = Path(backup.password_file).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CredentialsError(
-            f"password_file {backup.password_file}: {exc.strerror or exc}"
-        ) from None
-    password = text.rstrip("\r\n")
-    remember(password)
-    return password
+    return password_of(backup.password, backup.password_file)
 
 
 def _connect_kwargs(backup: BackupConfig, database: str, password: str | None) -> dict[str, Any]:

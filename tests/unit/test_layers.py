@@ -38,6 +38,7 @@ FLOORS: list[set[str]] = [
         "retention",
         "retry",
         "notice",
+        "credentials",  # a password or its file
         "notification",  # what a notification says
         "report",  # the run report's JSON
         "process",
