@@ -1,8 +1,9 @@
-"""`db-backup demo`: a whole backup story on a throwaway local PostgreSQL.
+"""`db-backup demo`: a whole backup story on a throwaway local PostgreSQL (and MariaDB, when
+its server binaries are installed).
 
-Start a private server, seed databases of different sizes (one with an awkward name), write a
-config for them, let the CLI run the real concurrent backup, restore one dump into a new
-database and compare every table with the original, print where everything is, clean up.
+Start private servers, seed databases of different sizes (one with an awkward name), write a
+config for them, let the CLI run the real concurrent backup, restore dumps into new
+databases and compare every table with the original, print where everything is, clean up.
 """
 
 from __future__ import annotations
@@ -20,13 +21,27 @@ from typing import Any, Self
 
 from rich.console import Console
 
-from db_backup.errors import DemoError
+from db_backup.errors import DemoError, ToolNotFoundError
+from db_backup.mariadbcluster import MariaDBError, ThrowawayMariaDB, find_mariadb_program
 from db_backup.model import JobStatus, RunReport
 from db_backup.pgcluster import ThrowawayCluster
 from db_backup.units import format_bytes
 
 PASSWORD_VARIABLE = "DB_BACKUP_DEMO_PASSWORD"  # noqa: S105 - a variable name, not a secret
+MARIADB_PASSWORD_VARIABLE = "DB_BACKUP_DEMO_MARIADB_PASSWORD"  # noqa: S105 - a name too
 RESTORE_SOURCE = "shop"
+MARIADB_SOURCE = "shop-mariadb"  # the backup; its database is `shop`
+MARIADB_SHOP = """
+CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(100), email VARCHAR(200),
+                        created_at DATETIME(6)) ENGINE=InnoDB;
+INSERT INTO customers SELECT seq, CONCAT('Customer ', seq), CONCAT('c', seq, '@example.com'),
+                             '2026-01-01' + INTERVAL seq * 7 MINUTE FROM seq_1_to_20000;
+CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id INT, total DECIMAL(10,2),
+                     status ENUM('new','paid','shipped','returned'), items JSON) ENGINE=InnoDB;
+INSERT INTO orders SELECT seq, 1 + seq % 20000, (seq * 7919 % 50000) / 100, 1 + seq % 4,
+                          JSON_OBJECT('sku', MD5(seq), 'quantity', 1 + seq % 5)
+                   FROM seq_1_to_100000;
+"""
 
 # name → SQL that fills it. Sizes differ so the live bars finish at different times.
 SAMPLE_DATABASES: dict[str, str] = {
@@ -163,10 +178,11 @@ class DemoSite:
         self.keep = keep
         self.console = console or Console()
         self.cluster = ThrowawayCluster()
+        self.mariadb: ThrowawayMariaDB | None = None  # when its binaries are installed
         self.workdir = Path(tempfile.mkdtemp(prefix="db-backup-demo-"))
         self.config_path = self.workdir / "backup.yml"
         self.backup_dir = self.workdir / "backups"
-        self._saved_password: str | None = None
+        self._saved_passwords: dict[str, str | None] = {}
 
     def __enter__(self) -> Self:
         try:
@@ -196,13 +212,38 @@ class DemoSite:
                 else ""
             )
         )
+        self._start_mariadb()
         say(f"[bold]2.[/bold] Creating {len(SAMPLE_DATABASES)} sample databases ...")
         self._seed()
+        if self.mariadb is not None:
+            self.mariadb.sql(f"CREATE DATABASE shop; USE shop; {MARIADB_SHOP}")
+            say("   'shop' on MariaDB: customers and orders")
         self._write_config()
         say(f"[bold]3.[/bold] Wrote {self.config_path}; running the backup:\n")
-        # The config names the password by variable, as a real one should.
-        self._saved_password = os.environ.get(PASSWORD_VARIABLE)
-        os.environ[PASSWORD_VARIABLE] = self.cluster.password
+        # The config names the passwords by variable, as a real one should.
+        passwords = {PASSWORD_VARIABLE: self.cluster.password}
+        if self.mariadb is not None:
+            passwords[MARIADB_PASSWORD_VARIABLE] = self.mariadb.password
+        for variable, password in passwords.items():
+            self._saved_passwords[variable] = os.environ.get(variable)
+            os.environ[variable] = password
+
+    def _start_mariadb(self) -> None:
+        try:
+            find_mariadb_program("mariadbd")
+        except ToolNotFoundError:
+            self.console.print(
+                "   (no MariaDB server binaries: the MariaDB part is left out; install "
+                "mariadb-server and mariadb-client to see it)"
+            )
+            return
+        self.console.print("   and a throwaway MariaDB ...")
+        self.mariadb = ThrowawayMariaDB()
+        try:
+            self.mariadb.start()
+        except MariaDBError as exc:
+            raise DemoError(f"could not start MariaDB: {exc}") from None
+        self.console.print(f"   listening on {self.mariadb.host}:{self.mariadb.port}")
 
     def _seed(self) -> None:
         import psycopg
@@ -241,6 +282,16 @@ class DemoSite:
             '    database: "*"',
             "    exclude: [postgres, shop, analytics]",
         ]
+        if self.mariadb is not None:
+            lines += [
+                f"  - name: {MARIADB_SOURCE}",
+                "    type: mariadb",
+                f"    host: {self.mariadb.host}",
+                f"    port: {self.mariadb.port}",
+                f"    username: {self.mariadb.superuser}",
+                f"    password: ${{{MARIADB_PASSWORD_VARIABLE}}}",
+                "    database: shop",
+            ]
         self.config_path.write_text("\n".join(lines) + "\n")
         self.config_path.chmod(0o600)
 
@@ -270,6 +321,8 @@ class DemoSite:
         )
         if original != copy:
             raise DemoError(f"restored {restored!r} differs from {RESTORE_SOURCE!r}")
+        if self.mariadb is not None:
+            self._restore_and_check_mariadb(report)
         say("\n[bold]5.[/bold] Where everything is:")
         say(f"   config:  {self.config_path}")
         say(f"   backups: {self.backup_dir}")
@@ -277,13 +330,44 @@ class DemoSite:
             say(f"     {path.name}  ({format_bytes(path.stat().st_size)})")
         say(f"   server:  {self.cluster.host}:{self.cluster.port}, log {self.cluster.logfile}")
 
+    def _restore_and_check_mariadb(self, report: RunReport) -> None:
+        """Restore the MariaDB dump into a new database with the mariadb client; compare
+        every table's rows and checksum with the source's."""
+        assert self.mariadb is not None
+        result = next((r for r in report.results if r.job.name == MARIADB_SOURCE), None)
+        if result is None or result.status is not JobStatus.SUCCEEDED or result.file is None:
+            raise DemoError(f"the {MARIADB_SOURCE!r} backup did not succeed; nothing to restore")
+        dump = Path(result.file)
+        self.console.print(f"   and {dump.name} into a new MariaDB database 'shop_restored' ...")
+        self.mariadb.sql("CREATE DATABASE shop_restored")
+        with gzip.open(dump, "rb") as source:
+            script = source.read().decode()  # the demo's dump is a few MB
+        try:
+            self.mariadb.sql(script, database="shop_restored")
+        except MariaDBError as exc:
+            raise DemoError(f"mariadb restore of {dump} failed: {exc}") from None
+        for table in ("customers", "orders"):
+            check = f"SELECT COUNT(*) FROM {table}; CHECKSUM TABLE {table} EXTENDED;"  # noqa: S608
+            original = self.mariadb.sql(check, database="shop").split()
+            copy = self.mariadb.sql(check, database="shop_restored").split()
+            same = (original[0], original[-1]) == (copy[0], copy[-1])  # rows, checksum
+            mark = "[green]identical[/green]" if same else "[red]DIFFERENT[/red]"
+            self.console.print(
+                f"   MariaDB {table}: {original[0]} rows, checksum {original[-1]} {mark}"
+            )
+            if not same:
+                raise DemoError(f"restored MariaDB table {table!r} differs from the original")
+
     def close(self) -> None:
         """Stop the server; remove the config and backups unless --keep."""
-        if self._saved_password is None:
-            os.environ.pop(PASSWORD_VARIABLE, None)
-        else:
-            os.environ[PASSWORD_VARIABLE] = self._saved_password
+        for variable, saved in self._saved_passwords.items():
+            if saved is None:
+                os.environ.pop(variable, None)
+            else:
+                os.environ[variable] = saved
         self.cluster.stop()
+        if self.mariadb is not None:
+            self.mariadb.stop()
         if self.keep:
             self.console.print(f"\nKept {self.workdir} (the server was stopped and removed).")
         else:
