@@ -275,12 +275,19 @@ class _Loader:
         for own, inherited in (("password", "password_file"), ("password_file", "password")):
             if own in entry:
                 defaults.pop(inherited, None)
+        engines = msgspec.inspect.type_info(BackupConfig)
+        kind = {"type": entry.get("type", defaults.get("type", "postgres"))}
+        engine = nested_struct(engines, kind)
+        if engine is not None:  # defaults may hold another engine's keys (pg_dump_path)
+            known = struct_fields(engine)
+            for other in typing.get_args(BackupConfig):
+                for key in struct_fields(other).keys() - known.keys():
+                    defaults.pop(key, None)
         merged = deep_merge({"type": "postgres", **defaults}, entry)
         if "storage" in merged:
             merged["storage"] = default_storage_kind(merged["storage"])
         origin = Origin(entry, raw.defaults, entry_path, ("defaults",))
         before = len(self.issues)
-        engine = nested_struct(msgspec.inspect.type_info(BackupConfig), merged)
         if engine is not None:  # else an unknown `type`: conversion names the known ones
             self._check_keys(merged, engine, (), origin)
         if len(self.issues) > before:

@@ -326,3 +326,40 @@ def test_restore_and_restore_tests_of_mariadb_backups(
     assert tampered.returncode == 1
     assert "plain" in tampered.stdout
     assert "2001" in tampered.stdout
+
+
+def test_postgres_and_mariadb_dumps_run_at_once(
+    pg: ThrowawayCluster, mariadb: ThrowawayMariaDB, tmp_path: Path, start_cli: StartCli
+) -> None:
+    """Each dump is held at a gate as it starts; both reach theirs before either is let go:
+    the two engines' jobs ran at the same time (no sleeps, no timings)."""
+    create_database(pg, "overlap_pg", "CREATE TABLE t AS SELECT generate_series(1, 10) AS n;")
+    make_database(mariadb, "overlap_my", "CREATE TABLE t AS SELECT seq FROM seq_1_to_10;")
+    real_dump = subprocess.run(["which", "mariadb-dump"], capture_output=True, text=True)
+    gates = {engine: (tmp_path / f"{engine}.gate", tmp_path / f"{engine}.started")
+             for engine in ("pg", "my")}  # fmt: skip
+    folders = {engine: tmp_path / engine for engine in gates}
+    for folder in folders.values():
+        folder.mkdir()
+    pg_wrapper = gated_pg_dump(folders["pg"], pg.client_bin("pg_dump"), *gates["pg"])
+    my_wrapper = gated_pg_dump(folders["my"], Path(real_dump.stdout.strip()), *gates["my"])
+    my = mariadb_defaults(mariadb, tmp_path / "out", dump_path=str(my_wrapper))
+    config = write_config(
+        tmp_path / "backup.yml",
+        {
+            "concurrency": 2,
+            "defaults": server_defaults(pg, tmp_path / "out", pg_dump_path=str(pg_wrapper)),
+            "backups": [
+                {"name": "pg", "database": "overlap_pg"},
+                {"name": "my", "database": "overlap_my", **my},
+            ],
+        },
+    )
+    process = start_cli("backup", "-c", str(config), "--json", env=cli_env(pg, mariadb=mariadb))
+    for engine, (_, started) in gates.items():
+        wait_for(started.exists, what=f"the {engine} dump to start", process=process)
+    for gate, _ in gates.values():
+        gate.touch()
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert {job["status"] for job in json.loads(stdout)["jobs"]} == {"succeeded"}

@@ -86,3 +86,18 @@ def test_the_dump_argv_starts_with_the_option_file_and_ends_with_the_name() -> N
 def test_versions_compare() -> None:
     assert version_number("10.11.19-MariaDB-0+deb12u1") == 101119
     assert version_number("8.0.36") == 80036 < version_number("10.3.1")
+
+
+def test_defaults_may_hold_keys_of_either_engine() -> None:
+    config = parse_config(
+        "defaults: {storage: {path: /srv/b}, pg_dump_path: /opt/pg/bin/pg_dump,"
+        " dump_path: /opt/mariadb-dump}\n"
+        "backups:\n  - {name: a, database: a}\n  - {name: b, type: mariadb, database: b}\n",
+        environ={},
+    )
+    pg, maria = config.backups
+    assert isinstance(pg, PostgresBackup)
+    assert pg.pg_dump_path == "/opt/pg/bin/pg_dump"
+    assert "dump_path" not in {f for f in pg.__struct_fields__}
+    assert isinstance(maria, MariadbBackup)
+    assert maria.dump_path == "/opt/mariadb-dump"
