@@ -1,7 +1,8 @@
 """db-backup against shell pipelines, measured in one run on this machine.
 
     nox -s bench -- [--size-mb 600] [--pgbench-scale 40] [--pairs 3] [--many-size 1.0]
-                    [--two-targets-mb 1000] [--only two-targets|restore]
+                    [--two-targets-mb 1000] [--mariadb-size-mb 400]
+                    [--only two-targets|restore|mariadb]
 
 Starts its own throwaway PostgreSQL (data on /dev/shm when there is room), creates a large
 database of realistic rows, a pgbench database, 20 databases of 20-50 MB and 200 small ones,
@@ -9,6 +10,10 @@ then measures alternating A/B pairs (A then B, then B then A, ...) and reports t
 the per-pair time ratios. Machines here are shared and noisy: single timings mean little.
 Results go to benchmarks/results/ (JSON and Markdown) and into the README between the
 `bench:start` / `bench:end` markers.
+
+The MariaDB rows (when its server binaries are installed) start a throwaway MariaDB and time
+db-backup against `mariadb-dump > /dev/null` and `mariadb-dump | gzip -6`, and counting rows
+against not counting, as for PostgreSQL.
 
 The two-targets case streams one dump to a local folder and an S3 bucket at once (SeaweedFS,
 started here as in the test suite) at two sizes, to show the runner's peak memory does not grow
@@ -40,6 +45,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from db_backup.mariadbcluster import ThrowawayMariaDB
 from db_backup.pgcluster import ThrowawayCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -394,8 +400,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 result["two_targets"] = two_targets(bench, cluster, args)
         if args.only == "two-targets":
             return result
+        if args.only == "mariadb":
+            measured = mariadb_rows(bench, args, parent)
+            return result | {"rows": [asdict(row) | {"met": row.met} for row in measured]}
         made = create_databases(cluster, args, only_realistic=args.only == "restore")
-        rows: list[Row] = restore_rows(bench, parent)
+        rows: list[Row] = restore_rows(bench, parent) + mariadb_rows(bench, args, parent)
         if args.only == "restore":
             return result | {"rows": [asdict(row) | {"met": row.met} for row in rows]}
 
@@ -605,6 +614,125 @@ def restore_rows(bench: Bench, parent: Path | None) -> list[Row]:
     return rows
 
 
+MARIADB_ROW_BYTES = 150  # dump bytes per row of MARIADB_REALISTIC, measured
+MARIADB_REALISTIC = """
+CREATE TABLE events (id BIGINT PRIMARY KEY, created_at DATETIME(6), amount DECIMAL(12,2),
+                     digest CHAR(32), status VARCHAR(12), meta JSON) ENGINE=InnoDB;
+INSERT INTO events
+SELECT seq, '2025-01-01' + INTERVAL seq * 17 SECOND, ROUND(RAND() * 10000, 2), MD5(seq),
+       ELT(1 + seq % 5, 'pending', 'paid', 'shipped', 'refunded', 'cancelled'),
+       JSON_OBJECT('ip', CONCAT('10.', seq % 256, '.', seq % 199, '.', seq % 97),
+                   'agent', ELT(1 + seq % 4, 'firefox', 'chrome', 'safari', 'curl'),
+                   'items', seq % 7, 'score', ROUND(RAND(), 4))
+FROM seq_1_to_{rows};
+"""
+
+
+def mariadb_rows(bench: Bench, args: argparse.Namespace, parent: Path | None) -> list[Row]:
+    """A large MariaDB database of realistic rows: the default against `mariadb-dump >
+    /dev/null`, parallel gzip -6 against `mariadb-dump | gzip -6`, counting rows against the
+    same run without. Left out when MariaDB's server binaries are not installed."""
+    if shutil.which("mariadbd") is None and not Path("/usr/sbin/mariadbd").exists():
+        print("mariadb: no mariadbd; the MariaDB rows are left out", flush=True)
+        return []
+    with ThrowawayMariaDB(parent=parent) as server:
+        rows_wanted = args.mariadb_size_mb * 1_000_000 // MARIADB_ROW_BYTES
+        server.sql(f"CREATE DATABASE realistic; USE realistic; "
+                   f"{MARIADB_REALISTIC.format(rows=rows_wanted)}")  # fmt: skip
+        env = {**bench.env, "MYSQL_PWD": server.password}  # the shell baselines' way
+        dump = [
+            "mariadb-dump", f"--host={server.host}", f"--port={server.port}",
+            f"--user={server.superuser}", "--single-transaction", "--quick", "--routines",
+            "--triggers", "--events", "--hex-blob", "--default-character-set=utf8mb4",
+            "realistic",
+        ]  # fmt: skip
+        storage = bench.out / "db-backup-mariadb"
+        config = bench.out / "mariadb.yml"
+
+        def db_backup(
+            compression: dict[str, Any], extra_env: dict[str, str] | None = None
+        ) -> Sample:
+            document = {
+                "backups": [
+                    {
+                        "name": "realistic",
+                        "type": "mariadb",
+                        "host": server.host,
+                        "port": server.port,
+                        "username": server.superuser,
+                        "password": "${BENCH_MARIADB_PASSWORD}",
+                        "database": "realistic",
+                        "storage": {"path": str(storage)},
+                        "compression": compression,
+                    }
+                ]
+            }
+            config.write_text(json.dumps(document))
+            config.chmod(0o600)
+            started = time.perf_counter()
+            stdout = bench.run_cli(
+                "backup", "-c", str(config), "--json",
+                env={"BENCH_MARIADB_PASSWORD": server.password, **(extra_env or {})},
+            )  # fmt: skip
+            seconds = time.perf_counter() - started
+            report = json.loads(stdout)
+            shutil.rmtree(storage)
+            return Sample(
+                seconds,
+                sum(job["stored_bytes"] for job in report["jobs"]),
+                raw_bytes=sum(job["raw_bytes"] for job in report["jobs"]),
+                peak_rss_bytes=report["peak_rss_bytes"],
+            )
+
+        def shell(compressor: list[str] | None) -> Sample:
+            target = bench.out / "shell-mariadb.sql"
+            started = time.perf_counter()
+            with target.open("wb") as sink:
+                if compressor is None:
+                    subprocess.run(dump, stdout=subprocess.DEVNULL, env=env, check=True)
+                else:
+                    producer = subprocess.Popen(dump, stdout=subprocess.PIPE, env=env)
+                    assert producer.stdout is not None
+                    squeeze = subprocess.run(compressor, stdin=producer.stdout, stdout=sink)
+                    producer.stdout.close()
+                    if producer.wait() != 0 or squeeze.returncode != 0:
+                        raise RuntimeError("mariadb-dump pipeline failed")
+            seconds = time.perf_counter() - started
+            size = target.stat().st_size
+            target.unlink()
+            return Sample(seconds, size)
+
+        raw_bytes = db_backup({"algorithm": "none"}).raw_bytes
+        print(f"mariadb realistic rows: {(raw_bytes or 0) / 1e6:.0f} MB of SQL", flush=True)
+        label = "large MariaDB DB, realistic rows"
+        return [
+            bench.pair(
+                f"{label}: the default",
+                ("db-backup default", lambda: db_backup({})),
+                ("mariadb-dump > /dev/null", lambda: shell(None)),
+                1.5,
+                raw_bytes,
+            ),
+            bench.pair(
+                f"{label}: gzip-6 parallel",
+                ("db-backup gzip-6 parallel", lambda: db_backup({"level": 6})),
+                ("mariadb-dump | gzip -6", lambda: shell(["gzip", "-6"])),
+                0.65,
+                raw_bytes,
+            ),
+            bench.pair(
+                f"{label}: counting rows",
+                ("db-backup default", lambda: db_backup({})),
+                (
+                    "db-backup default, not counting",
+                    lambda: db_backup({}, {"DB_BACKUP_COUNT_CONTENTS": "0"}),
+                ),
+                1.03,
+                raw_bytes,
+            ),
+        ]
+
+
 def two_targets(
     bench: Bench, cluster: ThrowawayCluster, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -719,7 +847,10 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--many-size", type=float, default=1.0, help="scale of the 20 DBs")
     parser.add_argument("--two-targets-mb", type=int, default=1000, help="the larger dump")
-    parser.add_argument("--only", choices=["all", "two-targets", "restore"], default="all")
+    parser.add_argument("--mariadb-size-mb", type=int, default=400, help="MariaDB dump size")
+    parser.add_argument(
+        "--only", choices=["all", "two-targets", "restore", "mariadb"], default="all"
+    )
     args = parser.parse_args()
     for tool in ("gzip", "pigz", "zstd"):
         if shutil.which(tool) is None:
