@@ -177,7 +177,7 @@ class Notifications:
             document = notice.document or problems_report(notice)
             await self._post(notifier.url, bound, content=document, headers=headers)
         elif isinstance(notifier, AppriseNotifier):
-            await self._send_apprise(notifier, notice, bound)
+            await self._send_apprise(notifier, notice)  # its child dies with the attempt
         else:
             await _send_mail(notifier, notice, bound)
 
@@ -242,7 +242,7 @@ class Notifications:
         status += f": {' '.join(text.split())}" if text.strip() else ""
         raise NotifyError(status, transient=answer.status_code >= 500 or answer.status_code == 429)
 
-    async def _send_apprise(self, notifier: AppriseNotifier, notice: Notice, bound: float) -> None:
+    async def _send_apprise(self, notifier: AppriseNotifier, notice: Notice) -> None:
         """Every URL at once, each by a child process (Apprise blocks, and waits for its own
         threads at exit: a child can be killed when the attempt's time is up); a retry goes
         only to the URLs that failed."""
