@@ -157,3 +157,31 @@ sys.exit(0)
     )
     path.chmod(0o755)
     return path
+
+
+def holding_dump(directory: Path, real_dump: Path, gate: Path, held: Path, after: int) -> Path:
+    """Runs the real dump program and passes its output on, but after `after` bytes stops
+    reading and passing (touching `held`) until `gate` exists; then passes the rest on and
+    exits as the real program did. Holds a dump mid-stream for as long as a test needs."""
+    path = directory / f"holding-{real_dump.name}"
+    path.write_text(
+        f"""#!{sys.executable}
+import os, subprocess, sys, time
+argv = [{str(real_dump)!r}, *sys.argv[1:]]
+if "--version" in sys.argv[1:]:
+    os.execv(argv[0], argv)
+# close_fds=False: the real program reads its option file from an inherited pipe
+child = subprocess.Popen(argv, stdout=subprocess.PIPE, close_fds=False)
+out = sys.stdout.buffer
+out.write(child.stdout.read({after}))
+out.flush()
+open({str(held)!r}, "w").close()
+while not os.path.exists({str(gate)!r}):
+    time.sleep(0.02)
+while chunk := child.stdout.read(65536):
+    out.write(chunk)
+sys.exit(child.wait())
+"""
+    )
+    path.chmod(0o755)
+    return path

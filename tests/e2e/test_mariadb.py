@@ -25,7 +25,7 @@ from tests.conftest import (
     server_defaults,
     write_config,
 )
-from tests.fakes import gated_pg_dump, truncating_pg_dump
+from tests.fakes import gated_pg_dump, holding_dump, truncating_pg_dump
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -363,3 +363,27 @@ def test_postgres_and_mariadb_dumps_run_at_once(
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
     assert {job["status"] for job in json.loads(stdout)["jobs"]} == {"succeeded"}
+
+
+def test_a_server_killed_mid_dump_leaves_no_backup(tmp_path: Path, start_cli: StartCli) -> None:
+    """Its own server: killed while a dump of it is held half-way; the job fails, nothing
+    appears under a final name, and the next run's folder holds no partial file."""
+    gate, held = tmp_path / "gate", tmp_path / "held"
+    real = subprocess.run(["which", "mariadb-dump"], capture_output=True, text=True).stdout
+    wrapper = holding_dump(tmp_path, Path(real.strip()), gate, held, after=200_000)
+    with ThrowawayMariaDB() as doomed:
+        make_database(doomed, "doomed", "CREATE TABLE t AS SELECT seq, MD5(seq) AS d "
+                                        "FROM seq_1_to_100000;")  # fmt: skip
+        config = configure(
+            tmp_path, doomed, [{"name": "doomed", "database": "doomed", "dump_path": str(wrapper)}]
+        )
+        process = start_cli("backup", "-c", str(config), "--json", env=cli_env(mariadb=doomed))
+        wait_for(held.exists, what="the dump to be held mid-stream", process=process)
+        doomed.stop()  # SIGKILL: the server is gone under a running mariadb-dump
+        gate.touch()
+        stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr
+    [job] = json.loads(stdout)["jobs"]
+    assert job["status"] == "failed"
+    assert "Lost connection to server during query" in job["error"]  # mid-dump, as meant
+    assert [p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")] == []
