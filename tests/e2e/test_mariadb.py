@@ -25,6 +25,7 @@ from tests.conftest import (
     server_defaults,
     write_config,
 )
+from tests.e2e.test_concurrency import intervals, peak_overlap
 from tests.fakes import gated_pg_dump, holding_dump, truncating_pg_dump
 from tests.waiting import wait_for
 
@@ -387,3 +388,33 @@ def test_a_server_killed_mid_dump_leaves_no_backup(tmp_path: Path, start_cli: St
     assert job["status"] == "failed"
     assert "Lost connection to server during query" in job["error"]  # mid-dump, as meant
     assert [p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")] == []
+
+
+def test_max_per_host_holds_for_mariadb_beside_postgres(
+    pg: ThrowawayCluster, mariadb: ThrowawayMariaDB, tmp_path: Path
+) -> None:
+    """From the dumps' recorded times: at most one at once against the MariaDB server
+    (`max_per_host: 1`), while PostgreSQL's ran beside them."""
+    names = [f"limit_{i}" for i in range(3)]
+    for name in names:
+        make_database(mariadb, name, "CREATE TABLE t AS SELECT seq, MD5(seq) AS d "
+                                     "FROM seq_1_to_60000;")  # fmt: skip
+        create_database(pg, name, "CREATE TABLE t AS SELECT g, md5(g::text) AS d "
+                                  "FROM generate_series(1, 60000) g;")  # fmt: skip
+    my = mariadb_defaults(mariadb, tmp_path / "out", max_per_host=1)
+    config = write_config(
+        tmp_path / "backup.yml",
+        {
+            "concurrency": 4,
+            "defaults": server_defaults(pg, tmp_path / "out"),
+            "backups": [
+                *({"name": f"my-{name}", "database": name, **my} for name in names),
+                *({"name": f"pg-{name}", "database": name} for name in names),
+            ],
+        },
+    )
+    result = run_cli("backup", "-c", str(config), "--json", env=cli_env(pg, mariadb=mariadb))
+    assert result.returncode == 0, result.stderr
+    spans = intervals(json.loads(result.stdout))
+    assert peak_overlap(spans, f"{mariadb.host}:{mariadb.port}") == 1
+    assert peak_overlap(spans) >= 2  # the limit is per server: others ran meanwhile
