@@ -359,9 +359,7 @@ async def _tell_of_a_stopped_run(
     notice = stopped_run_notice(
         redact_known(why), selected, host=socket.gethostname(), config=loaded.source
     )
-    for delivery in await notifications.finish(notice, hurry=stopped):
-        if not delivery.ok:
-            typer.echo(f"db-backup: warning: {delivery.warning}", err=True)
+    setup.warn_undelivered(await notifications.finish(notice, hurry=stopped))
 
 
 # -- verify --------------------------------------------------------------------------------------

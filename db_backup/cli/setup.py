@@ -135,6 +135,11 @@ def notify_failure(
         failed=len(listed),
         problems=listed,
     )
-    for delivery in exits.interruptible(send_notice(loaded.notify, notice)):
+    warn_undelivered(exits.interruptible(send_notice(loaded.notify, notice)))
+
+
+def warn_undelivered(deliveries: Sequence[Any]) -> None:
+    """Each notifier that could not be told, as a warning on stderr (never an exit code)."""
+    for delivery in deliveries:
         if not delivery.ok:
             typer.echo(f"db-backup: warning: {delivery.warning}", err=True)

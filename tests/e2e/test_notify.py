@@ -118,6 +118,14 @@ def run_with_every_kind(
         return run_cli(*argv, env=environment(pg)), (slack, hook, checks, smtp)
 
 
+def hook_and_check(hook: HttpReceiver, checks: HttpReceiver) -> list[dict[str, Any]]:
+    """A webhook (told of failures) and a healthchecks check, on these receivers."""
+    return [
+        {"kind": "webhook", "url": f"{hook.url}/hook"},
+        {"kind": "healthchecks", "url": f"{checks.url}/check"},
+    ]
+
+
 def assert_no_secret_anywhere(result: Any, folder: Path) -> None:
     """Nothing the run printed, logged or wrote holds a token or the SMTP password."""
     written = [p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file()]
@@ -195,11 +203,7 @@ def test_a_successful_run_tells_only_who_asks(pg: ThrowawayCluster, tmp_path: Pa
 
 def test_a_backup_with_notify_false_is_left_out(pg: ThrowawayCluster, tmp_path: Path) -> None:
     with http_receiver() as hook, http_receiver() as checks:
-        notify = [
-            {"kind": "webhook", "url": f"{hook.url}/hook"},
-            {"kind": "healthchecks", "url": f"{checks.url}/check"},
-        ]
-        config = configure(pg, tmp_path, notify)
+        config = configure(pg, tmp_path, hook_and_check(hook, checks))
         document = json.loads(config.read_text())
         document["backups"][1]["notify"] = False  # the broken one
         write_config(config, document)
@@ -261,11 +265,7 @@ def test_notifiers_that_fail_are_warnings_within_their_bounds(
 
 def test_verify_and_prune_tell_of_their_failures(pg: ThrowawayCluster, tmp_path: Path) -> None:
     with http_receiver() as hook, http_receiver() as checks:
-        notify = [
-            {"kind": "webhook", "url": f"{hook.url}/hook"},
-            {"kind": "healthchecks", "url": f"{checks.url}/check"},
-        ]
-        config = configure(pg, tmp_path, notify)
+        config = configure(pg, tmp_path, hook_and_check(hook, checks))
         assert run_cli("backup", "-c", str(config), "-n", "good", env=cli_env(pg)).returncode == 0
         checks.requests.clear()
         good = run_cli("verify", "-c", str(config), env=cli_env())
@@ -312,11 +312,7 @@ def test_a_run_stopped_by_a_held_lock_still_ends_its_start_ping(
     pg: ThrowawayCluster, tmp_path: Path
 ) -> None:
     with http_receiver() as hook, http_receiver() as checks:
-        notify = [
-            {"kind": "webhook", "url": f"{hook.url}/hook"},
-            {"kind": "healthchecks", "url": f"{checks.url}/check"},
-        ]
-        config = configure(pg, tmp_path, notify)
+        config = configure(pg, tmp_path, hook_and_check(hook, checks))
         (tmp_path / "out").mkdir(mode=0o700)
         with (tmp_path / "out" / ".db-backup.lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another run holds the folder
