@@ -17,9 +17,27 @@ from db_backup.threads import start_in_thread
 
 # Large reads keep per-chunk overhead (system call, write call) negligible.
 CHUNK_SIZE = 1024 * 1024
+# A dump that writes in small pieces (mariadb-dump: 4 KiB, stdio's buffer on a pipe) is read in
+# 4 KiB reads however large the pipe; they are gathered to this size before the pipeline sees
+# them, so the per-chunk work (compressor call, hash, count, one write per target) is paid
+# once per BATCH_BYTES, not per 4 KiB.
+BATCH_BYTES = 256 * 1024
 PROGRESS_SECONDS = 0.1
 # A cancelled job waits this long for its pump thread to notice, then abandons it.
 PUMP_STOP_SECONDS = 2.0
+
+
+def read_batch(source: int) -> bytes:
+    """At least BATCH_BYTES from the pipe `source` (less only at its end; b"" at EOF)."""
+    first = os.read(source, CHUNK_SIZE)
+    if not first or len(first) >= BATCH_BYTES:
+        return first
+    parts = [first]
+    size = len(first)
+    while size < BATCH_BYTES and (more := os.read(source, CHUNK_SIZE)):
+        parts.append(more)
+        size += len(more)
+    return b"".join(parts)
 
 
 async def pump(
@@ -56,7 +74,7 @@ async def pump(
             os.close(source)
 
     def _drain(source: int) -> None:
-        while chunk := os.read(source, CHUNK_SIZE):
+        while chunk := read_batch(source):
             stored = pipeline.feed(chunk)
             if check is not None:
                 check.write(chunk)
