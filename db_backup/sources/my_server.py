@@ -41,9 +41,10 @@ def resolve_password(backup: MysqlBackup) -> str | None:
     return password_of(backup.password, backup.password_file)
 
 
-def _connect(backup: MysqlBackup, database: str | None, password: str | None) -> Any:
-    import pymysql
-
+def connect_options(
+    backup: MysqlBackup, database: str | None, password: str | None
+) -> dict[str, Any]:
+    """PyMySQL's connect() arguments for the backup's server (JSON-able: a child takes them)."""
     options: dict[str, Any] = {
         "user": backup.username,
         "database": database or None,
@@ -62,13 +63,24 @@ def _connect(backup: MysqlBackup, database: str | None, password: str | None) ->
         own = Path.home() / ".my.cnf"
         if own.is_file():  # as the mysql client: the user's [client] section
             options["read_default_file"] = str(own)
+    return options
+
+
+def connect(options: dict[str, Any]) -> Any:
+    """A PyMySQL connection (blocking); its failure as a ConnectionCheckError."""
+    import pymysql
+
     try:
         return pymysql.connect(**options)
     except pymysql.err.MySQLError as exc:
-        raise _check_error(exc, password) from None
+        raise check_error(exc, options.get("password")) from None
 
 
-def _check_error(exc: Exception, password: str | None) -> ConnectionCheckError:
+def _connect(backup: MysqlBackup, database: str | None, password: str | None) -> Any:
+    return connect(connect_options(backup, database, password))
+
+
+def check_error(exc: Exception, password: str | None) -> ConnectionCheckError:
     """A PyMySQL error as a connection check's verdict, the password masked."""
     code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
     said = redact(str(exc.args[1] if len(exc.args) > 1 else exc), password)
@@ -97,7 +109,7 @@ def query(
             cursor.execute(sql, args or None)
             return list(cursor.fetchall())
     except pymysql.err.MySQLError as exc:
-        raise _check_error(exc, password) from None
+        raise check_error(exc, password) from None
     finally:
         connection.close()
 
@@ -131,7 +143,7 @@ def _probe(backup: MysqlBackup, database: str | None, password: str | None) -> S
                         inconsistent,
                     )
     except pymysql.err.MySQLError as exc:
-        raise _check_error(exc, password) from None
+        raise check_error(exc, password) from None
     finally:
         connection.close()
     product = "MariaDB" if "mariadb" in version.lower() else "MySQL"

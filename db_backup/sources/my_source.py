@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 
 from db_backup.config.schema import BackupConfig, MysqlBackup
-from db_backup.errors import BackupError, DumpError, RestoreError, ToolNotFoundError
+from db_backup.errors import BackupError, DumpError, RestoreError
 from db_backup.manifest import Contents, Manifest
 from db_backup.model import JobKind, JobSpec
 from db_backup.process import INHERITED_FILE
@@ -34,6 +36,7 @@ from db_backup.sources.base import (
 from db_backup.sources.my_contents import MysqlDumpContents
 from db_backup.sources.my_server import (
     check_connection,
+    connect_options,
     find_client_program,
     find_dump_program,
     list_databases,
@@ -41,7 +44,7 @@ from db_backup.sources.my_server import (
     query,
     resolve_password,
 )
-from db_backup.sources.mysql import END_MARKER, client_argv, dump_argv, globals_argv, option_file
+from db_backup.sources.mysql import END_MARKER, client_argv, dump_argv, option_file
 from db_backup.threads import in_thread
 
 # What a dump program's last words mean for another attempt (lower case).
@@ -88,6 +91,11 @@ async def _without_events(
     argv.remove("--events")
 
 
+def _child_env() -> dict[str, str]:
+    """Our environment without a password a shared environment may carry."""
+    return {k: v for k, v in os.environ.items() if k not in _PASSWORD_VARIABLES}
+
+
 def _mysql(backup: BackupConfig) -> MysqlBackup:
     assert isinstance(backup, MysqlBackup), f"not a MySQL backup: {backup.name}"
     return backup
@@ -112,35 +120,45 @@ class MysqlSource:
     async def dump(self, job: JobSpec, server: ServerInfo) -> Dump:
         backup = _mysql(job.backup)
         password = resolve_password(backup)
+        if job.kind is JobKind.GLOBALS:
+            return self._users_dump(backup, password, job.kind)
         program = find_dump_program(backup)
         version = await in_thread(program_version, program)
         option = INHERITED_FILE if password is not None else None
-        globals_only = job.kind is JobKind.GLOBALS
-        if globals_only and "mariadb" not in f"{program.name} {version}".lower():
-            raise ToolNotFoundError(
-                f"globals: true needs MariaDB's mariadb-dump (--system=users); {program} "
-                "is MySQL's mysqldump"
-            )
-        argv = (
-            globals_argv(str(program), backup, option)
-            if globals_only
-            else dump_argv(str(program), backup, job.database, option)
-        )
-        if not globals_only and set(job.database) & QUOTES:
+        argv = dump_argv(str(program), backup, job.database, option)
+        if set(job.database) & QUOTES:
             await _without_events(backup, job.database, password, argv)
-        env = {k: v for k, v in os.environ.items() if k not in _PASSWORD_VARIABLES}
         return Dump(
             program=program.name,
             client=f"{program.name} {version}",
             argv=argv,
-            env=env,
+            env=_child_env(),
             format="plain",
             completion=self.completion("plain", job.kind),
             compression=None,
-            expected_bytes=None if globals_only else server.database_size,
+            expected_bytes=server.database_size,
             secret=password,
             inherited_file=option_file(password).encode() if password is not None else None,
-            counter=None if globals_only or not counting() else MysqlDumpContents(),
+            counter=MysqlDumpContents() if counting() else None,
+        )
+
+    def _users_dump(self, backup: MysqlBackup, password: str | None, kind: JobKind) -> Dump:
+        """The server's users, roles and grants, by a child of ours (my_users.py) that asks
+        SHOW CREATE USER / SHOW GRANTS, the password on its inherited pipe."""
+        import pymysql
+
+        options = connect_options(backup, None, password)
+        return Dump(
+            program="db-backup users",
+            client=f"db-backup users (PyMySQL {pymysql.__version__})",
+            argv=[sys.executable, "-I", "-m", "db_backup.sources.my_users", INHERITED_FILE],
+            env=_child_env(),
+            format="plain",
+            completion=self.completion("plain", kind),
+            compression=None,
+            expected_bytes=None,
+            secret=password,
+            inherited_file=json.dumps(options).encode(),
         )
 
     def maintenance_database(self, backup: BackupConfig) -> str:
@@ -190,7 +208,7 @@ class MysqlSource:
         return RestoreProgram(
             program=program.name,
             argv=argv,
-            env={k: v for k, v in os.environ.items() if k not in _PASSWORD_VARIABLES},
+            env=_child_env(),
             secret=password,
             inherited_file=option_file(password).encode() if password is not None else None,
             error_marker="ERROR" if globals_only else None,

@@ -77,18 +77,6 @@ def dump_argv(
     ]
 
 
-def globals_argv(program: str, backup: MysqlBackup, options_path: str | None) -> list[str]:
-    """The server's users, roles and grants (MariaDB's mariadb-dump --system=users), as SQL
-    that recreates them: what `globals: true` keeps, once per server."""
-    return [
-        program,
-        *connection_args(backup, options_path),
-        "--system=users",
-        "--default-character-set=utf8mb4",
-        "--comments",
-    ]
-
-
 def client_argv(
     program: str, backup: MysqlBackup, database: str | None, options_path: str | None
 ) -> list[str]:
@@ -111,3 +99,38 @@ def version_number(version: str) -> int:
         return 0
     major, minor, patch = (int(part) for part in match.groups())
     return major * 10000 + minor * 100 + patch
+
+
+# Accounts the server makes for itself (MySQL's mysql.sys, mysql.session, mysql.infoschema;
+# MariaDB's mariadb.sys): a restore must not touch them.
+_SERVER_ACCOUNT_PREFIX = "mysql."
+_SERVER_ACCOUNTS = frozenset({"mariadb.sys"})
+
+
+# The proxy grant every install gives root@localhost on the anonymous user: the server
+# recreates it, and only an account that holds it WITH GRANT OPTION (root over the socket, no
+# admin over TCP) may grant it again, so restoring it would fail where nothing is missing.
+_BOOTSTRAP_PROXY = re.compile(r"GRANT PROXY ON (''|``)@(''|``|'%'|`%`) TO ")
+
+
+def is_server_account(user: str) -> bool:
+    """Is `user` one of the accounts a server creates for its own use?"""
+    return user.startswith(_SERVER_ACCOUNT_PREFIX) or user in _SERVER_ACCOUNTS
+
+
+def create_if_missing(statement: str) -> str:
+    """SHOW CREATE USER's (or a role's) statement, made to pass over an account the server
+    has already, so a restore of users into a server that has some goes on."""
+    for verb in ("CREATE USER ", "CREATE ROLE "):
+        if statement.startswith(verb) and not statement.startswith(f"{verb}IF NOT EXISTS "):
+            return f"{verb}IF NOT EXISTS {statement[len(verb) :]}"
+    return statement
+
+
+def users_script(server: str, creates: list[str], grants: list[str], completed: str) -> str:
+    """The SQL that recreates a server's accounts: every CREATE first (a grant of a role
+    needs the role), then every GRANT; ending with the end marker as mysqldump's does."""
+    lines = [f"-- Users, roles and grants of {server} (SHOW CREATE USER, SHOW GRANTS)", ""]
+    lines += [f"{create_if_missing(statement)};" for statement in creates]
+    lines += [f"{statement};" for statement in grants if not _BOOTSTRAP_PROXY.match(statement)]
+    return "\n".join([*lines, "", f"-- Dump completed on {completed}", ""])

@@ -259,6 +259,61 @@ def test_every_database_but_the_servers_own_and_its_globals(
     assert b"`reporting`@`%`" in users
     assert b"r3port" not in users  # a hash, never the password
 
+    mariadb.sql("DROP USER 'reporting'@'%';")
+    restored = run_cli("restore", "-c", str(config), "-n", "all.wild_a", "--to-database",
+                       "wild_copy", "--with-globals", env=cli_env(mariadb=mariadb))  # fmt: skip
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert "reporting" in mariadb.sql("SELECT user FROM mysql.user")
+
+
+def test_users_roles_and_grants_come_back_with_their_passwords(
+    mariadb: ThrowawayMariaDB, tmp_path: Path
+) -> None:
+    import pymysql
+
+    make_database(mariadb, "granted", "CREATE TABLE t (n INT);")
+    account = "'app''s #1'@'%'"
+    mariadb.sql(
+        f"CREATE OR REPLACE USER {account} IDENTIFIED BY 'pa$$ \"w0rd';"
+        f"GRANT SELECT, INSERT ON granted.* TO {account};"
+        "CREATE OR REPLACE ROLE auditor; GRANT SELECT ON granted.t TO auditor;"
+        f"GRANT auditor TO {account}; SET DEFAULT ROLE auditor FOR {account};"
+    )
+
+    def grants() -> list[str]:
+        return sorted(
+            mariadb.sql(f"SHOW GRANTS FOR {account}; SHOW GRANTS FOR auditor;").splitlines()
+        )
+
+    grants_before = grants()
+    backup = {"name": "granted", "database": "granted", "globals": True}
+    config = configure(tmp_path, mariadb, [backup])
+    env = cli_env(mariadb=mariadb)
+    result = run_cli("backup", "-c", str(config), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    jobs = {job["job"]: job for job in json.loads(result.stdout)["jobs"]}
+    users = jobs[f"globals-{mariadb.host}-{mariadb.port}"]
+    manifest = json.loads(Path(users["manifest"]).read_text())
+    assert manifest["client"].startswith("db-backup users (PyMySQL ")
+    assert manifest["checks"] == ["sha256", "end marker"]
+    script = gzip.decompress(Path(users["file"]).read_bytes()).decode()
+    assert "CREATE USER IF NOT EXISTS `app's #1`@`%`" in script
+    assert "CREATE ROLE IF NOT EXISTS 'auditor'" in script
+    assert "mariadb.sys" not in script  # the server's own account
+    assert "w0rd" not in script  # a hash, never the password
+
+    mariadb.sql(f"DROP USER {account}; DROP ROLE auditor;")  # also the role's own grants
+    restored = run_cli("restore", "-c", str(config), "-n", "granted", "--to-database",
+                       "granted_copy", "--with-globals", env=env)  # fmt: skip
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert grants() == grants_before
+    login = pymysql.connect(host=mariadb.host, port=mariadb.port, user="app's #1",
+                            password='pa$$ "w0rd', database="granted")  # fmt: skip
+    with login.cursor() as cursor:
+        cursor.execute("SELECT CURRENT_ROLE()")
+        assert cursor.fetchone() == ("auditor",)  # its default role too
+    login.close()  # the password hash came back with the user
+
 
 def test_postgres_and_mariadb_jobs_in_one_run(
     pg: ThrowawayCluster, mariadb: ThrowawayMariaDB, tmp_path: Path

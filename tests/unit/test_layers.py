@@ -63,6 +63,7 @@ FLOORS: list[set[str]] = [
         "sources.pg_admin",
         "sources.pg_source",
         "sources.my_server",
+        "sources.my_users",  # a child of ours: the server's accounts as SQL
         "sources.my_admin",
         "sources.my_source",
         "pgcluster",

@@ -12,7 +12,14 @@ from db_backup.config.schema import MariadbBackup, MysqlBackup, PostgresBackup
 from db_backup.errors import ConfigError
 from db_backup.plan import server_of
 from db_backup.process import INHERITED_FILE
-from db_backup.sources.mysql import dump_argv, option_file, version_number
+from db_backup.sources.mysql import (
+    create_if_missing,
+    dump_argv,
+    is_server_account,
+    option_file,
+    users_script,
+    version_number,
+)
 
 STORAGE = "storage: {path: /srv/b}"
 
@@ -101,3 +108,34 @@ def test_defaults_may_hold_keys_of_either_engine() -> None:
     assert "dump_path" not in {f for f in pg.__struct_fields__}
     assert isinstance(maria, MariadbBackup)
     assert maria.dump_path == "/opt/mariadb-dump"
+
+
+def test_a_users_script_creates_every_account_first_and_passes_over_existing_ones() -> None:
+    script = users_script(
+        "db4 (8.0.40)",
+        ["CREATE USER `app`@`%` IDENTIFIED WITH 'caching_sha2_password' AS 0x24",
+         "CREATE ROLE IF NOT EXISTS 'auditor'", "CREATE ROLE `reader`"],
+        ["GRANT `auditor` TO `app`@`%`", "GRANT PROXY ON ``@`` TO `root`@`localhost`",
+         "GRANT PROXY ON ''@'%' TO 'root'@'localhost' WITH GRANT OPTION",
+         "GRANT PROXY ON `app`@`%` TO `ops`@`%`"],
+        "2026-12-02 04:00:00",
+    )  # fmt: skip
+    assert script.splitlines()[2:] == [
+        "CREATE USER IF NOT EXISTS `app`@`%` IDENTIFIED WITH 'caching_sha2_password' AS 0x24;",
+        "CREATE ROLE IF NOT EXISTS 'auditor';",
+        "CREATE ROLE IF NOT EXISTS `reader`;",
+        "GRANT `auditor` TO `app`@`%`;",
+        "GRANT PROXY ON `app`@`%` TO `ops`@`%`;",  # only the install's own proxy grant goes
+        "",
+        "-- Dump completed on 2026-12-02 04:00:00",
+    ]
+    assert create_if_missing("GRANT SELECT ON *.* TO x") == "GRANT SELECT ON *.* TO x"
+
+
+@pytest.mark.parametrize(
+    ("user", "own"),
+    [("mysql.sys", True), ("mysql.session", True), ("mariadb.sys", True), ("root", False),
+     ("mysql_app", False), ("mariadb.system.app", False)],
+)  # fmt: skip
+def test_server_accounts(user: str, own: bool) -> None:
+    assert is_server_account(user) is own
