@@ -102,6 +102,12 @@ class CredentialsError(BackupError):
     kind = "credentials"
 
 
+class KeyFileError(BackupError):
+    """An age identity or recipient that cannot be used; says why, never the key."""
+
+    kind = "key"
+
+
 class ConnectionCheckError(BackupError):
     """The quick connection check before a dump failed."""
 
@@ -133,6 +139,12 @@ class DamagedStreamError(BackupError):
     stream damaged or cut short."""
 
     kind = "damaged"
+
+
+class WrongIdentityError(DamagedStreamError):
+    """An encrypted backup none of the given identities can decrypt."""
+
+    kind = "key"
 
 
 class StorageError(BackupError):

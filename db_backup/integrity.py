@@ -34,7 +34,14 @@ from db_backup.naming import BACKUP_SUFFIXES, format_of
 from db_backup.process import Child, spawn
 from db_backup.sources import source_named
 from db_backup.sources.base import Completion, ContentCounter, Source
-from db_backup.stages.unpack import Unstaging, records_from_name
+from db_backup.stages.unpack import (
+    NO_KEYS,
+    ReadingKeys,
+    Unstaging,
+    is_encrypted,
+    records_from_name,
+    unstaging,
+)
 from db_backup.storage import Store, ask_targets
 from db_backup.threads import in_thread, start_in_thread
 
@@ -124,6 +131,7 @@ class Verdict:
     location: str  # a path or an s3:// URL
     problems: list[str] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what could not be checked, and why
 
     @property
     def ok(self) -> bool:
@@ -163,6 +171,12 @@ class StreamCheck:
         return None
 
 
+UNCHECKED_SEALED = (
+    "content not checked: the backup is encrypted (give an identity with --identity FILE "
+    "to decrypt and check it)"
+)
+
+
 def _read_manifest(store: Store, name: str, verdict: Verdict) -> manifest.Manifest | None:
     manifest_name = f"{name}.json"
     if not store.exists(manifest_name):
@@ -192,6 +206,16 @@ def pass_over(
     check.finish()
 
 
+def _judge_stored(check: StreamCheck, record: manifest.Manifest | None, verdict: Verdict) -> None:
+    """The stored bytes' size and sha256 against the manifest, into `verdict`."""
+    if record is None:
+        return  # said already (_read_manifest)
+    if (mismatch := check.against(record)) is None:
+        verdict.checks.append("size and sha256 match the manifest")
+    else:
+        verdict.problems.append(mismatch)
+
+
 def _judge(
     check: StreamCheck,
     record: manifest.Manifest | None,
@@ -199,12 +223,7 @@ def _judge(
     verdict: Verdict,
 ) -> None:
     """The manifest comparison, then the stream and the dump inside it, into `verdict`."""
-    if record is not None:
-        mismatch = check.against(record)
-        if mismatch is None:
-            verdict.checks.append("size and sha256 match the manifest")
-        else:
-            verdict.problems.append(mismatch)
+    _judge_stored(check, record, verdict)
     unstaging = check.unstaging
     if unstaging.error is not None:
         verdict.problems.append(unstaging.error)
@@ -221,6 +240,16 @@ def _judge(
         verdict.checks.append(completion.passed)
     else:
         verdict.problems.append(completion.failed)
+
+
+async def _verify_sealed(
+    store: Store, name: str, record: manifest.Manifest | None, verdict: Verdict
+) -> None:
+    """An encrypted backup without an identity: only its size and sha256 can be checked."""
+    check = StreamCheck(Unstaging([]))
+    await in_thread(pass_over, store, name, check)
+    _judge_stored(check, record, verdict)
+    verdict.notes.append(UNCHECKED_SEALED)
 
 
 def _completion_of(name: str, record: manifest.Manifest | None) -> tuple[Source, Completion]:
@@ -253,7 +282,11 @@ async def verify_backup(store: Store, name: str, readers: Readers) -> Verdict:
             if reader is not None:
                 reading = await stack.enter_async_context(read_through(reader, completion))
             stages = manifest.stages_of(record) if record else records_from_name(name)
-            check = StreamCheck(Unstaging.of(stages), reading)
+            if is_encrypted(stages) and readers.keys.identity_file is None:
+                await _verify_sealed(store, name, record, verdict)
+                return verdict
+            undoing = await stack.enter_async_context(unstaging(stages, readers.keys))
+            check = StreamCheck(undoing, reading)
             await in_thread(pass_over, store, name, check)
             _judge(check, record, completion, verdict)
             if reading is not None:
@@ -272,6 +305,7 @@ async def verify_backup(store: Store, name: str, readers: Readers) -> Verdict:
 class Readers:
     """Each engine's reader program, found once per verify run."""
 
+    keys: ReadingKeys = NO_KEYS  # decrypt encrypted backups (none: check sha256 only)
     found: dict[str, list[str] | None] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)  # engine → why there is none
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -327,9 +361,11 @@ async def archives_on(
     return found, errors
 
 
-async def verify_all(backups: Sequence[tuple[Store, str]], concurrency: int = 2) -> list[Verdict]:
-    """Verify backups concurrently, in the order given."""
-    readers = Readers()
+async def verify_all(
+    backups: Sequence[tuple[Store, str]], concurrency: int = 2, keys: ReadingKeys = NO_KEYS
+) -> list[Verdict]:
+    """Verify backups concurrently, in the order given; `keys` decrypt encrypted ones."""
+    readers = Readers(keys=keys)
     slots = asyncio.Semaphore(concurrency)
 
     async def one(store: Store, name: str) -> Verdict:

@@ -42,6 +42,8 @@ from db_backup.redact import redact
 from db_backup.sources.base import Dump, ServerInfo
 from db_backup.stages import Pipeline
 from db_backup.stages.compress import compressor_for
+from db_backup.stages.encrypt import encrypting
+from db_backup.stages.unpack import is_encrypted
 from db_backup.threads import in_thread
 from db_backup.units import format_duration
 
@@ -155,6 +157,11 @@ async def _dump(
         if not any(d.live for d in deliveries):
             raise targets_failed(deliveries)
         async with contextlib.AsyncExitStack() as stack:
+            if job.backup.encryption is not None:  # the plaintext goes to `age` on a pipe
+                encryption = job.backup.encryption.recipients
+                pipeline = Pipeline(
+                    compressor, await stack.enter_async_context(encrypting(encryption))
+                )
             check = None
             if dump.reader_argv is not None:  # no end marker: read it through instead
                 check = await stack.enter_async_context(
@@ -239,6 +246,7 @@ def _manifest(
         checks=("sha256", dump.completion.check),
         stages=pipeline.records,
         contents=dump.counter.contents() if dump.counter else None,
+        encryption="age" if is_encrypted(pipeline.records) else None,
     )
 
 

@@ -27,9 +27,17 @@ class Compressed(msgspec.Struct, frozen=True, kw_only=True, tag_field="stage", t
     level: int | None
 
 
-# Every kind of stage a manifest can list (an encryption stage joins this union); each is
-# read back by its own inverse, see stages/unpack.py.
-StageRecord = Compressed
+class Encrypted(msgspec.Struct, frozen=True, kw_only=True, tag_field="stage", tag="encrypt"):
+    """An encryption stage: the stored bytes are an age file (age-encryption.org/v1) that any
+    one of `recipients` (public keys, never a secret) can decrypt."""
+
+    method: str = "age"
+    recipients: tuple[str, ...]
+
+
+# Every kind of stage a manifest can list; each is read back by its own inverse, see
+# stages/unpack.py.
+StageRecord = Compressed | Encrypted
 
 
 class Contents(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,6 +79,8 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     stages: tuple[StageRecord, ...] = ()
     # What the dump holds (None: not counted, e.g. older manifests or globals).
     contents: Contents | None = None
+    # "age" when the stored bytes are encrypted (its stage record lists the recipients).
+    encryption: str | None = None
 
 
 class RestoreTest(msgspec.Struct, frozen=True, kw_only=True):

@@ -18,14 +18,15 @@ from datetime import UTC, datetime
 
 from db_backup.config.schema import NAME_PATTERN, BackupConfig, StorageConfig
 from db_backup.model import JobKind
-from db_backup.stages import COMPRESSION_SUFFIXES
+from db_backup.stages import COMPRESSION_SUFFIXES, ENCRYPTED_SUFFIX
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_COMPONENT = 60
 LONGEST_SAFE_NAME = _MAX_COMPONENT + 9  # and "-" and 8 hex digits of a hash
 _STAMP_PATTERN = r"\d{8}T\d{6}Z\."
+_PLAIN_SUFFIXES = (".dump", *(f".sql{suffix}" for suffix in COMPRESSION_SUFFIXES.values()))
 # Every suffix a backup file can have (see `extension`).
-BACKUP_SUFFIXES = (".dump", *(f".sql{suffix}" for suffix in COMPRESSION_SUFFIXES.values()))
+BACKUP_SUFFIXES = (*_PLAIN_SUFFIXES, *(f"{suffix}{ENCRYPTED_SUFFIX}" for suffix in _PLAIN_SUFFIXES))
 
 
 def timestamp(moment: datetime) -> str:
@@ -48,15 +49,17 @@ def safe_component(text: str) -> str:
 
 
 def extension(backup: BackupConfig, kind: JobKind = JobKind.DATABASE) -> str:
-    """.sql.gz / .sql.zst / .sql for plain SQL (and globals); .dump for custom format."""
+    """.sql.gz / .sql.zst / .sql for plain SQL (and globals); .dump for custom format; each
+    with .age after it when encrypted."""
+    encrypted = ENCRYPTED_SUFFIX if backup.encryption is not None else ""
     if kind is JobKind.DATABASE and backup.format == "custom":
-        return ".dump"
-    return f".sql{COMPRESSION_SUFFIXES[backup.compression.algorithm]}"
+        return f".dump{encrypted}"
+    return f".sql{COMPRESSION_SUFFIXES[backup.compression.algorithm]}{encrypted}"
 
 
 def format_of(name: str) -> str:
     """The dump format a stored file's name says (see `extension`)."""
-    return "custom" if name.endswith(".dump") else "plain"
+    return "custom" if name.removesuffix(ENCRYPTED_SUFFIX).endswith(".dump") else "plain"
 
 
 def file_prefix(storage: StorageConfig, job_name: str) -> str:

@@ -42,7 +42,7 @@ from db_backup.naming import globals_job_name, run_stamp_of
 from db_backup.process import spawn
 from db_backup.redact import redact
 from db_backup.sources.base import DatabaseState, RestoreProgram, Source
-from db_backup.stages.unpack import Unstaging
+from db_backup.stages.unpack import NO_IDENTITY, NO_KEYS, ReadingKeys, is_encrypted, unstaging
 from db_backup.threads import in_thread
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class RestoreRequest:
     with_globals: bool = False
     jobs: int = 1
     scratch: Path | None = None
+    keys: ReadingKeys = NO_KEYS  # an identity for encrypted backups
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class RestorePlan:
     jobs: int
     scratch: Path | None
     notes: tuple[str, ...] = ()  # worth saying before it starts (e.g. no globals found)
+    keys: ReadingKeys = NO_KEYS  # an identity for encrypted backups
 
     @property
     def where(self) -> str:
@@ -152,6 +154,10 @@ def choose(config: Config, archives: Sequence[Archive], request: RestoreRequest)
                 f"no globals backup from the run of {archive.name} on {archive.target}: "
                 "restoring without roles"
             )
+    for chosen in (archive, globals_archive):
+        encrypted = chosen is not None and is_encrypted(stages_of(chosen.record))
+        if chosen is not None and encrypted and request.keys.identity_file is None:
+            raise RestoreError(f"{chosen.location}: {NO_IDENTITY}; nothing was restored")
     return RestorePlan(
         archive=archive,
         globals=globals_archive,
@@ -161,6 +167,7 @@ def choose(config: Config, archives: Sequence[Archive], request: RestoreRequest)
         jobs=request.jobs,
         scratch=request.scratch,
         notes=tuple(notes),
+        keys=request.keys,
     )
 
 
@@ -305,7 +312,7 @@ async def _apply(
             try:
                 with staged.open("xb") as file:
                     os.fchmod(file.fileno(), 0o600)
-                    await _read_back(archive, file, on_progress)
+                    await _read_back(archive, file, on_progress, plan.keys)
             except OSError as exc:
                 raise RestoreError(
                     f"staging {archive.location} in {folder}: {exc.strerror or exc} "
@@ -314,10 +321,10 @@ async def _apply(
             program = await source.restore_program(
                 plan.server, database, record, jobs=plan.jobs, file=staged
             )
-            await _run(program, archive, None, on_progress)
+            await _run(program, archive, None, on_progress, plan.keys)
         return
     program = await source.restore_program(plan.server, database, record, jobs=1, file=None)
-    await _run(program, archive, archive, on_progress)
+    await _run(program, archive, archive, on_progress, plan.keys)
 
 
 async def _run(
@@ -325,6 +332,7 @@ async def _run(
     archive: Archive,
     feed: Archive | None,
     on_progress: Callable[[int], None],
+    keys: ReadingKeys,
 ) -> None:
     """Run the restore program, feeding it `feed` (or nothing: it reads a staged file)."""
     errors: list[str] = []
@@ -351,7 +359,7 @@ async def _run(
         reader = ReadThrough(child, failure)
         if feed is not None:
             held = _HoldingBack(reader)
-            await _read_back(feed, held, on_progress)
+            await _read_back(feed, held, on_progress, keys)
             held.release()  # only now, checked, may the program see the dump's last bytes
         await reader.finish()
     if errors:
@@ -385,11 +393,11 @@ async def _read_back(
     archive: Archive,
     writer: Writer,
     on_progress: Callable[[int], None],
+    keys: ReadingKeys,
 ) -> None:
     """The archive's stored bytes, checked against its manifest as they pass, undone stage by
     stage into `writer`; raises RestoreError if they do not check out."""
     loop = asyncio.get_running_loop()
-    check = StreamCheck(Unstaging.of(stages_of(archive.record)), writer)
     done, last_report = 0, 0.0
 
     def read(count: int) -> None:  # on the reading thread
@@ -399,8 +407,10 @@ async def _read_back(
             last_report = time.monotonic()
             loop.call_soon_threadsafe(on_progress, done)
 
-    # Read to the end even if the program stopped reading: the check decides, not its exit.
-    await in_thread(pass_over, archive.store, archive.name, check, read)
+    async with unstaging(stages_of(archive.record), keys) as undoing:
+        check = StreamCheck(undoing, writer)
+        # Read to the end even if the program stopped reading: the check decides, not its exit.
+        await in_thread(pass_over, archive.store, archive.name, check, read)
     on_progress(done)
     problem = check.unstaging.error or check.against(archive.record)
     if problem is not None:

@@ -30,6 +30,7 @@ from db_backup.naming import restore_test_name
 from db_backup.restore import RestorePlan, globals_of, restore
 from db_backup.sources import source_named
 from db_backup.sources.base import Sandbox, Source
+from db_backup.stages.unpack import NO_KEYS, ReadingKeys
 from db_backup.threads import in_thread
 
 
@@ -145,9 +146,11 @@ async def prove_restores(
     archives: Sequence[Archive],
     catalog: Sequence[Archive],
     on_result: Callable[[RestoreTestResult], None],
+    keys: ReadingKeys = NO_KEYS,
 ) -> list[RestoreTestResult]:
     """Restore-test each of `archives` in turn (`catalog`: every archive, for globals and
-    for the other copies of each); `on_result` hears each as it finishes."""
+    for the other copies of each); `on_result` hears each as it finishes; `keys` decrypt
+    encrypted backups."""
     backups = {backup.name: backup for backup in config.backups}
     results = []
     async with contextlib.AsyncExitStack() as stack:
@@ -159,7 +162,7 @@ async def prove_restores(
             try:
                 sandbox = await sandboxes.for_engine(archive.record.engine, template)
                 result.sandbox = sandbox.description
-                await _test_one(archive, catalog, template, sandbox, result)
+                await _test_one(archive, catalog, template, sandbox, result, keys)
             except BackupError as exc:
                 result.problems.append(str(exc))
             result.seconds = time.monotonic() - started
@@ -175,6 +178,7 @@ async def _test_one(
     template: BackupConfig,
     sandbox: Sandbox,
     result: RestoreTestResult,
+    keys: ReadingKeys,
 ) -> None:
     record = archive.record
     if _major(sandbox.version) < _major(record.server_version):
@@ -194,6 +198,7 @@ async def _test_one(
         clean=False,
         jobs=1,
         scratch=None,
+        keys=keys,
     )
     async with _dropped_afterwards(source, sandbox.server, database):
         await restore(plan, lambda _: None)

@@ -20,7 +20,7 @@ import typer
 
 from db_backup import __version__
 from db_backup.cli import exits, restoring, setup
-from db_backup.cli.options import ConfigOption, NamesOption
+from db_backup.cli.options import ConfigOption, IdentityOption, NamesOption
 from db_backup.errors import BackupError
 
 T = TypeVar("T")
@@ -393,13 +393,15 @@ def verify(
     every: Annotated[
         bool, typer.Option("--all", help="With --restore: every backup, not only the newest.")
     ] = False,
+    identity: IdentityOption = None,
 ) -> None:
-    """Re-read backups: size and sha256 against the manifest, complete stream and dump;
-    with --restore, prove they restore."""
+    """Re-read backups: size and sha256 against the manifest, complete stream and dump
+    (encrypted ones: decrypted with --identity, else size and sha256 only); with --restore,
+    prove they restore."""
     if restore:
         if config is None or paths:
             exits.fail_usage("--restore needs a config (-c) and takes no paths")
-        restoring.verify_restores(config, tuple(name or ()), every=every)
+        restoring.verify_restores(config, tuple(name or ()), every=every, identity=identity)
         return
     if name or every:
         exits.fail_usage("-n and --all go with --restore")
@@ -408,9 +410,12 @@ def verify(
     with exits.errors_to_exit_codes():
         targets = list(paths or ())
         storages = []
+        configured = None
         if config is not None:
             loaded = setup.load_config(config, require_env=False)  # targets only: no DB secrets
             storages = list(dict.fromkeys(s for b in loaded.backups for s in b.targets))
+            configured = loaded.verify.identity_file
+        keys = setup.reading_keys(identity, configured)
         if not targets and not storages:
             exits.fail_usage("name backup files or folders to verify, or a config with -c")
         missing = [str(path) for path in targets if not path.exists() and path.suffix != ".json"]
@@ -418,7 +423,7 @@ def verify(
         async def verify_everything() -> tuple[list[Any], dict[str, str]]:
             on_targets, unreadable = await archives_on(storages)
             named = archives_in(path for path in targets if path.exists())
-            return await verify_all(named + on_targets), unreadable
+            return await verify_all(named + on_targets, keys=keys), unreadable
 
         verdicts, unreadable = exits.interruptible(verify_everything())
     for label, error in unreadable.items():
@@ -427,7 +432,7 @@ def verify(
         typer.echo(f"FAILED  {path}: no such file or folder")
     for verdict in verdicts:
         if verdict.ok:
-            typer.echo(f"OK      {verdict.location} ({'; '.join(verdict.checks)})")
+            typer.echo(f"OK      {verdict.location} ({'; '.join(verdict.checks + verdict.notes)})")
         else:
             passed = f" (passed: {'; '.join(verdict.checks)})" if verdict.checks else ""
             typer.echo(f"FAILED  {verdict.location}: {'; '.join(verdict.problems)}{passed}")
@@ -533,6 +538,31 @@ app.command("restore")(restoring.restore_command)
 
 
 # -- notify-test ---------------------------------------------------------------------------------
+
+
+@app.command()
+def keygen(
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Write the identity here (0600; never over a file).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Make a new age identity (X25519) and print its public key, the recipient to put
+    under `encryption: recipients:`. Keep the identity away from the backup host."""
+    from db_backup.keys import write_new_identity
+
+    with exits.errors_to_exit_codes():
+        text, recipient = write_new_identity(output)
+    if output is None:
+        typer.echo(text, nl=False)  # the secret on stdout only when asked for no file
+    else:
+        typer.echo(f"identity written to {output}", err=True)
+    typer.echo(f"Public key: {recipient}", err=output is None)
 
 
 @app.command("notify-test")

@@ -28,3 +28,16 @@ NamesOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+IdentityOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--identity",
+        envvar="DB_BACKUP_IDENTITY",
+        help="age identity file (AGE-SECRET-KEY-1… lines, or an OpenSSH private key) that "
+        "decrypts encrypted backups. Also from DB_BACKUP_IDENTITY, or identity_file: in the "
+        "config's verify:/restore: section.",
+        show_default=False,
+    ),
+]

@@ -7,6 +7,7 @@ otherwise; `--json` prints a report on stdout (schema in the README). Exit codes
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from db_backup.cli import exits, setup
-from db_backup.cli.options import ConfigOption
+from db_backup.cli.options import ConfigOption, IdentityOption
 
 if TYPE_CHECKING:
     from db_backup.restore import RestoreOutcome, RestorePlan
@@ -118,8 +119,10 @@ def restore_command(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print a machine-readable report on stdout.")
     ] = False,
+    identity: IdentityOption = None,
 ) -> None:
-    """Restore a backup into a database: streamed from its target, checked on the way."""
+    """Restore a backup into a database: streamed from its target, checked on the way
+    (decrypted with --identity when it is encrypted)."""
     from db_backup.catalog import list_backups
     from db_backup.restore import OtherServer, RestoreRequest, choose
 
@@ -148,6 +151,8 @@ def restore_command(
     )
     with exits.errors_to_exit_codes():
         loaded = setup.load_config(config, only=(name,))
+        keys = setup.reading_keys(identity, loaded.restore.identity_file)
+        request = dataclasses.replace(request, keys=keys)
         catalog = exits.interruptible(list_backups(loaded))
         for label, error in catalog.errors.items():
             typer.echo(f"db-backup: warning: target {label} could not be read: {error}", err=True)
@@ -293,7 +298,9 @@ def _progress(plan: RestorePlan, bar: bool) -> _PlainProgress | _BarProgress:
     return _PlainProgress(plan)
 
 
-def verify_restores(config: Path, names: tuple[str, ...], *, every: bool) -> None:
+def verify_restores(
+    config: Path, names: tuple[str, ...], *, every: bool, identity: Path | None
+) -> None:
     """`verify --restore`: a line per backup as its test ends; exit 1 if any failed."""
     from db_backup.catalog import list_backups
     from db_backup.plan import select_backups
@@ -312,6 +319,7 @@ def verify_restores(config: Path, names: tuple[str, ...], *, every: bool) -> Non
     with exits.errors_to_exit_codes():
         loaded = setup.load_config(config, only=names or None)
         select_backups(loaded, names)  # an unknown name is a usage error
+        keys = setup.reading_keys(identity, loaded.verify.identity_file)
         # Every backup, not only the named ones: the globals may belong to another backup.
         catalog = exits.interruptible(list_backups(loaded))
         for label, error in catalog.errors.items():
@@ -325,7 +333,7 @@ def verify_restores(config: Path, names: tuple[str, ...], *, every: bool) -> Non
             )
             raise typer.Exit(exits.EXIT_FAILED)
         results = exits.interruptible(
-            prove_restores(loaded, archives, catalog.archives, on_result=say)
+            prove_restores(loaded, archives, catalog.archives, on_result=say, keys=keys)
         )
         setup.publish_metrics(loaded)  # the restore tests' outcomes
     problems = [

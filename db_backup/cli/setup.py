@@ -143,3 +143,21 @@ def warn_undelivered(deliveries: Sequence[Any]) -> None:
     for delivery in deliveries:
         if not delivery.ok:
             typer.echo(f"db-backup: warning: {delivery.warning}", err=True)
+
+
+def reading_keys(identity: Path | None, configured: str | None) -> Any:
+    """The keys that decrypt backups (stages.unpack.ReadingKeys): `--identity` (or
+    DB_BACKUP_IDENTITY), else the config's identity_file; the file is read once here, so a
+    missing or unusable one fails before anything starts, and one others may read is warned
+    about."""
+    from db_backup.keys import exposed_identity, read_identities
+    from db_backup.stages.unpack import NO_KEYS, ReadingKeys
+
+    chosen = identity if identity is not None else Path(configured) if configured else None
+    if chosen is None:
+        return NO_KEYS
+    read_identities(chosen)  # KeyFileError says what is wrong with it, never the key
+    warning = exposed_identity(chosen)
+    if warning is not None:
+        typer.echo(f"db-backup: warning: {warning}", err=True)
+    return ReadingKeys(identity_file=str(chosen))

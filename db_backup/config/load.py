@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from db_backup.config.schema import (
     BackupConfig,
     Config,
     EmailNotifier,
+    EncryptionConfig,
     LocalStorage,
     MetricsConfig,
     NotifierConfig,
@@ -164,7 +165,12 @@ class _Loader:
             source=doc.file,
             concurrency=raw.concurrency,
             backups=tuple(b for b in backups if b is not None),
-            verify=raw.verify,
+            verify=msgspec.structs.replace(
+                raw.verify, identity_file=self._absolute_or_none(raw.verify.identity_file)
+            ),
+            restore=msgspec.structs.replace(
+                raw.restore, identity_file=self._absolute_or_none(raw.restore.identity_file)
+            ),
             metrics=self._metrics(raw.metrics),
             notify=notifiers,
             muted_notifiers=muted,
@@ -336,10 +342,12 @@ class _Loader:
                 ("compression", "algorithm"),
                 "format: custom is compressed by pg_dump itself, with gzip (or none)",
             )
+        encryption = self._encryption(backup.encryption, problem)
         if len(self.issues) > before:
             return None
         resolved = msgspec.structs.replace(
             backup,
+            encryption=encryption,
             storage=tuple(self._absolute_storage(target) for target in backup.targets),
             **{
                 key: self._absolute(value)
@@ -355,6 +363,40 @@ class _Loader:
                 f"are both {place.split(':', 1)[1]}",
             )
         return None if len(self.issues) > before else resolved
+
+    def _encryption(
+        self, encryption: EncryptionConfig | None, problem: Callable[[KeyPath, str], None]
+    ) -> EncryptionConfig | None:
+        """`encryption:` with every recipient checked and the file's read into `recipients`."""
+        if encryption is None:
+            return None
+        from db_backup.keys import parse_recipient, recipient_lines
+
+        listed = list(encryption.recipients)
+        for index, recipient in enumerate(encryption.recipients):
+            try:
+                parse_recipient(recipient)
+            except ValueError as exc:
+                problem(("encryption", "recipients", index), str(exc))
+        if encryption.recipients_file is not None:
+            path = Path(self._absolute(encryption.recipients_file))
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                problem(("encryption", "recipients_file"), f"cannot read {path}: {reason}")
+                return None
+            for number, recipient in recipient_lines(text):
+                try:
+                    parse_recipient(recipient)
+                    listed.append(recipient)
+                except ValueError as exc:
+                    problem(("encryption", "recipients_file"), f"{path}, line {number}: {exc}")
+        if not listed and not encryption.recipients_file:
+            problem(("encryption",), "give recipients (public keys) or a recipients_file")
+        elif not listed:
+            problem(("encryption", "recipients_file"), "holds no recipient")
+        return msgspec.structs.replace(encryption, recipients=tuple(dict.fromkeys(listed)))
 
     def _absolute_storage(self, target: StorageConfig) -> StorageConfig:
         if isinstance(target, LocalStorage):
@@ -458,6 +500,9 @@ class _Loader:
                 )
             notifiers.append(notifier)
         return tuple(notifiers), tuple(muted)
+
+    def _absolute_or_none(self, value: str | None) -> str | None:
+        return None if value is None else self._absolute(value)
 
     def _absolute(self, value: str) -> str:
         expanded = os.path.expanduser(value)

@@ -55,6 +55,15 @@ class CompressionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
         return DEFAULT_LEVELS[self.algorithm] if self.level is None else self.level
 
 
+class EncryptionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`encryption:` — age, to public keys only: the backup host needs no secret to encrypt,
+    and any one recipient's identity decrypts. The loader reads `recipients_file` and leaves
+    every recipient, checked, in `recipients`."""
+
+    recipients: tuple[str, ...] = ()  # "age1…", "ssh-ed25519 AAAA… comment", "ssh-rsa …"
+    recipients_file: str | None = None  # one per line; blank lines and # comments ignored
+
+
 Count = Annotated[int, msgspec.Meta(ge=0)]
 
 
@@ -288,6 +297,7 @@ class _Backup(
     # One target or a list; the loader always leaves a tuple here (see `targets`).
     storage: StorageConfig | tuple[StorageConfig, ...]
     compression: CompressionConfig = CompressionConfig()
+    encryption: EncryptionConfig | None = None  # None: stored as compressed, readable
     max_per_host: Positive | None = None
     globals: bool = False
     connect_timeout: Duration = Duration(10.0)
@@ -365,6 +375,13 @@ class VerifyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """`verify:` at the top level."""
 
     sandbox: SandboxConfig | None = None  # None: a throwaway server per verify run
+    identity_file: str | None = None  # age identities that decrypt encrypted backups
+
+
+class RestoreConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`restore:` at the top level."""
+
+    identity_file: str | None = None  # age identities that decrypt encrypted backups
 
 
 class PushgatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -601,6 +618,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     concurrency: int | None
     backups: tuple[BackupConfig, ...]
     verify: VerifyConfig = VerifyConfig()
+    restore: RestoreConfig = RestoreConfig()
     metrics: MetricsConfig = MetricsConfig()
     notify: tuple[NotifierConfig, ...] = ()
     # Notifiers left out because a ${VAR} they need is unset, where a command may run
@@ -617,5 +635,6 @@ class RawConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     defaults: dict[str, Any] = {}
     backups: list[Any]
     verify: VerifyConfig = VerifyConfig()
+    restore: RestoreConfig = RestoreConfig()
     metrics: MetricsConfig = MetricsConfig()
     notify: list[Any] | None = None  # NotifierConfig entries, converted one by one (load.py)

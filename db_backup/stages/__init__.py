@@ -29,6 +29,8 @@ def append_tail(tail: bytes, chunk: bytes) -> bytes:
 
 # What each compression algorithm adds to a file name (the stages below carry it too).
 COMPRESSION_SUFFIXES = {"gzip": ".gz", "zstd": ".zst", "none": ""}
+# What encryption adds after it.
+ENCRYPTED_SUFFIX = ".age"
 
 
 class Stage(Protocol):

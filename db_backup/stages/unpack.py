@@ -7,38 +7,77 @@ check it; restore streams it on into the engine's restore program.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import assert_never
 
-from db_backup.errors import DamagedStreamError
-from db_backup.manifest import Compressed, StageRecord
-from db_backup.stages import COMPRESSION_SUFFIXES, Inverse, append_tail
+from db_backup.errors import DamagedStreamError, KeyFileError, WrongIdentityError
+from db_backup.manifest import Compressed, Encrypted, StageRecord
+from db_backup.stages import COMPRESSION_SUFFIXES, ENCRYPTED_SUFFIX, Inverse, append_tail
 
 
 @dataclass(frozen=True)
 class ReadingKeys:
-    """What undoing the stages may need besides the bytes. Compression needs nothing; an
-    encryption stage's inverse will need its identities (secret keys) here."""
+    """What undoing the stages may need besides the bytes: compression needs nothing,
+    encryption an age identity file (`--identity`, DB_BACKUP_IDENTITY or `identity_file:`)."""
+
+    identity_file: str | None = None
+
+
+NO_KEYS = ReadingKeys()
+
+
+def is_encrypted(records: Sequence[StageRecord]) -> bool:
+    return any(isinstance(record, Encrypted) for record in records)
 
 
 def records_from_name(name: str) -> tuple[StageRecord, ...]:
     """The stages a stored file's name says it went through (for a file without a manifest)."""
+    encrypted = name.endswith(ENCRYPTED_SUFFIX)
+    last: tuple[StageRecord, ...] = (Encrypted(recipients=()),) if encrypted else ()
+    plain = name.removesuffix(ENCRYPTED_SUFFIX)
     for algorithm, suffix in COMPRESSION_SUFFIXES.items():
-        if suffix and name.endswith(suffix):
-            return (Compressed(algorithm=algorithm, level=None),)
-    return ()
+        if suffix and plain.endswith(suffix):
+            return (Compressed(algorithm=algorithm, level=None), *last)
+    return last
 
 
-def inverse_of(record: StageRecord, keys: ReadingKeys) -> Inverse:
-    """The inverse of the stage `record` describes."""
+@contextlib.asynccontextmanager
+async def unstaging(
+    records: Sequence[StageRecord], keys: ReadingKeys = NO_KEYS
+) -> AsyncIterator[Unstaging]:
+    """An Unstaging that undoes the stages `records` lists (a manifest's or a file name's);
+    decryption runs `age` for the block's duration. Encrypted without an identity file:
+    KeyFileError."""
+    from db_backup.stages.encrypt import decrypting
+
+    async with contextlib.AsyncExitStack() as stack:
+        inverses: list[Inverse] = []
+        for record in records:
+            match record:
+                case Compressed():
+                    inverses.append(decompressing(record))
+                case Encrypted():
+                    if keys.identity_file is None:
+                        raise KeyFileError(NO_IDENTITY)
+                    inverses.append(await stack.enter_async_context(decrypting(keys.identity_file)))
+                case _:
+                    assert_never(record)
+        yield Unstaging(inverses)
+
+
+def decompressing(record: Compressed) -> Inverse:
+    """The inverse of a compression stage."""
     from db_backup.stages.compress import Decompressor  # imports isal/zstd only when used
 
-    match record:
-        case Compressed():
-            return Decompressor(record.algorithm)
-        case _:
-            assert_never(record)
+    return Decompressor(record.algorithm)
+
+
+NO_IDENTITY = (
+    "the backup is encrypted (age): give an identity file with --identity FILE, "
+    "DB_BACKUP_IDENTITY, or identity_file: under verify:/restore: in the config"
+)
 
 
 class Unstaging:
@@ -54,9 +93,12 @@ class Unstaging:
         self.error: str | None = None
 
     @classmethod
-    def of(cls, records: Sequence[StageRecord], keys: ReadingKeys | None = None) -> Unstaging:
-        """Undo the stages a manifest (or a file name) lists."""
-        return cls([inverse_of(record, keys or ReadingKeys()) for record in records])
+    def of(cls, records: Sequence[StageRecord]) -> Unstaging:
+        """Undo stages that need no key (compression) without a block; an encrypted
+        stream needs `unstaging`, which runs age."""
+        if is_encrypted(records):
+            raise KeyFileError("an encrypted stream is read through unstaging()")
+        return cls([decompressing(r) for r in records if isinstance(r, Compressed)])
 
     @property
     def undoes_anything(self) -> bool:
@@ -86,6 +128,9 @@ class Unstaging:
             out = inverse.feed(data) if data else b""
             if finish:
                 out += inverse.finish()
+        except WrongIdentityError as exc:
+            self.error = str(exc)
+            return b""
         except DamagedStreamError as exc:
             self.error = f"the {inverse.name} is damaged or cut short: {exc}"
             return b""

@@ -626,3 +626,54 @@ def test_a_hostile_document_is_refused_quickly(tmp_path: Path) -> None:
     assert error == "backup.yml: YAML: nested too deeply"
     (error,) = errors_of("backups: []\n" + "#" * 1_000_001)
     assert "a config may have 1000000 at most" in error
+
+
+def test_encryption_recipients_come_checked_from_the_list_and_the_file(tmp_path: Path) -> None:
+    import pyrage
+
+    ops = str(pyrage.x25519.Identity.generate().to_public())
+    recovery = str(pyrage.x25519.Identity.generate().to_public())
+    (tmp_path / "recipients.txt").write_text(f"# offline recovery key\n\n  {recovery}\n{ops}\n")
+    text = f"""\
+defaults:
+  storage: {{path: /b}}
+  encryption: {{recipients: ["{ops}"], recipients_file: recipients.txt}}
+backups:
+  - {{name: shop, database: shop}}
+"""
+    [backup] = parse_config(text, "b.yml", base_dir=tmp_path, environ={}).backups
+    assert backup.encryption is not None
+    assert backup.encryption.recipients == (ops, recovery)  # in order, once each
+
+
+def test_bad_recipients_are_located_and_a_secret_key_is_never_echoed(tmp_path: Path) -> None:
+    secret = "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ"
+    (tmp_path / "empty.txt").write_text("# nobody yet\n")
+    text = f"""\
+backups:
+  - name: shop
+    database: shop
+    storage: {{path: /b}}
+    encryption:
+      recipients: ["{secret}", "age1nope", "ssh-dss AAAA"]
+  - name: bare
+    database: bare
+    storage: {{path: /b}}
+    encryption: {{}}
+  - name: hollow
+    database: hollow
+    storage: {{path: /b}}
+    encryption: {{recipients_file: empty.txt}}
+"""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "b.yml", base_dir=tmp_path, environ={})
+    found = [str(issue) for issue in caught.value.issues]
+    assert found[0].startswith("b.yml:6:20: backups[0].encryption.recipients[0]: this is a secret")
+    assert "not a valid recipient" in found[1]
+    assert "not an age recipient (age1…) nor an SSH public key" in found[2]
+    assert (
+        "encryption: give recipients (public keys) or a recipients_file (backup 'bare')"
+        in (found[3])
+    )
+    assert "encryption.recipients_file: holds no recipient (backup 'hollow')" in found[4]
+    assert not any(secret[16:] in line for line in found)

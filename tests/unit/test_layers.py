@@ -44,6 +44,8 @@ FLOORS: list[set[str]] = [
         "process",
         "stages.compress",
         "stages.unpack",
+        "stages.encrypt",  # runs age through process.spawn
+        "keys",  # age keys, parsed by pyrage
         "sources.base",  # the engine interface
         "sources.postgres",
         "sources.pg_contents",

@@ -322,3 +322,21 @@ def test_a_manifest_written_before_stages_were_listed_reads_back_by_its_compress
     record = manifest.decode(json.dumps(old).encode())
     assert record.stages == ()
     assert [msgspec.to_builtins(stage) for stage in manifest.stages_of(record)] == stages
+
+
+def test_an_encrypted_files_name_says_its_stages() -> None:
+    from db_backup.manifest import Compressed, Encrypted
+    from db_backup.naming import BACKUP_SUFFIXES, format_of
+    from db_backup.stages.unpack import records_from_name
+
+    assert records_from_name("t_shop_20261202T010203Z.sql.gz.age") == (
+        Compressed(algorithm="gzip", level=None),
+        Encrypted(recipients=()),
+    )
+    assert records_from_name("t_shop_20261202T010203Z.dump.age") == (Encrypted(recipients=()),)
+    assert records_from_name("t_shop_20261202T010203Z.sql.zst") == (
+        Compressed(algorithm="zstd", level=None),
+    )
+    assert format_of("x.dump.age") == "custom"
+    assert format_of("x.sql.age") == "plain"
+    assert "x.sql.zst.age".endswith(BACKUP_SUFFIXES)
