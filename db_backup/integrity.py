@@ -28,7 +28,7 @@ import msgspec
 
 from db_backup import manifest, runtime
 from db_backup.config.schema import LocalStorage, StorageConfig
-from db_backup.errors import BackupError, DumpError, StorageError, ToolNotFoundError
+from db_backup.errors import BackupError, DumpError, ToolNotFoundError
 from db_backup.model import JobKind
 from db_backup.naming import BACKUP_SUFFIXES, format_of
 from db_backup.process import Child, spawn
@@ -271,6 +271,10 @@ async def verify_backup(store: Store, name: str, readers: Readers) -> Verdict:
             verdict.problems.append("the backup file is missing (only its manifest exists)")
             return verdict
         source, completion = _completion_of(name, record)
+        stages = manifest.stages_of(record) if record else records_from_name(name)
+        if is_encrypted(stages) and readers.keys.identity_file is None:
+            await _verify_sealed(store, name, record, verdict)
+            return verdict
         reader = None
         if completion.read_through:
             reader = await readers.argv(source)
@@ -281,10 +285,6 @@ async def verify_backup(store: Store, name: str, readers: Readers) -> Verdict:
             reading = None
             if reader is not None:
                 reading = await stack.enter_async_context(read_through(reader, completion))
-            stages = manifest.stages_of(record) if record else records_from_name(name)
-            if is_encrypted(stages) and readers.keys.identity_file is None:
-                await _verify_sealed(store, name, record, verdict)
-                return verdict
             undoing = await stack.enter_async_context(unstaging(stages, readers.keys))
             check = StreamCheck(undoing, reading)
             await in_thread(pass_over, store, name, check)
@@ -296,7 +296,7 @@ async def verify_backup(store: Store, name: str, readers: Readers) -> Verdict:
                     verdict.problems.append(str(exc))
                 else:
                     verdict.checks.append(completion.passed)
-    except StorageError as exc:
+    except BackupError as exc:  # a store, age, a reader: this backup's verdict
         verdict.problems.append(str(exc))
     return verdict
 

@@ -27,8 +27,8 @@ _SSH_PRIVATE = b"-----BEGIN OPENSSH PRIVATE KEY-----"
 
 
 def parse_recipient(text: str) -> pyrage.x25519.Recipient | pyrage.ssh.Recipient:
-    """One recipient; ValueError saying what is wrong with it (a secret key given where a
-    public one belongs is named as such, and not echoed)."""
+    """One recipient; ValueError saying what is wrong with it — never echoing it, as what
+    was given by mistake may be a secret (an identity, a line of a private key file)."""
     import pyrage
 
     value = text.strip()
@@ -37,16 +37,17 @@ def parse_recipient(text: str) -> pyrage.x25519.Recipient | pyrage.ssh.Recipient
             "this is a secret key (an identity), not a recipient: give its public key "
             "(age-keygen -y FILE, or the one `db-backup keygen` printed)"
         )
+    if value.startswith("-----BEGIN") or "PRIVATE KEY" in value:
+        raise ValueError("this is a private key, not a recipient: give its public key (.pub)")
     try:
         if value.startswith("age1"):
             return pyrage.x25519.Recipient.from_str(value)
         if value.startswith(_SSH_KINDS):
             return pyrage.ssh.Recipient.from_str(value)
     except pyrage.RecipientError as exc:
-        raise ValueError(f"not a valid recipient ({exc}): {value[:80]!r}") from None
+        raise ValueError(f"not a valid recipient ({exc})") from None
     raise ValueError(
-        f"not an age recipient (age1…) nor an SSH public key (ssh-ed25519 …, ssh-rsa …): "
-        f"{value[:80]!r}"
+        "not an age recipient (age1…) nor an SSH public key (ssh-ed25519 …, ssh-rsa …)"
     )
 
 

@@ -386,6 +386,12 @@ class _Loader:
                 reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
                 problem(("encryption", "recipients_file"), f"cannot read {path}: {reason}")
                 return None
+            if "PRIVATE KEY-----" in text:  # a secret: no line of it goes into a message
+                problem(
+                    ("encryption", "recipients_file"),
+                    f"{path} is a private key file: give the public key (.pub) instead",
+                )
+                return None
             for number, recipient in recipient_lines(text):
                 try:
                     parse_recipient(recipient)

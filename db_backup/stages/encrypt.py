@@ -22,7 +22,13 @@ import shutil
 import threading
 from collections.abc import AsyncIterator, Sequence
 
-from db_backup.errors import DamagedStreamError, DumpError, ToolNotFoundError, WrongIdentityError
+from db_backup.errors import (
+    BackupError,
+    DamagedStreamError,
+    DumpError,
+    ToolNotFoundError,
+    WrongIdentityError,
+)
 from db_backup.manifest import Encrypted
 from db_backup.process import Child, spawn
 from db_backup.stages import ENCRYPTED_SUFFIX
@@ -151,6 +157,9 @@ class AgeDecryption(_Filter):
 
     def _failure(self) -> Exception:
         said = self.said()
+        if self.exit_code is None or self.exit_code < 0:  # age itself failed, not the file
+            how = "did not exit" if self.exit_code is None else f"was killed ({-self.exit_code})"
+            return BackupError(f"age (decrypting) {how}: {said or 'no message'}")
         if "no identity matched" in said:
             return WrongIdentityError(
                 f"no identity in {self._identity_file} matches any recipient of this backup"

@@ -677,3 +677,21 @@ backups:
     )
     assert "encryption.recipients_file: holds no recipient (backup 'hollow')" in found[4]
     assert not any(secret[16:] in line for line in found)
+
+
+def test_a_private_key_named_as_recipients_file_is_refused_without_a_line_of_it(
+    tmp_path: Path,
+) -> None:
+    key = tmp_path / "id_ed25519"
+    secret_line = "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW"
+    key.write_text(f"-----BEGIN OPENSSH PRIVATE KEY-----\n{secret_line}\n"
+                   "-----END OPENSSH PRIVATE KEY-----\n")  # fmt: skip
+    text = (
+        "backups:\n  - {name: shop, database: shop, storage: {path: /b}, "
+        "encryption: {recipients_file: id_ed25519}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "b.yml", base_dir=tmp_path, environ={})
+    [issue] = [str(issue) for issue in caught.value.issues]
+    assert f"{key} is a private key file: give the public key (.pub) instead" in issue
+    assert secret_line[:20] not in issue
