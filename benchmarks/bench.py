@@ -2,7 +2,7 @@
 
     nox -s bench -- [--size-mb 600] [--pgbench-scale 40] [--pairs 3] [--many-size 1.0]
                     [--two-targets-mb 1000] [--mariadb-size-mb 400]
-                    [--only two-targets|restore|mariadb]
+                    [--only two-targets|restore|encryption|mariadb]
 
 Starts its own throwaway PostgreSQL (data on /dev/shm when there is room), creates a large
 database of realistic rows, a pgbench database, 20 databases of 20-50 MB and 200 small ones,
@@ -14,6 +14,9 @@ Results go to benchmarks/results/ (JSON and Markdown) and into the README betwee
 The MariaDB rows (when its server binaries are installed) start a throwaway MariaDB and time
 db-backup against `mariadb-dump > /dev/null` and `mariadb-dump | gzip -6`, and counting rows
 against not counting, as for PostgreSQL.
+
+The encryption rows time the default with `encryption:` (age) against the default, one job
+on the large database and four copies of it at once.
 
 The two-targets case streams one dump to a local folder and an S3 bucket at once (SeaweedFS,
 started here as in the test suite) at two sizes, to show the runner's peak memory does not grow
@@ -403,8 +406,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.only == "mariadb":
             measured = mariadb_rows(bench, args, parent)
             return result | {"rows": [asdict(row) | {"met": row.met} for row in measured]}
-        made = create_databases(cluster, args, only_realistic=args.only == "restore")
-        rows: list[Row] = restore_rows(bench, parent) + mariadb_rows(bench, args, parent)
+        made = create_databases(
+            cluster, args, only_realistic=args.only in ("restore", "encryption")
+        )
+        if args.only == "encryption":
+            measured = encryption_rows(bench, cluster)
+            return result | {"rows": [asdict(row) | {"met": row.met} for row in measured]}
+        rows: list[Row] = (
+            restore_rows(bench, parent)
+            + encryption_rows(bench, cluster)
+            + mariadb_rows(bench, args, parent)
+        )
         if args.only == "restore":
             return result | {"rows": [asdict(row) | {"met": row.met} for row in rows]}
 
@@ -628,6 +640,47 @@ FROM seq_1_to_{rows};
 """
 
 
+def encryption_rows(bench: Bench, cluster: ThrowawayCluster) -> list[Row]:
+    """What encrypting costs: the default with `encryption:` (age, one X25519 recipient)
+    against the default, one job on the large database, and four such jobs at once (four
+    copies of it); and the runner's peak memory with and without."""
+    import pyrage
+
+    recipient = str(pyrage.x25519.Identity.generate().to_public())
+    age = {"recipients": [recipient]}  # `encryption:` in defaults
+    copies = [f"realistic_copy{i}" for i in range(4)]
+    with psycopg.connect(**cluster.conninfo(), autocommit=True) as conn:
+        for name in copies:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE realistic").format(sql.Identifier(name))
+            )
+    raw_bytes = bench.db_backup(["realistic"], {"algorithm": "none"}).raw_bytes
+    rows = [
+        bench.pair(
+            "large DB, realistic rows: encrypted (age), one job",
+            ("db-backup default + age", lambda: bench.db_backup(["realistic"], {}, encryption=age)),
+            ("db-backup default", lambda: bench.db_backup(["realistic"], {})),
+            1.10,
+            raw_bytes,
+        ),
+        bench.pair(
+            "4 large DBs at once: encrypted (age), -j 4",
+            ("db-backup + age -j 4", lambda: bench.db_backup(copies, {}, 4, encryption=age)),
+            ("db-backup default -j 4", lambda: bench.db_backup(copies, {}, 4)),
+            1.10,
+            raw_bytes * 4 if raw_bytes else None,
+        ),
+    ]
+    plain = bench.db_backup(["realistic"], {})
+    encrypted = bench.db_backup(["realistic"], {}, encryption=age)
+    print(
+        f"  peak RSS, one job: {(plain.peak_rss_bytes or 0) / 2**20:.1f} MiB plain, "
+        f"{(encrypted.peak_rss_bytes or 0) / 2**20:.1f} MiB encrypted (the age child aside)",
+        flush=True,
+    )
+    return rows
+
+
 def mariadb_rows(bench: Bench, args: argparse.Namespace, parent: Path | None) -> list[Row]:
     """A large MariaDB database of realistic rows: the default against `mariadb-dump >
     /dev/null`, parallel gzip -6 against `mariadb-dump | gzip -6`, counting rows against the
@@ -849,7 +902,9 @@ def main() -> None:
     parser.add_argument("--two-targets-mb", type=int, default=1000, help="the larger dump")
     parser.add_argument("--mariadb-size-mb", type=int, default=400, help="MariaDB dump size")
     parser.add_argument(
-        "--only", choices=["all", "two-targets", "restore", "mariadb"], default="all"
+        "--only",
+        choices=["all", "two-targets", "restore", "encryption", "mariadb"],
+        default="all",
     )
     args = parser.parse_args()
     for tool in ("gzip", "pigz", "zstd"):

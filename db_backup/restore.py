@@ -154,6 +154,12 @@ def choose(config: Config, archives: Sequence[Archive], request: RestoreRequest)
                 f"no globals backup from the run of {archive.name} on {archive.target}: "
                 "restoring without roles"
             )
+    if request.jobs > 1 and is_encrypted(stages_of(archive.record)):
+        where = request.scratch or "the temp folder"
+        notes.append(
+            f"-j {request.jobs}: the decrypted dump is staged in a private file under {where} "
+            "(pg_restore must seek in it) and removed afterwards — not if this process is killed"
+        )
     for chosen in (archive, globals_archive):
         encrypted = chosen is not None and is_encrypted(stages_of(chosen.record))
         if chosen is not None and encrypted and request.keys.identity_file is None:

@@ -160,4 +160,4 @@ def reading_keys(identity: Path | None, configured: str | None) -> Any:
     warning = exposed_identity(chosen)
     if warning is not None:
         typer.echo(f"db-backup: warning: {warning}", err=True)
-    return ReadingKeys(identity_file=str(chosen))
+    return ReadingKeys(identity_file=str(chosen.absolute()))

@@ -69,8 +69,12 @@ class _Filter:
         self._reader.start()
 
     async def _watch_exit(self) -> None:
-        self.exit_code = await self._child.wait()  # stderr is read to its end by then
-        self._exited.set()
+        try:
+            self.exit_code = await self._child.wait()  # stderr is read to its end by then
+        finally:  # also when the block ends first: a waiting thread must not wait in vain
+            if self.exit_code is None:
+                self.exit_code = self._child.process.returncode
+            self._exited.set()
 
     def _read(self, source: int) -> None:
         try:
@@ -107,6 +111,7 @@ class _Filter:
         raise NotImplementedError
 
     def stop_watching(self) -> None:
+        """Called once the child is gone (and reaped): the watch has nothing left to see."""
         self._watch.cancel()
 
 
@@ -179,27 +184,41 @@ def _recipient_args(recipients: Sequence[str]) -> list[str]:
     return [arg for recipient in recipients for arg in ("-r", recipient)]
 
 
+# What age needs of our environment: finding itself and speaking the locale; none of the
+# runner's secrets (PGPASSWORD, AWS_*) go to it.
+_AGE_ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "TMPDIR")
+
+
+def _age_env() -> dict[str, str]:
+    return {name: os.environ[name] for name in _AGE_ENVIRONMENT if name in os.environ}
+
+
 @contextlib.asynccontextmanager
 async def encrypting(recipients: Sequence[str]) -> AsyncIterator[AgeEncryption]:
     """An encryption stage to `recipients` (public keys, checked by the config loader); the
     `age` child it runs is gone when the block ends."""
     argv = [find_age(), "--encrypt", *_recipient_args(recipients)]
-    async with spawn(argv, dict(os.environ), feed_stdin=True) as child:
-        stage = AgeEncryption(child, recipients)
-        try:
+    stage = None
+    try:
+        async with spawn(argv, _age_env(), feed_stdin=True) as child:
+            stage = AgeEncryption(child, recipients)
             yield stage
-        finally:
+    finally:
+        if stage is not None:
             stage.stop_watching()
 
 
 @contextlib.asynccontextmanager
 async def decrypting(identity_file: str) -> AsyncIterator[AgeDecryption]:
     """The inverse of an encryption stage, decrypting with the identities in
-    `identity_file`; the `age` child is gone when the block ends."""
+    `identity_file` (an absolute path, see cli.setup.reading_keys: `-` would be age's stdin,
+    the ciphertext); the `age` child is gone when the block ends."""
     argv = [find_age(), "--decrypt", "--identity", identity_file]
-    async with spawn(argv, dict(os.environ), feed_stdin=True) as child:
-        inverse = AgeDecryption(child, identity_file)
-        try:
+    inverse = None
+    try:
+        async with spawn(argv, _age_env(), feed_stdin=True) as child:
+            inverse = AgeDecryption(child, identity_file)
             yield inverse
-        finally:
+    finally:
+        if inverse is not None:
             inverse.stop_watching()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import secrets
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -18,11 +19,13 @@ from typing import Any
 import psycopg
 import pytest
 
+from db_backup.mariadbcluster import ThrowawayMariaDB
 from db_backup.pgcluster import ThrowawayCluster
 from tests.conftest import (
     StartCli,
     cli_env,
     create_database,
+    mariadb_defaults,
     run_cli,
     s3_storage,
     server_defaults,
@@ -166,6 +169,36 @@ def test_stock_age_and_db_backup_decrypt_with_either_identity_from_folder_and_bu
     assert stored.name in listed.stdout
 
 
+def test_a_custom_format_dump_is_read_through_before_commit_and_by_stock_age_and_pg_restore(
+    pg: ThrowawayCluster, keys: Keys, tmp_path: Path
+) -> None:
+    create_database(pg, "secret_shop", TABLE)
+    out = tmp_path / "out"
+    config = configure(tmp_path, pg, keys, {"path": str(out)}, format="custom")
+    env = cli_env(pg)
+    result = run_cli("backup", "-c", str(config), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    [job] = json.loads(result.stdout)["jobs"]
+    assert job["file"].endswith(".dump.age")
+    manifest = json.loads(Path(job["manifest"]).read_text())
+    assert manifest["checks"] == ["sha256", "pg_restore read-through"]  # of the plaintext
+
+    plain = subprocess.run(["age", "-d", "-i", str(keys.ssh_identity), job["file"]],
+                           check=True, capture_output=True).stdout  # fmt: skip
+    create_database(pg, "fc_by_stock_age")
+    subprocess.run(
+        [str(pg.client_bin("pg_restore")), "--no-owner", "-h", pg.host, "-p", str(pg.port),
+         "-U", pg.superuser, "-d", "fc_by_stock_age"],
+        input=plain, check=True, capture_output=True, env={**env, "PGPASSWORD": pg.password},
+    )  # fmt: skip
+    assert rows(pg, "fc_by_stock_age") == rows(pg, "secret_shop")
+    verified = run_cli("verify", str(out), "--identity", str(keys.age_identity), env=env)
+    assert verified.returncode == 0, verified.stdout
+    assert "every chunk authenticated (age); custom-format dump read through by pg_restore" in (
+        verified.stdout
+    )
+
+
 def test_a_wrong_identity_a_flipped_byte_and_a_cut_file_restore_nothing(
     pg: ThrowawayCluster, keys: Keys, tmp_path: Path
 ) -> None:
@@ -199,27 +232,47 @@ def test_a_wrong_identity_a_flipped_byte_and_a_cut_file_restore_nothing(
         assert "a chunk failed authentication" in text or "cut short" in text
 
 
+def holders_of(marker: bytes, folder: Path) -> list[str]:
+    """Every file under `folder` whose bytes hold `marker`."""
+    return [str(p) for p in folder.rglob("*") if p.is_file() and marker in p.read_bytes()]
+
+
+@pytest.mark.parametrize("encrypted", [True, False], ids=["encrypted", "control"])
 def test_no_plaintext_on_any_target_while_held_mid_dump_nor_after_an_interrupt(
-    pg: ThrowawayCluster, s3: SeaweedServer, keys: Keys, tmp_path: Path, start_cli: StartCli
+    pg: ThrowawayCluster,
+    s3: SeaweedServer,
+    keys: Keys,
+    tmp_path: Path,
+    start_cli: StartCli,
+    encrypted: bool,
 ) -> None:
-    create_database(pg, "secret_shop", TABLE + "INSERT INTO t SELECT t.g + 20000 * k, t.note "
-                    "FROM t, generate_series(1, 30) k;")  # fmt: skip
+    """Held after 12 MB, with two 5 MiB parts in the bucket: the folder (its .partial) is
+    searched for this run's marker; the control run, without encryption, finds it there, so
+    the search can fail. (The parts cannot be read back before the upload completes, and
+    SeaweedFS compresses what it stores; every target is handed the same bytes as the folder,
+    and the completed object is compared with the folder's file in the round-trip test.)"""
+    marker = f"{MARKER}-{secrets.token_hex(4)}"
+    rows_sql = f"SELECT g, '{marker} ' || g AS note FROM generate_series(1, 600000) g"  # noqa: S608
+    create_database(pg, "secret_shop", f"CREATE TABLE t AS {rows_sql};")
     gate, held = tmp_path / "gate", tmp_path / "held"
-    wrapper = holding_dump(tmp_path, pg.client_bin("pg_dump"), gate, held, after=3_000_000)
+    wrapper = holding_dump(tmp_path, pg.client_bin("pg_dump"), gate, held, after=12_000_000)
     out = tmp_path / "out"
     config = configure(
         tmp_path, pg, keys, [{"path": str(out)}, s3_storage(s3, "held", part_size="5MiB")],
         compression={"algorithm": "none"}, pg_dump_path=str(wrapper),
     )  # fmt: skip
+    if not encrypted:
+        document = json.loads(config.read_text())
+        del document["backups"][0]["encryption"]
+        write_config(config, document)
     process = start_cli("backup", "-c", str(config), env=cli_env(pg, s3=s3))
     wait_for(held.exists, what="the dump to be held mid-stream", process=process)
-    wait_for(
-        lambda: any(p.stat().st_size > 1_000_000 for p in out.glob("*.partial")),
-        what="the partial file to hold what passed",
-        process=process,
-    )
-    for path in out.iterdir():
-        assert MARKER.encode() not in path.read_bytes(), path
+    wait_for(lambda: s3.parts_uploaded("held/") >= 2, what="two parts", process=process)
+    found = holders_of(marker.encode(), out)
+    if encrypted:
+        assert found == []
+    else:
+        assert [Path(name).suffix for name in found] == [".partial"]
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
     assert process.returncode == 130
@@ -248,3 +301,57 @@ def test_keygen_makes_an_identity_the_stock_age_decrypts_with(tmp_path: Path) ->
     identity.chmod(0o644)
     warned = run_cli("verify", str(tmp_path), "--identity", str(identity))
     assert f"identity file {identity} may be read by others" in warned.stderr
+
+
+def test_restore_tests_decrypt_with_the_configured_identity_and_retention_keeps_age_files(
+    pg: ThrowawayCluster, mariadb: ThrowawayMariaDB, keys: Keys, tmp_path: Path
+) -> None:
+    create_database(pg, "secret_shop", TABLE)
+    script = f"CREATE TABLE t AS SELECT seq, '{MARKER}' AS note FROM seq_1_to_3000;"  # noqa: S608
+    mariadb.sql(
+        f"DROP DATABASE IF EXISTS sealed_my; CREATE DATABASE sealed_my; USE sealed_my; {script}"
+    )
+    out = tmp_path / "out"
+    sealed = {"recipients": [keys.age_recipient]}
+    config = write_config(
+        tmp_path / "backup.yml",
+        {
+            "defaults": server_defaults(pg, out, encryption=sealed, retention={"keep_last": 1}),
+            "backups": [
+                {"name": "shop", "database": "secret_shop"},
+                {"name": "my", "database": "sealed_my",
+                 **mariadb_defaults(mariadb, out, encryption=sealed)},
+            ],
+            "verify": {"identity_file": str(keys.ssh_identity)},  # not a recipient here
+        },
+    )  # fmt: skip
+    env = cli_env(pg, mariadb=mariadb)
+    for _ in range(2):  # a second run: retention removes the first run's .age files
+        ran = run_cli("backup", "-c", str(config), env=env)
+        assert ran.returncode == 0, ran.stderr
+        names = sorted(path.name for path in out.iterdir() if not path.name.startswith("."))
+        assert len(names) == 4, names  # two backups and their manifests
+        assert all(name.endswith((".sql.gz.age", ".sql.gz.age.json")) for name in names)
+    for path in out.glob("*.age"):
+        assert MARKER.encode() not in gzip_free(path)
+
+    wrong = run_cli("verify", "-c", str(config), "--restore", env=env)
+    assert wrong.returncode == 1
+    assert wrong.stdout.count("matches any recipient of this backup") == 2
+    proved = run_cli("verify", "-c", str(config), "--restore", "--identity",
+                     str(keys.age_identity), env=env)  # fmt: skip
+    assert proved.returncode == 0, proved.stdout + proved.stderr
+    assert proved.stdout.count("restore-tested") == 2
+    restored = run_cli("restore", "-c", str(config), "-n", "my", "--to-database", "opened_my",
+                       "--identity", str(keys.age_identity), env=env)  # fmt: skip
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert mariadb.sql("SELECT COUNT(*), MIN(note) FROM opened_my.t").split() == ["3000", MARKER]
+
+
+def gzip_free(path: Path) -> bytes:
+    """The stored bytes, and whatever gzip would make of them if they were not encrypted."""
+    data = path.read_bytes()
+    try:
+        return data + gzip.decompress(data)
+    except (OSError, EOFError):
+        return data
