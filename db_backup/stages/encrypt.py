@@ -20,7 +20,8 @@ import contextlib
 import os
 import shutil
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TypeVar
 
 from db_backup.errors import (
     BackupError,
@@ -115,6 +116,9 @@ class _Filter:
         self._watch.cancel()
 
 
+F = TypeVar("F", bound=_Filter)
+
+
 class AgeEncryption(_Filter):
     """The encryption stage (stages.Stage): compressed bytes in, an age file out."""
 
@@ -194,18 +198,25 @@ def _age_env() -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
+async def _running(argv: list[str], make: Callable[[Child], F]) -> AsyncIterator[F]:
+    """`age` with `argv`, wrapped by `make`; gone (and its exit watch ended) after the block."""
+    made = None
+    try:
+        async with spawn(argv, _age_env(), feed_stdin=True) as child:
+            made = make(child)
+            yield made
+    finally:
+        if made is not None:
+            made.stop_watching()
+
+
+@contextlib.asynccontextmanager
 async def encrypting(recipients: Sequence[str]) -> AsyncIterator[AgeEncryption]:
     """An encryption stage to `recipients` (public keys, checked by the config loader); the
     `age` child it runs is gone when the block ends."""
     argv = [find_age(), "--encrypt", *_recipient_args(recipients)]
-    stage = None
-    try:
-        async with spawn(argv, _age_env(), feed_stdin=True) as child:
-            stage = AgeEncryption(child, recipients)
-            yield stage
-    finally:
-        if stage is not None:
-            stage.stop_watching()
+    async with _running(argv, lambda child: AgeEncryption(child, recipients)) as stage:
+        yield stage
 
 
 @contextlib.asynccontextmanager
@@ -214,11 +225,5 @@ async def decrypting(identity_file: str) -> AsyncIterator[AgeDecryption]:
     `identity_file` (an absolute path, see cli.setup.reading_keys: `-` would be age's stdin,
     the ciphertext); the `age` child is gone when the block ends."""
     argv = [find_age(), "--decrypt", "--identity", identity_file]
-    inverse = None
-    try:
-        async with spawn(argv, _age_env(), feed_stdin=True) as child:
-            inverse = AgeDecryption(child, identity_file)
-            yield inverse
-    finally:
-        if inverse is not None:
-            inverse.stop_watching()
+    async with _running(argv, lambda child: AgeDecryption(child, identity_file)) as inverse:
+        yield inverse
