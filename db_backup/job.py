@@ -42,7 +42,7 @@ from db_backup.redact import redact
 from db_backup.sources.base import Dump, ServerInfo
 from db_backup.stages import Pipeline
 from db_backup.stages.compress import compressor_for
-from db_backup.stages.encrypt import encrypting
+from db_backup.stages.encrypt import encrypting, find_age
 from db_backup.stages.unpack import is_encrypted
 from db_backup.threads import in_thread
 from db_backup.units import format_duration
@@ -89,6 +89,8 @@ async def _run(job: JobSpec, emit: Emit, cores: int) -> Committed:
         delivery.error = dict(job.unusable).get(delivery.target.label)
     if not any(d.error is None for d in deliveries):
         raise targets_failed(deliveries)
+    if job.backup.encryption is not None:
+        find_age()  # no age, no backup: say so before touching the server
     run = runtime.current()
     source = run.source(job.backup)
     async with waiting_notice(emit, f"{job.name}: connecting to {job.server}", job):
