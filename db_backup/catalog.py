@@ -22,7 +22,7 @@ import msgspec
 from db_backup import manifest, runtime
 from db_backup.config.schema import BackupConfig, Config, StorageConfig
 from db_backup.manifest import Manifest, RestoreTest
-from db_backup.model import Target
+from db_backup.model import JobKind, Target
 from db_backup.naming import file_prefix, is_own_file, restore_test_name
 from db_backup.plan import select_backups
 from db_backup.retention import is_future
@@ -178,3 +178,14 @@ async def list_backups(config: Config, names: Sequence[str] = ()) -> Catalog:
     ]
     archives.sort(key=lambda e: (e.taken_at, e.job, e.target), reverse=True)
     return Catalog(archives, errors)
+
+
+def newest_per_backup(archives: Iterable[Archive]) -> dict[str, datetime]:
+    """Each backup's newest finished database backup, on any target (`schedule`, `serve`)."""
+    newest: dict[str, datetime] = {}
+    for archive in archives:
+        if archive.record.kind != JobKind.DATABASE.value:
+            continue
+        if archive.backup not in newest or archive.taken_at > newest[archive.backup]:
+            newest[archive.backup] = archive.taken_at
+    return newest

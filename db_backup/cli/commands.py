@@ -489,6 +489,34 @@ def list_command(
     exits.for_target_errors(catalog.errors)
 
 
+# -- schedule ------------------------------------------------------------------------------------
+
+
+@app.command("schedule")
+def schedule_command(
+    config: ConfigOption,
+    count: Annotated[int, typer.Option("--next", min=1, help="How many runs to show.")] = 3,
+) -> None:
+    """What `serve` would run and when: each schedule's next runs (local time and UTC), and
+    each backup's newest finished backup from the catalog."""
+    from datetime import UTC, datetime
+
+    from db_backup.catalog import list_backups, newest_per_backup
+    from db_backup.cli.tables import schedule_table
+    from db_backup.schedule import parse_zone, tasks_of
+
+    with exits.errors_to_exit_codes():
+        loaded = setup.load_config(config, require_env=False)  # reads targets only
+        tasks = tasks_of(loaded)
+        catalog = exits.interruptible(list_backups(loaded))
+    if not tasks:
+        typer.echo("nothing is scheduled: give backups a `schedule:` (see README)", err=True)
+    now = datetime.now(UTC)
+    zone = parse_zone(loaded.timezone)
+    _print_table(schedule_table(tasks, newest_per_backup(catalog.archives), now, zone, count))
+    exits.for_target_errors(catalog.errors)
+
+
 # -- prune ---------------------------------------------------------------------------------------
 
 

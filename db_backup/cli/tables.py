@@ -6,7 +6,8 @@ restyled it). Only our own styles are styles."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime, tzinfo
 
 from rich import box
 from rich.table import Table
@@ -16,6 +17,7 @@ from db_backup import runtime
 from db_backup.catalog import Archive
 from db_backup.cli.render import STATUS_STYLE
 from db_backup.model import JobResult, JobStatus, Plan, RunReport
+from db_backup.schedule import Task, missed
 from db_backup.units import format_bytes, format_duration, format_rate
 
 
@@ -105,5 +107,39 @@ def catalog_table(archives: Sequence[Archive]) -> Table:
         )
         table.add_row(*map(Text, cells))
     table.caption = f"{len(archives)} backups"
+    table.caption_justify = "left"
+    return table
+
+
+def schedule_table(
+    tasks: Sequence[Task], last: Mapping[str, datetime], now: datetime, zone: tzinfo, count: int
+) -> Table:
+    """`db-backup schedule`: each scheduled task's next runs, in the schedules' zone and in
+    UTC, and each backup's newest finished backup from the catalog."""
+    table = Table(box=box.SIMPLE_HEAD, title=f"db-backup schedule ({zone})", title_justify="left")
+    for column in ("task", "schedule", "next runs (local, UTC)", "last backup"):
+        table.add_column(column, overflow="fold")
+    for task in tasks:
+        runs, moment = [], now
+        for _ in range(count):
+            moment = task.schedule.next_after(moment)
+            start = task.start(moment)
+            runs.append(f"{start.astimezone(zone):%Y-%m-%d %H:%M %Z}  ({start:%H:%M} UTC)")
+        newest = last.get(task.name) if task.kind == "backup" else None
+        if task.kind != "backup":
+            newest_text = "-"
+        elif newest is None:
+            newest_text = "none yet: runs when serve starts"
+        else:
+            stale = missed(task.schedule, newest, now)
+            newest_text = f"{newest.astimezone(zone):%Y-%m-%d %H:%M %Z}" + (
+                "  (a run was missed: serve runs it at start)" if stale else ""
+            )
+        jitter = f" + up to {format_duration(task.jitter)}" if task.jitter else ""
+        label = task.name if task.kind == "backup" else f"{task.kind} (every job)"
+        table.add_row(
+            Text(label), Text(task.schedule.text + jitter), Text("\n".join(runs)), Text(newest_text)
+        )
+    table.caption = f"{len(tasks)} scheduled; times include each run's jitter"
     table.caption_justify = "left"
     return table

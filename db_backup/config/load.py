@@ -14,6 +14,7 @@ import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import msgspec
 
@@ -57,6 +58,7 @@ from db_backup.config.schema import (
 )
 from db_backup.config.variables import ENV_FORMS, expand_env
 from db_backup.errors import ConfigError, ConfigIssue
+from db_backup.schedule import parse_schedule, parse_zone
 
 # Keys whose relative paths are taken relative to the config file, not the working directory
 # (cron runs in /, and a config should mean the same thing wherever it is run from).
@@ -133,6 +135,7 @@ class _Loader:
         self.only: Sequence[str] | None = None  # the backups that will run (None: all)
         self.literal_secret_lines: list[int] = []
         self._unset: list[tuple[KeyPath, str]] = []  # (where, variable) referenced, not set
+        self.zone: ZoneInfo | None = None  # the schedules' (`timezone:`), once read
 
     def load(self) -> Config:
         doc = self.document
@@ -155,6 +158,9 @@ class _Loader:
             raise AssertionError("conversion failed without an issue")
         if not raw.backups:
             self._add(doc.issue(("backups",), "no backups listed; add at least one"))
+        self.zone = self._zone(raw.timezone)
+        for section, schedule in (("verify", raw.verify.schedule), ("prune", raw.prune.schedule)):
+            self._check_schedule(schedule, (section, "schedule"), self._add_at)
         self._report_unset(raw)
         backups = [self._backup(raw, index) for index in range(len(raw.backups))]
         self._check_names()
@@ -171,6 +177,8 @@ class _Loader:
             restore=msgspec.structs.replace(
                 raw.restore, identity_file=self._absolute_or_none(raw.restore.identity_file)
             ),
+            prune=raw.prune,
+            timezone=raw.timezone,
             metrics=self._metrics(raw.metrics),
             notify=notifiers,
             muted_notifiers=muted,
@@ -342,6 +350,7 @@ class _Loader:
                 ("compression", "algorithm"),
                 "format: custom is compressed by pg_dump itself, with gzip (or none)",
             )
+        self._check_schedule(backup.schedule, ("schedule",), problem)
         encryption = self._encryption(backup.encryption, problem)
         if len(self.issues) > before:
             return None
@@ -363,6 +372,26 @@ class _Loader:
                 f"are both {place.split(':', 1)[1]}",
             )
         return None if len(self.issues) > before else resolved
+
+    def _zone(self, name: str | None) -> ZoneInfo | None:
+        """The schedules' zone; None after reporting a bad one."""
+        try:
+            return parse_zone(name)
+        except ValueError as exc:
+            self._add(self.document.issue(("timezone",), str(exc)))
+            return None
+
+    def _check_schedule(
+        self, text: str | None, key: KeyPath, problem: Callable[[KeyPath, str], None]
+    ) -> None:
+        if text is not None and self.zone is not None:
+            try:
+                parse_schedule(text, self.zone)
+            except ValueError as exc:
+                problem(key, str(exc))
+
+    def _add_at(self, key: KeyPath, message: str) -> None:
+        self._add(self.document.issue(key, message))
 
     def _encryption(
         self, encryption: EncryptionConfig | None, problem: Callable[[KeyPath, str], None]

@@ -308,6 +308,10 @@ class _Backup(
     retry_delay: Duration = Duration(5.0)  # first backoff; doubles per attempt, with jitter
     retention: RetentionConfig = RetentionConfig()
     notify: bool = True  # false: the config's notifiers hear nothing of this backup
+    # When `serve` runs it: 5-field cron in the config's `timezone`, or "@every 6h"; None:
+    # only when asked (`backup`, or the web UI's "run now").
+    schedule: str | None = None
+    jitter: Duration | None = None  # start each scheduled run up to this much later
 
     __repr__ = _masked_repr
 
@@ -376,6 +380,13 @@ class VerifyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
     sandbox: SandboxConfig | None = None  # None: a throwaway server per verify run
     identity_file: str | None = None  # age identities that decrypt encrypted backups
+    schedule: str | None = None  # `serve`: restore-test every job's newest backup then
+
+
+class PruneConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`prune:` at the top level (retention also runs after every committed backup)."""
+
+    schedule: str | None = None  # `serve`: apply every retention policy then
 
 
 class RestoreConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -619,6 +630,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     backups: tuple[BackupConfig, ...]
     verify: VerifyConfig = VerifyConfig()
     restore: RestoreConfig = RestoreConfig()
+    prune: PruneConfig = PruneConfig()
+    timezone: str | None = None  # of every schedule; None: the machine's own
     metrics: MetricsConfig = MetricsConfig()
     notify: tuple[NotifierConfig, ...] = ()
     # Notifiers left out because a ${VAR} they need is unset, where a command may run
@@ -636,5 +649,7 @@ class RawConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     backups: list[Any]
     verify: VerifyConfig = VerifyConfig()
     restore: RestoreConfig = RestoreConfig()
+    prune: PruneConfig = PruneConfig()
+    timezone: str | None = None
     metrics: MetricsConfig = MetricsConfig()
     notify: list[Any] | None = None  # NotifierConfig entries, converted one by one (load.py)

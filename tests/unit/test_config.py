@@ -695,3 +695,34 @@ def test_a_private_key_named_as_recipients_file_is_refused_without_a_line_of_it(
     [issue] = [str(issue) for issue in caught.value.issues]
     assert f"{key} is a private key file: give the public key (.pub) instead" in issue
     assert secret_line[:20] not in issue
+
+
+def test_schedules_and_the_zone_are_checked_where_they_are_written() -> None:
+    text = """\
+timezone: Europe/Berlin
+defaults:
+  storage: {path: /b}
+  schedule: "0 2 * *"
+backups:
+  - {name: nightly, database: a}
+  - {name: often, database: b, schedule: "@every 6h", jitter: 10m}
+verify: {schedule: "0 5 * * 0"}
+prune: {schedule: "61 * * * *"}
+"""
+    found = errors_of(text)
+    assert found[0].startswith("backup.yml:4:13: defaults.schedule: not a cron expression")
+    assert found[0].endswith("(backup 'nightly')")
+    assert found[1].startswith(
+        "backup.yml:9:19: prune.schedule: not a cron expression (Bad minute)"
+    )
+    assert len(found) == 2
+    fixed = text.replace('"0 2 * *"', '"0 2 * * *"').replace("61 *", "0 6")
+    config = parse_config(fixed, "backup.yml", environ={})
+    assert [b.schedule for b in config.backups] == ["0 2 * * *", "@every 6h"]
+    assert config.backups[1].jitter == 600
+    assert (config.timezone, config.verify.schedule, config.prune.schedule) == (
+        "Europe/Berlin", "0 5 * * 0", "0 6 * * *",
+    )  # fmt: skip
+    assert errors_of("timezone: Mars/Olympus\n" + fixed.split("\n", 1)[1]) == [
+        "backup.yml:1:11: timezone: unknown time zone 'Mars/Olympus' (e.g. Europe/Berlin, UTC)"
+    ]

@@ -37,6 +37,7 @@ FLOORS: list[set[str]] = [
         "place",
         "retention",
         "retry",
+        "schedule",  # when scheduled work is due
         "notice",
         "credentials",  # a password or its file
         "notification",  # what a notification says
