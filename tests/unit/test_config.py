@@ -10,7 +10,7 @@ import pytest
 from db_backup.config.load import load_config, parse_config
 from db_backup.config.merge import deep_merge
 from db_backup.config.sample import SAMPLE_CONFIG
-from db_backup.config.schema import LocalStorage, PostgresBackup, S3Storage
+from db_backup.config.schema import Duration, LocalStorage, PostgresBackup, S3Storage
 from db_backup.config.variables import expand_env
 from db_backup.errors import ConfigError
 
@@ -719,7 +719,7 @@ prune: {schedule: "61 * * * *"}
     fixed = text.replace('"0 2 * *"', '"0 2 * * *"').replace("61 *", "0 6")
     config = parse_config(fixed, "backup.yml", environ={})
     assert [b.schedule for b in config.backups] == ["0 2 * * *", "@every 6h"]
-    assert config.backups[1].jitter == 600
+    assert config.backups[1].jitter == Duration(600)
     assert (config.timezone, config.verify.schedule, config.prune.schedule) == (
         "Europe/Berlin", "0 5 * * 0", "0 6 * * *",
     )  # fmt: skip
