@@ -12,7 +12,9 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
+from typing import Any
 
 from db_backup import runtime
 from db_backup.errors import BackupError, TargetsFailedError
@@ -27,6 +29,7 @@ from db_backup.model import (
     JobStatus,
     Plan,
     RunReport,
+    Server,
 )
 from db_backup.retry import backoff_delay
 from db_backup.stages.compress import available_cores
@@ -36,16 +39,31 @@ log = logging.getLogger(__name__)
 Subscriber = Callable[[JobEvent], None]
 
 
+class Limits:
+    """How many jobs run at once, overall and per server. A `backup` run has its own; a
+    `serve` process shares one among all its runs, so `concurrency` and `max_per_host` hold
+    across everything that runs at once, whatever fired it."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.slots = asyncio.Semaphore(concurrency)
+        self._servers: dict[Server, asyncio.Semaphore] = {}
+
+    def server(self, server: Server, limit: int | None) -> AbstractAsyncContextManager[Any]:
+        """The server's slot (the first limit given for it sticks); none without a limit."""
+        if limit is None:
+            return contextlib.nullcontext()
+        return self._servers.setdefault(server, asyncio.Semaphore(limit))
+
+
 class Orchestrator:
     """One run of one plan. Subscribers see every JobEvent, in order, on the event loop."""
 
-    def __init__(self, plan: Plan, subscribers: Sequence[Subscriber] = ()) -> None:
+    def __init__(
+        self, plan: Plan, subscribers: Sequence[Subscriber] = (), limits: Limits | None = None
+    ) -> None:
         self.plan = plan
         self._subscribers = list(subscribers)
-        self._slots = asyncio.Semaphore(plan.concurrency)
-        self._server_slots = {
-            server: asyncio.Semaphore(limit) for server, limit in plan.host_limits.items()
-        }
+        self._limits = limits or Limits(plan.concurrency)
         self._tasks: list[asyncio.Task[JobResult]] = []
         self.interrupted_by: str | None = None
         # Jobs running at once share the cores for compression (more threads than cores
@@ -83,13 +101,13 @@ class Orchestrator:
     async def _attempts(self, job: JobSpec, tries: list[datetime]) -> Committed:
         """Run the job, again after a transient failure while `retries` allow; each attempt's
         start is appended to `tries`. Between attempts the job holds no slot."""
-        server_slot = self._server_slots.get(job.server) or contextlib.nullcontext()
+        server_slot = self._limits.server(job.server, self.plan.host_limits.get(job.server))
         allowed = job.backup.retries + 1
         while True:
             try:
                 # The server's limit first: a job waiting for its busy server must not hold
                 # one of the global slots that jobs for other servers could use.
-                async with server_slot, self._slots:
+                async with server_slot, self._limits.slots:
                     tries.append(runtime.current().now())
                     return await run_job(job, self.emit, cores=self._cores_per_job)
             except BackupError as exc:

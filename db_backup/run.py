@@ -16,7 +16,7 @@ from db_backup.errors import StorageError, TargetUnreachableError
 from db_backup.lock import lock_folder, lock_storage
 from db_backup.model import JobEvent, JobResult, JobSpec, JobStatus, Plan, RunReport, Target
 from db_backup.notice import Tell, waiting_notice
-from db_backup.orchestrator import Orchestrator, Subscriber
+from db_backup.orchestrator import Limits, Orchestrator, Subscriber
 from db_backup.plan import build_plan, server_of, wildcard_job
 from db_backup.preflight import discover
 from db_backup.threads import in_thread
@@ -116,9 +116,18 @@ async def _clean_leftovers(
 class BackupRun:
     """Executes a plan under storage locks; `cancel()` stops it from a signal handler."""
 
-    def __init__(self, subscribers: Sequence[Subscriber] = (), *, wait: float | None = None):
+    def __init__(
+        self,
+        subscribers: Sequence[Subscriber] = (),
+        *,
+        wait: float | None = None,
+        limits: Limits | None = None,
+    ):
+        """`wait`: how long to wait for a target's lock (None: not at all); `limits`: the
+        slots to run in, when shared with other runs (serve)."""
         self._subscribers = list(subscribers)
         self._wait = wait
+        self._limits = limits
         self._orchestrator: Orchestrator | None = None
 
     def subscribe(self, subscriber: Subscriber) -> None:
@@ -184,7 +193,7 @@ class BackupRun:
             )
             runnable = tuple(_with_unusable(job, unusable) for job in plan.jobs)
             self._orchestrator = Orchestrator(
-                dataclasses.replace(plan, jobs=runnable), self._subscribers
+                dataclasses.replace(plan, jobs=runnable), self._subscribers, self._limits
             )
             return await self._orchestrator.run(failures)
         finally:

@@ -244,15 +244,12 @@ def _print_table(table: Any) -> None:
 
 def _run_backup(loaded: Any, selected: Sequence[Any], options: _RunOptions) -> tuple[int, Any]:
     """Plan, run and report one backup run; returns the exit code and the RunReport."""
+    from db_backup.aftermath import notifications_for
     from db_backup.run import BackupRun
 
     run = BackupRun(wait=options.wait)
     renderer = None if options.dry_run else _renderer(options)
-    notifications = None
-    if renderer is not None and loaded.notify and any(backup.notify for backup in selected):
-        from db_backup.notify import Notifications  # httpx and aiosmtplib: only when used
-
-        notifications = Notifications(loaded.notify)
+    notifications = None if renderer is None else notifications_for(loaded, selected)
 
     def on_signal(name: str) -> bool:
         if renderer is not None:
@@ -285,6 +282,7 @@ async def _backup_main(
     renderer: Any,
     notifications: Any,
 ) -> tuple[int, Any]:
+    from db_backup.aftermath import after_run
     from db_backup.report import json_report
     from db_backup.run import prepare_plan
 
@@ -309,24 +307,7 @@ async def _backup_main(
         renderer.close()
     code = exits.for_run(report)
     # After the backups are committed; neither ever changes the exit code.
-    warnings: list[str] = []
-    metrics = loaded.metrics
-    if not report.interrupted_by and (metrics.textfile or metrics.pushgateway):
-        from db_backup.publish import publish_metrics  # urllib and the like: only when used
-
-        warnings += await publish_metrics(loaded, report)
-    deliveries = []
-    if notifications is not None:
-        import socket
-
-        from db_backup.notification import run_notice
-
-        document = json_report(report, code, config=loaded.source, warnings=warnings)
-        host = socket.gethostname()
-        notice = run_notice(report, host=host, config=loaded.source, document=document)
-        # Stopped by a signal: one short attempt each, within the forced exit's time.
-        deliveries = await notifications.finish(notice, hurry=bool(report.interrupted_by))
-        warnings += [delivery.warning for delivery in deliveries if not delivery.ok]
+    warnings, deliveries = await after_run(loaded, report, code, notifications)
     for warning in warnings:
         typer.echo(f"db-backup: warning: {warning}", err=True)
     if options.json_output:

@@ -34,7 +34,7 @@ from db_backup.manifest import Encrypted
 from db_backup.process import Child, spawn
 from db_backup.stages import ENCRYPTED_SUFFIX
 
-READ_SIZE = 1024 * 1024
+READ_SIZE = 64 * 1024  # what age writes at a time (its chunk size)
 # How long a filter waits for `age` to exit once its output ended (it exits as it closes it).
 EXIT_WAIT_SECONDS = 30.0
 
