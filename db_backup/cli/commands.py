@@ -498,6 +498,15 @@ def schedule_command(
     exits.for_target_errors(catalog.errors)
 
 
+@app.command("serve")
+def serve_command(config: ConfigOption) -> None:
+    """Run until stopped, firing each backup (and verify:/prune:) at its `schedule:`; SIGHUP
+    reloads the config, SIGTERM/SIGINT stop (runs in progress are cancelled and cleaned up)."""
+    from db_backup.cli.serving import serve
+
+    serve(config)
+
+
 # -- prune ---------------------------------------------------------------------------------------
 
 

@@ -86,7 +86,8 @@ FLOORS: list[set[str]] = [
     # pump; a restore
     {"job", "restore_proof"},  # one job; restore tests (restore.py in a sandbox)
     {"orchestrator"},  # many jobs
-    {"run", "interrupts"},  # one run; how signals stop one
+    # one run; how signals stop one; what follows a run (metrics, notices); serve's loop
+    {"run", "interrupts", "aftermath", "scheduler"},
     {"demo"},
     {
         "cli",

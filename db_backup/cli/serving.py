@@ -1,0 +1,159 @@
+"""`db-backup serve`: the resident scheduler (scheduler.py) wired to the same runs as the
+one-shot commands — a backup task is a `backup -n NAME` run, `verify:` is `verify --restore`,
+`prune:` is `prune` — under one set of limits shared by everything that runs at once.
+
+Signals: SIGHUP reloads the config (a broken one is reported and the running one kept);
+SIGTERM or SIGINT stop scheduling and cancel the runs in progress, which stop their dumps
+and remove their partial files as a cancelled `backup` does, then exit 143 / 130 (a second
+signal, or a stop taking longer than interrupts.FORCED_EXIT_SECONDS, exits at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from db_backup.cli import exits, setup
+from db_backup.errors import BackupError
+from db_backup.threads import in_thread
+
+log = logging.getLogger("db_backup.serve")
+
+
+class Service:
+    """The config in force, the limits every run shares, and the scheduler."""
+
+    def __init__(self, path: Path, config: Any) -> None:
+        from db_backup.cli.render import PlainRenderer
+        from db_backup.orchestrator import Limits
+        from db_backup.plan import default_concurrency
+        from db_backup.scheduler import Scheduler
+
+        self.path = path
+        self.config = config
+        self.limits = Limits(config.concurrency or default_concurrency())
+        self.renderer = PlainRenderer(sys.stderr)
+        self.scheduler = Scheduler(self.fire, lambda: datetime.now(UTC))
+
+    def say(self, text: str) -> None:
+        self.renderer.note(text)
+
+    async def start(self) -> None:
+        """The config's tasks, each due now if a run was missed while we were down."""
+        from db_backup.catalog import list_backups, newest_per_backup
+        from db_backup.schedule import tasks_of
+
+        tasks = tasks_of(self.config)
+        catalog = await list_backups(self.config)
+        for label, error in catalog.errors.items():
+            self.say(f"warning: target {label} could not be listed: {error}")
+        self.scheduler.set_tasks(tasks, newest_per_backup(catalog.archives))
+        for slot in self.scheduler.slots.values():
+            when = slot.starts_at.isoformat(timespec="seconds")
+            self.say(f"scheduled {slot.key} ({slot.task.schedule.text}): next at {when}")
+        if not tasks:
+            self.say("nothing is scheduled: give backups a `schedule:` (see README)")
+
+    async def reload(self) -> None:
+        """SIGHUP: the config again; if it is broken, say so and keep the one in force."""
+        try:
+            config = await in_thread(setup.load_config, self.path)
+        except BackupError as exc:
+            self.say(f"SIGHUP: {self.path} not reloaded, still running the previous config: {exc}")
+            return
+        self.config = config
+        await self.start()
+        self.say(f"SIGHUP: reloaded {self.path}")
+
+    async def fire(self, task: Any) -> None:
+        """Run one task with the config in force now."""
+        config = self.config
+        if task.kind == "backup":
+            await self._backup(config, task.name)
+        elif task.kind == "verify":
+            await self._verify(config)
+        else:
+            await self._prune(config)
+
+    async def _backup(self, config: Any, name: str) -> None:
+        from db_backup.aftermath import after_run, notifications_for
+        from db_backup.plan import select_backups
+        from db_backup.run import BackupRun
+
+        selected = select_backups(config, (name,))
+        notifications = notifications_for(config, selected)
+        # Runs on one target take turns at its lock; the slots are the process's.
+        run = BackupRun([self.renderer], wait=float("inf"), limits=self.limits)
+        if notifications is not None:
+            notifications.start()
+        report = await run.execute(config, selected, names=(name,))
+        warnings, _ = await after_run(config, report, exits.for_run(report), notifications)
+        for warning in warnings:
+            self.say(f"warning: {warning}")
+        failed = len(report.failed)
+        self.say(f"backup {name}: {len(report.results) - failed} stored, {failed} failed")
+
+    async def _verify(self, config: Any) -> None:
+        from db_backup.catalog import list_backups
+        from db_backup.cli.setup import reading_keys
+        from db_backup.restore_proof import chosen, prove_restores
+
+        catalog = await list_backups(config)
+        keys = reading_keys(None, config.verify.identity_file)
+        results = await prove_restores(
+            config,
+            chosen(catalog.archives, every=False),
+            catalog.archives,
+            on_result=lambda r: self.say(
+                f"restore test {r.archive.location}: "
+                + ("OK" if r.ok else f"FAILED: {'; '.join(r.problems)}")
+            ),
+            keys=keys,
+        )
+        failed = sum(1 for result in results if not result.ok)
+        self.say(f"restore tests: {len(results) - failed} OK, {failed} failed")
+
+    async def _prune(self, config: Any) -> None:
+        from db_backup.prune import prune_config
+
+        report = await prune_config(config, (), dry_run=False, now=datetime.now(UTC))
+        for archive in report.deleted:
+            self.say(f"prune: deleted {archive.location}")
+        for label, error in report.errors.items():
+            self.say(f"prune: target {label}: {error}")
+        self.say(f"prune: {len(report.verdicts) - len(report.deleted)} kept, "
+                 f"{len(report.deleted)} deleted")  # fmt: skip
+
+
+def serve(path: Path) -> None:
+    """Load the config and run the scheduler until SIGTERM/SIGINT."""
+    from db_backup.interrupts import run_interruptible
+
+    setup.use_one_malloc_arena()
+    with exits.errors_to_exit_codes():
+        config = setup.load_config(path)
+        service = Service(path, config)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(service.reload()))
+        try:
+            await service.start()
+            service.say(f"serving {path}: {len(service.scheduler.slots)} scheduled")
+            await service.scheduler.run()
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+
+    def on_signal(name: str) -> bool:
+        service.say(f"{name} received: stopping; runs in progress are cancelled")
+        service.scheduler.stop()
+        return True
+
+    outcome = run_interruptible(main(), on_signal)
+    stopped_by = outcome.received[0] if outcome.received else outcome.interrupted_by
+    raise SystemExit(exits.for_signal(stopped_by) if stopped_by else exits.EXIT_OK)

@@ -1,0 +1,108 @@
+"""`db-backup serve` in real time against the real server, kept short with `@every 2s`
+schedules: two backups each run at least twice (backups committed, metrics written); SIGHUP
+with a changed schedule takes effect; SIGHUP with a broken config keeps the old one running;
+SIGTERM mid-dump leaves no partial file and no child process."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from db_backup.pgcluster import ThrowawayCluster
+from tests.conftest import (
+    StartCli,
+    cli_env,
+    create_database,
+    is_gone,
+    pg_dump_processes,
+    server_defaults,
+    write_config,
+)
+from tests.fakes import holding_dump
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def committed(folder: Path, job: str) -> int:
+    """How many backups of `job` are finished (have a manifest) in `folder`."""
+    return len(list(folder.glob(f"t_{job}_*.sql.gz.json")))
+
+
+def document(pg: ThrowawayCluster, tmp_path: Path, schedules: dict[str, str]) -> dict[str, Any]:
+    return {
+        "defaults": server_defaults(pg, tmp_path / "out"),
+        "backups": [
+            {"name": name, "database": "served", "schedule": schedule}
+            for name, schedule in schedules.items()
+        ],
+        "metrics": {"textfile": str(tmp_path / "db_backup.prom")},
+    }
+
+
+def test_serve_runs_each_backup_on_schedule_reloads_on_sighup_and_keeps_a_good_config(
+    pg: ThrowawayCluster, tmp_path: Path, start_cli: StartCli
+) -> None:
+    create_database(pg, "served", "CREATE TABLE t AS SELECT generate_series(1, 1000) AS n;")
+    out = tmp_path / "out"
+    config = write_config(
+        tmp_path / "backup.yml", document(pg, tmp_path, {"a": "@every 2s", "b": "@every 2s"})
+    )
+    process = start_cli("serve", "-c", str(config), env=cli_env(pg))
+    wait_for(lambda: committed(out, "a") >= 2 and committed(out, "b") >= 2,
+             what="two runs of each backup", process=process)  # fmt: skip
+    metrics = (tmp_path / "db_backup.prom").read_text()
+    assert 'db_backup_last_success_timestamp_seconds{backup="a"' in metrics
+    assert 'db_backup_last_success_timestamp_seconds{backup="b"' in metrics
+
+    # a changed schedule: `a` once a year from now on (it ran today: no catch-up)
+    write_config(config, document(pg, tmp_path, {"a": "0 0 1 1 *", "b": "@every 2s"}))
+    process.send_signal(signal.SIGHUP)
+    b_then = committed(out, "b")
+    wait_for(lambda: committed(out, "b") >= b_then + 2, what="b runs on", process=process)
+    a_then, b_then = committed(out, "a"), committed(out, "b")
+    wait_for(lambda: committed(out, "b") >= b_then + 2, what="b runs on", process=process)
+    assert committed(out, "a") == a_then  # the reloaded schedule holds
+
+    # a broken config: reported, and the one in force keeps running
+    config.write_text("backups: [{name: a, databse: x}]\n")
+    process.send_signal(signal.SIGHUP)
+    b_then = committed(out, "b")
+    wait_for(lambda: committed(out, "b") >= b_then + 2, what="b runs on", process=process)
+    assert committed(out, "a") == a_then
+
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert "SIGHUP: reloaded" in stderr
+    assert "not reloaded, still running the previous config" in stderr
+    assert "databse" in stderr  # the fault, located
+    assert not list(out.glob("*.partial"))
+
+
+def test_sigterm_mid_dump_stops_the_dump_and_leaves_no_partial_file(
+    pg: ThrowawayCluster, tmp_path: Path, start_cli: StartCli
+) -> None:
+    create_database(pg, "served", "CREATE TABLE t AS SELECT g, md5(g::text) AS h "
+                    "FROM generate_series(1, 200000) g;")  # fmt: skip
+    gate, held = tmp_path / "gate", tmp_path / "held"
+    wrapper = holding_dump(tmp_path, pg.client_bin("pg_dump"), gate, held, after=1_000_000)
+    settings = document(pg, tmp_path, {"nightly": "0 2 * * *"})
+    settings["defaults"]["pg_dump_path"] = str(wrapper)
+    config = write_config(tmp_path / "backup.yml", settings)
+    # never backed up: due at once (catch-up), and held half-way
+    process = start_cli("serve", "-c", str(config), env=cli_env(pg))
+    wait_for(held.exists, what="the dump to be held mid-stream", process=process)
+    dumps = pg_dump_processes(pg.port)
+    assert dumps
+    assert list((tmp_path / "out").glob("*.partial"))
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [".db-backup.lock"]
+    assert all(is_gone(pid) for pid in dumps)
+    assert "nightly" in json.dumps(stderr)
