@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from db_backup.schedule import Task, parse_schedule
 from db_backup.scheduler import Scheduler
 
 START = datetime(2026, 12, 2, 0, 0, 30, tzinfo=UTC)
-EVERY_MINUTE = parse_schedule("@every 60s", UTC)
+EVERY_MINUTE = parse_schedule("@every 60s", ZoneInfo("UTC"))
 
 
 class Clock:
@@ -81,7 +82,7 @@ async def test_a_reload_keeps_runs_in_progress_and_unchanged_places() -> None:
     a, b = Task("backup", "a", EVERY_MINUTE), Task("backup", "b", EVERY_MINUTE)
     scheduler.set_tasks([a, b], {"b": START})  # a never ran: due now
     assert len(scheduler.due_now()) == 1
-    hourly = Task("backup", "b", parse_schedule("0 * * * *", UTC))
+    hourly = Task("backup", "b", parse_schedule("0 * * * *", ZoneInfo("UTC")))
     scheduler.set_tasks([a, hourly], {"a": START, "b": START})
     slots = scheduler.slots
     assert slots["backup:a"].running is not None  # the run in progress is kept...
