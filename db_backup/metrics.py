@@ -151,3 +151,42 @@ def _escape(text: str) -> str:
 
 def _unescape(text: str) -> str:
     return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), text)
+
+
+# `serve --listen` adds these (name → help); each labelled with the task's kind and name.
+SCHEDULER_FAMILIES = {
+    "next_run_timestamp_seconds": "When serve next starts the task (Unix time).",
+    "task_running": "1 while a run of the task is in progress, else 0.",
+    "task_skipped_runs": "Due runs serve skipped because the task's previous run still ran.",
+}
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """What serve's /metrics says of one scheduled task."""
+
+    kind: str  # backup | verify | prune
+    name: str
+    next_run: float  # Unix time
+    running: bool
+    skipped: int
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"kind": self.kind, "task": self.name}
+
+
+def scheduler_exposition(tasks: Sequence[TaskState]) -> str:
+    """serve's own families: each task's next run, whether it runs, what it skipped; and how
+    many runs are in progress."""
+    values = {
+        "next_run_timestamp_seconds": [(t.labels, t.next_run) for t in tasks],
+        "task_running": [(t.labels, float(t.running)) for t in tasks],
+        "task_skipped_runs": [(t.labels, float(t.skipped)) for t in tasks],
+    }
+    text = "".join(_family(name, text, values[name]) for name, text in SCHEDULER_FAMILIES.items())
+    in_progress = sum(t.running for t in tasks)
+    return text + (
+        f"# HELP {PREFIX}runs_in_progress Runs serve has in progress.\n"
+        f"# TYPE {PREFIX}runs_in_progress gauge\n{PREFIX}runs_in_progress {in_progress}\n"
+    )

@@ -24,6 +24,9 @@ from db_backup.schedule import Task, missed
 
 log = logging.getLogger(__name__)
 
+# The loop wakes at least this often, so a beat older than a few of these means it is stuck.
+HEARTBEAT_SECONDS = 5.0
+
 Fire = Callable[[Task], Awaitable[object]]
 Clock = Callable[[], datetime]
 
@@ -57,6 +60,7 @@ class Scheduler:
     fire: Fire
     clock: Clock
     slots: dict[str, Slot] = field(default_factory=dict)
+    heartbeat: datetime | None = None  # when the loop last went round (`/healthz`)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: bool = False
 
@@ -135,9 +139,11 @@ class Scheduler:
         """Fire tasks at their times until stop(); then wait for the runs in progress (the
         caller cancels them first, see `stop`)."""
         while not self._stopping:
+            self.heartbeat = self.clock()
             self.due_now()
             self._wake.clear()
-            wait = self.seconds_to_next()
+            next_in = self.seconds_to_next()
+            wait = HEARTBEAT_SECONDS if next_in is None else min(next_in, HEARTBEAT_SECONDS)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
@@ -157,6 +163,10 @@ class Scheduler:
         running = [s.running for s in self.slots.values() if s.running and not s.running.done()]
         if running:
             await asyncio.gather(*running, return_exceptions=True)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     @property
     def in_progress(self) -> list[Slot]:

@@ -499,12 +499,24 @@ def schedule_command(
 
 
 @app.command("serve")
-def serve_command(config: ConfigOption) -> None:
+def serve_command(
+    config: ConfigOption,
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            "--listen",
+            metavar="HOST:PORT",
+            help="Answer /metrics, /healthz and /api/status over HTTP here (e.g. "
+            "127.0.0.1:9187; loopback unless you say otherwise).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
     """Run until stopped, firing each backup (and verify:/prune:) at its `schedule:`; SIGHUP
     reloads the config, SIGTERM/SIGINT stop (runs in progress are cancelled and cleaned up)."""
     from db_backup.cli.serving import serve
 
-    serve(config)
+    serve(config, listen)
 
 
 # -- prune ---------------------------------------------------------------------------------------

@@ -20,9 +20,16 @@ from typing import Any
 
 from db_backup.cli import exits, setup
 from db_backup.errors import BackupError
+from db_backup.schedule import parse_zone
 from db_backup.threads import in_thread
 
 log = logging.getLogger("db_backup.serve")
+
+
+class ServeError(BackupError):
+    """`serve` cannot start (the address to listen on is taken, say)."""
+
+    kind = "serve"
 
 
 class Service:
@@ -39,9 +46,91 @@ class Service:
         self.limits = Limits(config.concurrency or default_concurrency())
         self.renderer = PlainRenderer(sys.stderr)
         self.scheduler = Scheduler(self.fire, lambda: datetime.now(UTC))
+        # For the endpoints: the jobs running now, each job's last attempt, and the catalog
+        # as it was after the last run (listing targets per scrape would be slow and costly).
+        self.running: dict[str, dict[str, Any]] = {}
+        self.attempts: dict[str, Any] = {}
+        self.archives: list[Any] = []
 
     def say(self, text: str) -> None:
         self.renderer.note(text)
+
+    def track(self, event: Any) -> None:
+        """A job event of any run: the running jobs' progress, for /api/status."""
+        from db_backup.model import JobFinished, JobProgress, JobStarted
+
+        if isinstance(event, JobStarted):
+            self.running[event.job.name] = {
+                "job": event.job.name,
+                "backup": event.job.backup.name,
+                "database": event.job.database,
+                "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "raw_bytes": 0,
+                "stored_bytes": 0,
+                "estimated_bytes": event.estimated_bytes,
+            }
+        elif isinstance(event, JobProgress) and event.job.name in self.running:
+            entry = self.running[event.job.name]
+            entry["raw_bytes"], entry["stored_bytes"] = event.raw_bytes, event.stored_bytes
+        elif isinstance(event, JobFinished):
+            self.running.pop(event.result.job.name, None)
+
+    async def refresh_catalog(self) -> None:
+        from db_backup.catalog import list_backups
+
+        self.archives = list((await list_backups(self.config)).archives)
+
+    def metrics_text(self) -> str:
+        from db_backup.metrics import TaskState, exposition, scheduler_exposition
+
+        running = self.scheduler.in_progress
+        tasks = [
+            TaskState(s.task.kind, s.task.name, s.starts_at.timestamp(), s in running, s.skipped)
+            for s in self.scheduler.slots.values()
+        ]
+        text: str = exposition(self.archives, self.attempts)
+        return text + scheduler_exposition(tasks)
+
+    def healthy(self) -> bool:
+        from db_backup.scheduler import HEARTBEAT_SECONDS
+
+        beat = self.scheduler.heartbeat
+        if beat is None or self.scheduler.stopping:
+            return False
+        return (datetime.now(UTC) - beat).total_seconds() < 6 * HEARTBEAT_SECONDS
+
+    def status(self) -> dict[str, Any]:
+        def moment(value: datetime | None) -> str | None:
+            return value.isoformat(timespec="seconds") if value is not None else None
+
+        tasks = [
+            {
+                "task": slot.task.name,
+                "kind": slot.task.kind,
+                "schedule": slot.task.schedule.text,
+                "next_run": moment(slot.starts_at),
+                "running": slot in self.scheduler.in_progress,
+                "started_at": moment(slot.started_at),
+                "last_finished_at": moment(slot.last_finished_at),
+                "last_error": slot.last_error,
+                "runs": slot.runs,
+                "skipped": slot.skipped,
+            }
+            for slot in self.scheduler.slots.values()
+        ]
+        return {
+            "config": str(self.path),
+            "timezone": str(parse_zone(self.config.timezone)),
+            "tasks": tasks,
+            "running_jobs": list(self.running.values()),
+            "last_attempts": {
+                job: {
+                    "started_at": moment(datetime.fromtimestamp(a.at, UTC)),
+                    "success": a.success,
+                }
+                for job, a in sorted(self.attempts.items())
+            },
+        }
 
     async def start(self) -> None:
         """The config's tasks, each due now if a run was missed while we were down."""
@@ -52,6 +141,7 @@ class Service:
         catalog = await list_backups(self.config)
         for label, error in catalog.errors.items():
             self.say(f"warning: target {label} could not be listed: {error}")
+        self.archives = list(catalog.archives)
         self.scheduler.set_tasks(tasks, newest_per_backup(catalog.archives))
         for slot in self.scheduler.slots.values():
             when = slot.starts_at.isoformat(timespec="seconds")
@@ -82,17 +172,20 @@ class Service:
 
     async def _backup(self, config: Any, name: str) -> None:
         from db_backup.aftermath import after_run, notifications_for
+        from db_backup.metrics import attempts_of
         from db_backup.plan import select_backups
         from db_backup.run import BackupRun
 
         selected = select_backups(config, (name,))
         notifications = notifications_for(config, selected)
         # Runs on one target take turns at its lock; the slots are the process's.
-        run = BackupRun([self.renderer], wait=float("inf"), limits=self.limits)
+        run = BackupRun([self.renderer, self.track], wait=float("inf"), limits=self.limits)
         if notifications is not None:
             notifications.start()
         report = await run.execute(config, selected, names=(name,))
+        self.attempts |= attempts_of(report)
         warnings, _ = await after_run(config, report, exits.for_run(report), notifications)
+        await self.refresh_catalog()
         for warning in warnings:
             self.say(f"warning: {warning}")
         failed = len(report.failed)
@@ -130,11 +223,20 @@ class Service:
                  f"{len(report.deleted)} deleted")  # fmt: skip
 
 
-def serve(path: Path) -> None:
-    """Load the config and run the scheduler until SIGTERM/SIGINT."""
+def serve(path: Path, listen: str | None) -> None:
+    """Load the config and run the scheduler (and, with `listen`, the HTTP endpoints) until
+    SIGTERM/SIGINT."""
     from db_backup.interrupts import run_interruptible
 
     setup.use_one_malloc_arena()
+    address = None
+    if listen is not None:
+        from db_backup.endpoints import parse_listen
+
+        try:
+            address = parse_listen(listen)
+        except ValueError as exc:
+            exits.fail_usage(f"--listen: {exc}")
     with exits.errors_to_exit_codes():
         config = setup.load_config(path)
         service = Service(path, config)
@@ -142,18 +244,33 @@ def serve(path: Path) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(service.reload()))
+        listener = None
         try:
+            if address is not None:
+                from db_backup.endpoints import Listener
+
+                listener = Listener(service, *address)
+                try:
+                    await listener.start()
+                except OSError as exc:
+                    raise ServeError(f"--listen {listen}: {exc.strerror or exc}") from None
+                service.say(
+                    f"listening on http://{listener.address} (/metrics, /healthz, /api/status)"
+                )
             await service.start()
             service.say(f"serving {path}: {len(service.scheduler.slots)} scheduled")
             await service.scheduler.run()
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
+            if listener is not None:
+                await listener.stop()
 
     def on_signal(name: str) -> bool:
         service.say(f"{name} received: stopping; runs in progress are cancelled")
         service.scheduler.stop()
         return True
 
-    outcome = run_interruptible(main(), on_signal)
+    with exits.errors_to_exit_codes():
+        outcome = run_interruptible(main(), on_signal)
     stopped_by = outcome.received[0] if outcome.received else outcome.interrupted_by
     raise SystemExit(exits.for_signal(stopped_by) if stopped_by else exits.EXIT_OK)

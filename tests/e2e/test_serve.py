@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from db_backup.pgcluster import ThrowawayCluster
+from db_backup.pgcluster import ThrowawayCluster, free_port
 from tests.conftest import (
     StartCli,
     cli_env,
@@ -106,3 +106,46 @@ def test_sigterm_mid_dump_stops_the_dump_and_leaves_no_partial_file(
     assert [p.name for p in (tmp_path / "out").iterdir()] == [".db-backup.lock"]
     assert all(is_gone(pid) for pid in dumps)
     assert "nightly" in json.dumps(stderr)
+
+
+def test_the_endpoints_answer_as_documented(
+    pg: ThrowawayCluster, tmp_path: Path, start_cli: StartCli
+) -> None:
+    import httpx
+
+    from tests.e2e.test_metrics import promtool
+
+    create_database(pg, "served", "CREATE TABLE t AS SELECT generate_series(1, 1000) AS n;")
+    config = write_config(tmp_path / "backup.yml", document(pg, tmp_path, {"a": "@every 2s"}))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = start_cli("serve", "-c", str(config), "--listen", f"127.0.0.1:{port}",
+                        env=cli_env(pg))  # fmt: skip
+
+    def status() -> dict[str, Any] | None:
+        try:
+            answer: dict[str, Any] = httpx.get(f"{base}/api/status", timeout=5).json()
+        except httpx.TransportError:
+            return None  # not listening yet
+        return answer if answer["tasks"] and answer["tasks"][0]["runs"] >= 2 else None
+
+    [task] = wait_for(status, what="two runs, seen in /api/status", process=process)["tasks"]
+    assert (task["task"], task["kind"], task["schedule"]) == ("a", "backup", "@every 2s")
+    assert task["last_error"] is None
+    assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+    metrics = httpx.get(f"{base}/metrics", timeout=5)
+    assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert 'db_backup_last_success_timestamp_seconds{backup="a"' in metrics.text
+    assert 'db_backup_next_run_timestamp_seconds{kind="backup",task="a"}' in metrics.text
+    checked = promtool("check", "metrics", text=metrics.text)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    taken = start_cli("serve", "-c", str(config), "--listen", f"127.0.0.1:{port}", env=cli_env(pg))
+    _, said = taken.communicate(timeout=60)
+    assert taken.returncode == 1
+    assert f"--listen 127.0.0.1:{port}: Address already in use" in said
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{base}/healthz", timeout=5)

@@ -87,7 +87,7 @@ FLOORS: list[set[str]] = [
     {"job", "restore_proof"},  # one job; restore tests (restore.py in a sandbox)
     {"orchestrator"},  # many jobs
     # one run; how signals stop one; what follows a run (metrics, notices); serve's loop
-    {"run", "interrupts", "aftermath", "scheduler"},
+    {"run", "interrupts", "aftermath", "scheduler", "endpoints"},
     {"demo"},
     {
         "cli",
@@ -95,6 +95,7 @@ FLOORS: list[set[str]] = [
         "cli.exits",
         "cli.options",
         "cli.restoring",
+        "cli.serving",
         "cli.setup",
         "cli.render",
         "cli.live",
