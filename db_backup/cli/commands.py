@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -498,6 +499,11 @@ def schedule_command(
     exits.for_target_errors(catalog.errors)
 
 
+class LogFormat(StrEnum):
+    PLAIN = "plain"
+    JSON = "json"
+
+
 @app.command("serve")
 def serve_command(
     config: ConfigOption,
@@ -511,12 +517,16 @@ def serve_command(
             show_default=False,
         ),
     ] = None,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option("--log-format", help="plain lines, or one JSON object per line."),
+    ] = LogFormat.PLAIN,
 ) -> None:
     """Run until stopped, firing each backup (and verify:/prune:) at its `schedule:`; SIGHUP
     reloads the config, SIGTERM/SIGINT stop (runs in progress are cancelled and cleaned up)."""
     from db_backup.cli.serving import serve
 
-    serve(config, listen)
+    serve(config, listen, log_format.value)
 
 
 # -- prune ---------------------------------------------------------------------------------------

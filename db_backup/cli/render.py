@@ -98,9 +98,11 @@ class Renderer(Protocol):
 class PlainRenderer:
     """One line per job start, finish and failure; no escape codes. For cron and pipes."""
 
-    def __init__(self, stream: IO[str], *, quiet: bool = False) -> None:
+    def __init__(self, stream: IO[str], *, quiet: bool = False, json_lines: bool = False) -> None:
+        """`json_lines`: each line a JSON object {"time", "message"} (serve --log-format json)."""
         self._stream = stream
         self._quiet = quiet
+        self._json_lines = json_lines
 
     def __call__(self, event: JobEvent) -> None:
         if isinstance(event, JobStarted) and not self._quiet:
@@ -121,7 +123,13 @@ class PlainRenderer:
         self._stream.flush()
 
     def _line(self, text: str) -> None:
-        self._stream.write(f"{_clock()} {text}\n")
+        if self._json_lines:
+            import json
+
+            line = json.dumps({"time": _clock(), "message": text}, ensure_ascii=False)
+        else:
+            line = f"{_clock()} {text}"
+        self._stream.write(f"{line}\n")
         self._stream.flush()
 
 

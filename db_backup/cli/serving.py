@@ -35,7 +35,7 @@ class ServeError(BackupError):
 class Service:
     """The config in force, the limits every run shares, and the scheduler."""
 
-    def __init__(self, path: Path, config: Any) -> None:
+    def __init__(self, path: Path, config: Any, *, json_lines: bool = False) -> None:
         from db_backup.cli.render import PlainRenderer
         from db_backup.orchestrator import Limits
         from db_backup.plan import default_concurrency
@@ -44,7 +44,7 @@ class Service:
         self.path = path
         self.config = config
         self.limits = Limits(config.concurrency or default_concurrency())
-        self.renderer = PlainRenderer(sys.stderr)
+        self.renderer = PlainRenderer(sys.stderr, json_lines=json_lines)
         self.scheduler = Scheduler(self.fire, lambda: datetime.now(UTC))
         # For the endpoints: the jobs running now, each job's last attempt, and the catalog
         # as it was after the last run (listing targets per scrape would be slow and costly).
@@ -223,12 +223,14 @@ class Service:
                  f"{len(report.deleted)} deleted")  # fmt: skip
 
 
-def serve(path: Path, listen: str | None) -> None:
+def serve(path: Path, listen: str | None, log_format: str = "plain") -> None:
     """Load the config and run the scheduler (and, with `listen`, the HTTP endpoints) until
     SIGTERM/SIGINT."""
     from db_backup.interrupts import run_interruptible
 
     setup.use_one_malloc_arena()
+    if log_format == "json":
+        setup.log_as_json()
     address = None
     if listen is not None:
         from db_backup.endpoints import parse_listen
@@ -239,7 +241,7 @@ def serve(path: Path, listen: str | None) -> None:
             exits.fail_usage(f"--listen: {exc}")
     with exits.errors_to_exit_codes():
         config = setup.load_config(path)
-        service = Service(path, config)
+        service = Service(path, config, json_lines=log_format == "json")
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -58,6 +58,29 @@ def configure_logging(spec: str) -> None:
         logging.getLogger(logger).setLevel(number)
 
 
+class _JsonLines(logging.Formatter):
+    """One JSON object per log line, for log shippers (`serve --log-format json`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        return json.dumps(
+            {
+                "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+            },
+            ensure_ascii=False,
+        )
+
+
+def log_as_json() -> None:
+    """Every log line from now on as a JSON object (secrets are still masked first)."""
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_JsonLines())
+
+
 def use_one_malloc_arena() -> None:
     """Ask glibc for a single heap ("arena") for all threads; call before any thread starts.
 

@@ -108,7 +108,7 @@ def test_sigterm_mid_dump_stops_the_dump_and_leaves_no_partial_file(
     assert "nightly" in json.dumps(stderr)
 
 
-def test_the_endpoints_answer_as_documented(
+def test_the_endpoints_answer_as_documented_and_logs_are_json_lines(
     pg: ThrowawayCluster, tmp_path: Path, start_cli: StartCli
 ) -> None:
     import httpx
@@ -120,7 +120,7 @@ def test_the_endpoints_answer_as_documented(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     process = start_cli("serve", "-c", str(config), "--listen", f"127.0.0.1:{port}",
-                        env=cli_env(pg))  # fmt: skip
+                        "--log-format", "json", env=cli_env(pg))  # fmt: skip
 
     def status() -> dict[str, Any] | None:
         try:
@@ -145,7 +145,10 @@ def test_the_endpoints_answer_as_documented(
     assert taken.returncode == 1
     assert f"--listen 127.0.0.1:{port}: Address already in use" in said
     process.send_signal(signal.SIGINT)
-    process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
+    lines = [json.loads(line) for line in stderr.splitlines()]  # --log-format json: every one
+    assert any(line["message"].startswith("start    a ") for line in lines)
+    assert any("SIGINT received" in line["message"] for line in lines)
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{base}/healthz", timeout=5)
