@@ -125,13 +125,19 @@ def policies_of(config: Config, names: Sequence[str]) -> dict[tuple[str, str], R
 
 
 async def prune_config(
-    config: Config, names: Sequence[str], *, dry_run: bool, now: datetime
+    config: Config,
+    names: Sequence[str],
+    *,
+    dry_run: bool,
+    now: datetime,
+    wait: float | None = None,
 ) -> PruneReport:
     """`db-backup prune`: every selected backup's policies, now; deletes unless `dry_run`.
 
     Backups without a policy are left alone. Deleting takes the targets' locks, so it never
-    races a running backup (a held lock refuses at once, as for `backup`); under them, the
-    incomplete uploads and partial files of the listed jobs are removed too."""
+    races a running backup (a held lock refuses at once, as for `backup`, unless `wait` says
+    how long to wait for it: serve waits for its own runs); under them, the incomplete
+    uploads and partial files of the listed jobs are removed too."""
     catalog = await list_backups(config, names)
     report = PruneReport(plan_prune(catalog.archives, policies_of(config, names), now))
     report.errors.update(catalog.errors)
@@ -139,7 +145,7 @@ async def prune_config(
     if dry_run:
         return report
     targets = targets_of(select_backups(config, names))
-    locks = await lock_storage({lock_folder(storage) for storage in targets}, wait=None)
+    locks = await lock_storage({lock_folder(storage) for storage in targets}, wait=wait)
     try:
         report.deleted, errors = await in_thread(apply, report.verdicts)
         report.errors.update(errors)

@@ -44,10 +44,13 @@ class RestoreTestResult:
     problems: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
     unrecorded: dict[str, str] = field(default_factory=dict)  # target → why not recorded
+    # Retention removed the backup while it was being tested (serve runs both at once):
+    # nothing to record, and no failure — the backup is gone by design, not broken.
+    removed: bool = False
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems or self.removed
 
 
 def chosen(archives: Sequence[Archive], *, every: bool) -> list[Archive]:
@@ -166,7 +169,10 @@ async def prove_restores(
             except BackupError as exc:
                 result.problems.append(str(exc))
             result.seconds = time.monotonic() - started
-            await _record(result, catalog)
+            if result.problems and not await _still_there(archive):
+                result.removed = True
+            else:
+                await _record(result, catalog)
             on_result(result)
             results.append(result)
     return results
@@ -223,6 +229,13 @@ async def _dropped_afterwards(
     finally:
         with contextlib.suppress(BackupError):
             await source.drop_database(server, database)
+
+
+async def _still_there(archive: Archive) -> bool:
+    try:
+        return bool(await in_thread(archive.store.exists, archive.name))
+    except StorageError:
+        return True  # cannot tell: let the failure stand
 
 
 async def _record(result: RestoreTestResult, catalog: Sequence[Archive]) -> None:

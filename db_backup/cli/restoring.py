@@ -308,7 +308,9 @@ def verify_restores(
 
     def say(result: Any) -> None:
         where = result.archive.location
-        if result.ok:
+        if result.removed:
+            typer.echo(f"SKIPPED {where}: removed by retention while it was being tested")
+        elif result.ok:
             held = "; ".join(result.checked)
             typer.echo(f"OK      {where} restore-tested in {result.seconds:.1f}s: {held}")
         else:
@@ -343,7 +345,8 @@ def verify_restores(
     total = len(results) + len(catalog.errors)
     setup.notify_failure(loaded, "verify --restore", total=total, noun="backups", problems=problems)
     failed = len(problems)
-    typer.echo(
-        f"{len(results) - failed + len(catalog.errors)} restore-tested, {failed} failed", err=True
-    )
+    tested = sum(1 for r in results if r.ok and not r.removed)
+    removed = sum(1 for r in results if r.removed)
+    skipped = f", {removed} removed by retention meanwhile" if removed else ""
+    typer.echo(f"{tested} restore-tested, {failed} failed{skipped}", err=True)
     raise typer.Exit(exits.EXIT_FAILED if failed else exits.EXIT_OK)

@@ -202,25 +202,36 @@ class Service:
             config,
             chosen(catalog.archives, every=False),
             catalog.archives,
-            on_result=lambda r: self.say(
-                f"restore test {r.archive.location}: "
-                + ("OK" if r.ok else f"FAILED: {'; '.join(r.problems)}")
-            ),
+            on_result=lambda r: self.say(f"restore test {r.archive.location}: {outcome(r)}"),
             keys=keys,
         )
         failed = sum(1 for result in results if not result.ok)
-        self.say(f"restore tests: {len(results) - failed} OK, {failed} failed")
+        removed = sum(1 for result in results if result.removed)
+        self.say(
+            f"restore tests: {len(results) - failed - removed} OK, {failed} failed"
+            + (f", {removed} removed by retention meanwhile" if removed else "")
+        )
 
     async def _prune(self, config: Any) -> None:
         from db_backup.prune import prune_config
 
-        report = await prune_config(config, (), dry_run=False, now=datetime.now(UTC))
+        # Waits for the backups running on a target: each holds its lock while it runs.
+        report = await prune_config(
+            config, (), dry_run=False, now=datetime.now(UTC), wait=float("inf")
+        )
         for archive in report.deleted:
             self.say(f"prune: deleted {archive.location}")
         for label, error in report.errors.items():
             self.say(f"prune: target {label}: {error}")
         self.say(f"prune: {len(report.verdicts) - len(report.deleted)} kept, "
                  f"{len(report.deleted)} deleted")  # fmt: skip
+
+
+def outcome(result: Any) -> str:
+    """A restore test's outcome, in a word or a reason."""
+    if result.removed:
+        return "removed by retention while it was being tested"
+    return "OK" if result.ok else f"FAILED: {'; '.join(result.problems)}"
 
 
 def serve(path: Path, listen: str | None, log_format: str = "plain") -> None:

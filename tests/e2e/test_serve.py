@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +153,53 @@ def test_the_endpoints_answer_as_documented_and_logs_are_json_lines(
     assert any("SIGINT received" in line["message"] for line in lines)
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{base}/healthz", timeout=5)
+
+
+def test_serve_notifies_per_run_and_runs_restore_tests_and_prune_on_their_schedules(
+    pg: ThrowawayCluster, tmp_path: Path, start_cli: StartCli
+) -> None:
+    import httpx
+
+    from tests.receivers import http_receiver
+
+    create_database(pg, "served", "CREATE TABLE t AS SELECT generate_series(1, 1000) AS n;")
+    out = tmp_path / "out"
+    port = free_port()
+
+    def runs_done(kind: str) -> int:
+        """How many runs of the task have finished without an error (0 before it listens)."""
+        try:
+            tasks = httpx.get(f"http://127.0.0.1:{port}/api/status", timeout=5).json()["tasks"]
+        except httpx.TransportError:
+            return 0
+        [task] = [t for t in tasks if t["kind"] == kind]
+        assert task["last_error"] is None, task
+        return int(task["runs"]) - int(task["running"])
+
+    def more_runs(kind: str, than: int) -> Callable[[], bool]:
+        return lambda: runs_done(kind) > than
+
+    with http_receiver() as hook:
+        settings = document(pg, tmp_path, {"a": "@every 2s"})
+        # kept long enough for a restore test (~2 s) to finish while `a` runs every 2 s
+        settings["defaults"]["retention"] = {"keep_last": 4}
+        settings["verify"] = {"schedule": "@every 3s"}
+        settings["prune"] = {"schedule": "@every 3s"}
+        settings["notify"] = [{"kind": "webhook", "url": f"{hook.url}/hook", "on": "always"}]
+        config = write_config(tmp_path / "backup.yml", settings)
+        process = start_cli("serve", "-c", str(config), "--listen", f"127.0.0.1:{port}",
+                            env=cli_env(pg))  # fmt: skip
+        wait_for(lambda: list(out.glob("*.verify.json")), what="a restore test's record",
+                 process=process)  # fmt: skip
+        for kind in ("verify", "prune"):  # a whole run of each after that
+            wait_for(more_runs(kind, runs_done(kind)), what=f"a {kind} run", process=process)
+        wait_for(lambda: len(hook.requests) >= 2, what="a notice per run", process=process)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    reports = [request.json() for request in hook.requests]
+    assert all(report["command"] == "backup" for report in reports)
+    assert all(job["job"] == "a" for report in reports for job in report["jobs"])
+    assert "restore tests: 1 OK, 0 failed" in stderr, stderr
+    assert "prune: " in stderr, stderr
+    assert len(list(out.glob("t_a_*.sql.gz"))) <= 4  # keep_last: 4
