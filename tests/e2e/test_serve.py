@@ -203,3 +203,32 @@ def test_serve_notifies_per_run_and_runs_restore_tests_and_prune_on_their_schedu
     assert "restore tests: 1 OK, 0 failed" in stderr, stderr
     assert "prune: " in stderr, stderr
     assert len(list(out.glob("t_a_*.sql.gz"))) <= 4  # keep_last: 4
+
+
+def test_schedule_shows_next_runs_in_the_zone_and_utc_and_the_newest_backup(
+    pg: ThrowawayCluster, tmp_path: Path
+) -> None:
+    from tests.conftest import run_cli
+
+    create_database(pg, "served", "CREATE TABLE t AS SELECT generate_series(1, 10) AS n;")
+    settings = document(pg, tmp_path, {"nightly": "30 2 * * *", "often": "@every 1s"})
+    settings["timezone"] = "America/New_York"
+    config = write_config(tmp_path / "backup.yml", settings)
+    before = run_cli("schedule", "-c", str(config), env=cli_env(pg))
+    assert before.returncode == 0, before.stderr
+    assert "America/New_York" in before.stdout
+    assert "02:30 EST  (07:30 UTC)" in before.stdout  # December: UTC-5
+    assert before.stdout.count("none yet: runs when serve starts") == 2
+    assert run_cli("backup", "-c", str(config), env=cli_env(pg)).returncode == 0
+    # `often` is due again within a second: from then on, serve would run it at once
+    missed = "(a run was missed: serve runs it at start)"
+    after = wait_for(
+        lambda: (
+            (out := run_cli("schedule", "-c", str(config), env=cli_env(pg))).stdout.count(missed)
+            and out
+        ),
+        what="the next second",
+        timeout=10,
+    )
+    assert "none yet" not in after.stdout
+    assert after.stdout.count(missed) == 1  # not `nightly`: its next run is still to come
