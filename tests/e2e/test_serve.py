@@ -222,13 +222,11 @@ def test_schedule_shows_next_runs_in_the_zone_and_utc_and_the_newest_backup(
     assert run_cli("backup", "-c", str(config), env=cli_env(pg)).returncode == 0
     # `often` is due again within a second: from then on, serve would run it at once
     missed = "(a run was missed: serve runs it at start)"
-    after = wait_for(
-        lambda: (
-            (out := run_cli("schedule", "-c", str(config), env=cli_env(pg))).stdout.count(missed)
-            and out
-        ),
-        what="the next second",
-        timeout=10,
-    )
+
+    def schedule_once_missed() -> Any:
+        shown = run_cli("schedule", "-c", str(config), env=cli_env(pg))
+        return shown if missed in shown.stdout else None
+
+    after = wait_for(schedule_once_missed, what="the next second", timeout=10)
     assert "none yet" not in after.stdout
     assert after.stdout.count(missed) == 1  # not `nightly`: its next run is still to come
