@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "backup.yml"
-HEAVY = ("isal", "zstandard", "psycopg", "rich.progress", "rich.live", "pydantic", "botocore")
+HEAVY = (
+    "isal", "zstandard", "psycopg", "rich.progress", "rich.live", "pydantic", "botocore",
+    "starlette", "uvicorn", "pyrage", "cronsim",  # serve --listen, encryption, schedules
+)  # fmt: skip
 
 
 def imported_modules(*args: str) -> set[str]:
