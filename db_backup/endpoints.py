@@ -10,13 +10,13 @@ touches disk or the network: every answer is built from what the service already
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 # Prometheus' text format, version 0.0.4.
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -38,8 +38,8 @@ class Status(Protocol):
         ...
 
 
-def make_app(source: Status) -> Starlette:
-    """The ASGI app answering from `source`."""
+def make_app(source: Status, extra: Sequence[BaseRoute] = ()) -> Starlette:
+    """The ASGI app answering from `source`; `extra`: the web UI's routes, with --web."""
 
     async def metrics(_: Request) -> Response:
         return PlainTextResponse(source.metrics_text(), media_type=METRICS_TYPE)
@@ -57,6 +57,7 @@ def make_app(source: Status) -> Starlette:
             Route("/metrics", metrics),
             Route("/healthz", healthz),
             Route("/api/status", status),
+            *extra,
         ]
     )
 
@@ -73,7 +74,8 @@ class Listener:
     """uvicorn on the running event loop, without uvicorn's own signal handling (serve's
     handlers stop everything); `start()`, then `stop()`."""
 
-    def __init__(self, source: Status, host: str, port: int) -> None:
+    def __init__(self, source: Status, host: str, port: int, app: Any = None) -> None:
+        """`app`: what to serve instead of make_app(source) (the web UI wraps it)."""
         import uvicorn
 
         class Quiet(uvicorn.Server):
@@ -82,7 +84,11 @@ class Listener:
                 yield
 
         config = uvicorn.Config(
-            make_app(source), host=host, port=port, log_level="warning", lifespan="off"
+            app if app is not None else make_app(source),
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
         )
         self._server = Quiet(config)
         self._task: Any = None

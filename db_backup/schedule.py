@@ -88,6 +88,22 @@ class IntervalSchedule:
         return _EPOCH + timedelta(seconds=elapsed // self.seconds * self.seconds)
 
 
+@dataclass(frozen=True)
+class ManualSchedule:
+    """Never due: a task that runs only when asked (the web UI's "run now")."""
+
+    text: str = "not scheduled"
+
+    def next_after(self, moment: datetime) -> datetime:
+        return datetime.max.replace(tzinfo=UTC)
+
+    def last_due(self, moment: datetime) -> datetime | None:
+        return None
+
+
+MANUAL = ManualSchedule()
+
+
 def parse_schedule(text: str, zone: ZoneInfo) -> Schedule:
     """A schedule from its config text; ValueError saying what is wrong."""
     stripped = " ".join(text.split())

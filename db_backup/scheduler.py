@@ -109,6 +109,18 @@ class Scheduler:
             slot.due = slot.task.schedule.next_after(max(now, slot.due))
         return fired
 
+    def start_now(self, task: Task) -> bool:
+        """Run `task` now, outside its schedule (the web UI's "run now"); False when it is
+        running already. Its schedule goes on as before."""
+        key = f"{task.kind}:{task.name}"
+        slot = self.slots.get(key)
+        if slot is None:  # not scheduled: a slot that only ever runs when asked
+            slot = self.slots[key] = Slot(task, task.schedule.next_after(self.clock()))
+        if slot.running is not None and not slot.running.done():
+            return False
+        self._start(slot, self.clock())
+        return True
+
     def _start(self, slot: Slot, now: datetime) -> None:
         slot.runs += 1
         slot.started_at = now

@@ -521,12 +521,20 @@ def serve_command(
         LogFormat,
         typer.Option("--log-format", help="plain lines, or one JSON object per line."),
     ] = LogFormat.PLAIN,
+    web: Annotated[
+        bool,
+        typer.Option(
+            "--web",
+            help="Also serve the web UI on the listener (127.0.0.1:9187 unless --listen "
+            "says otherwise; needs pip install 'db-backup[web]').",
+        ),
+    ] = False,
 ) -> None:
     """Run until stopped, firing each backup (and verify:/prune:) at its `schedule:`; SIGHUP
     reloads the config, SIGTERM/SIGINT stop (runs in progress are cancelled and cleaned up)."""
     from db_backup.cli.serving import serve
 
-    serve(config, listen, log_format.value)
+    serve(config, listen, log_format.value, web)
 
 
 # -- prune ---------------------------------------------------------------------------------------
@@ -603,6 +611,23 @@ def keygen(
     else:
         typer.echo(f"identity written to {output}", err=True)
     typer.echo(f"Public key: {recipient}", err=output is None)
+
+
+@app.command("hash-password")
+def hash_password_command() -> None:
+    """Read a password (asked for on a terminal, else the first line of stdin) and print
+    its hash for `web: password_hash:`."""
+    import getpass
+
+    from db_backup.web.security import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password for the web UI: ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        exits.fail_usage("hash-password: an empty password")
+    typer.echo(hash_password(password))
 
 
 @app.command("notify-test")

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from db_backup.schedule import parse_zone
 from db_backup.threads import in_thread
 
 log = logging.getLogger("db_backup.serve")
+FAILURES_KEPT = 5  # per job, for the web UI's job page
 
 
 class ServeError(BackupError):
@@ -51,6 +53,9 @@ class Service:
         self.running: dict[str, dict[str, Any]] = {}
         self.attempts: dict[str, Any] = {}
         self.archives: list[Any] = []
+        # Each job's last failures with their error text (the web UI's job page), bounded.
+        self.failures: dict[str, deque[tuple[datetime, str]]] = {}
+        self.outcomes: dict[str, Any] = {}  # job → views.Attempted, the last of each
 
     def say(self, text: str) -> None:
         self.renderer.note(text)
@@ -184,12 +189,65 @@ class Service:
             notifications.start()
         report = await run.execute(config, selected, names=(name,))
         self.attempts |= attempts_of(report)
+        self._remember(report)
         warnings, _ = await after_run(config, report, exits.for_run(report), notifications)
         await self.refresh_catalog()
         for warning in warnings:
             self.say(f"warning: {warning}")
         failed = len(report.failed)
         self.say(f"backup {name}: {len(report.results) - failed} stored, {failed} failed")
+
+    def _remember(self, report: Any) -> None:
+        """Each job's outcome, and its error text if it failed (bounded per job)."""
+        from db_backup.model import JobStatus
+        from db_backup.web.views import Attempted
+
+        for result in report.results:
+            if result.status is JobStatus.CANCELLED or result.started_at is None:
+                continue
+            ok = result.status is JobStatus.SUCCEEDED
+            at = result.finished_at or result.started_at
+            self.outcomes[result.job.name] = Attempted(at, ok, None if ok else result.error)
+            if not ok:
+                failures = self.failures.setdefault(result.job.name, deque(maxlen=FAILURES_KEPT))
+                failures.appendleft((at, result.error or "failed"))
+
+    def web_state(self) -> Any:
+        """What the web UI shows, now (web/__init__.py)."""
+        from db_backup.web import WebState
+
+        schedules = {
+            slot.task.name: (slot.task.schedule, slot.starts_at)
+            for slot in self.scheduler.slots.values()
+            if slot.task.kind == "backup"
+        }
+        return WebState(
+            config=self.config,
+            archives=self.archives,
+            schedules=schedules,
+            running=self.running,
+            attempts=self.outcomes,
+            failures=self.failures,
+            tasks=self.status()["tasks"],
+            zone=parse_zone(self.config.timezone),
+            now=datetime.now(UTC),
+        )
+
+    def run_now(self, job: str) -> str:
+        """The web UI's "run now": the job's backup, through the scheduler (never twice)."""
+        from db_backup.schedule import MANUAL, Task
+
+        backup = next(
+            (b for b in self.config.backups if job == b.name or job.startswith(f"{b.name}.")),
+            None,
+        )
+        if backup is None:
+            return f"no backup is named {job}"
+        slot = self.scheduler.slots.get(f"backup:{backup.name}")
+        task = slot.task if slot is not None else Task("backup", backup.name, MANUAL)
+        if not self.scheduler.start_now(task):
+            return f"{backup.name} is running already"
+        return f"{backup.name} started"
 
     async def _verify(self, config: Any) -> None:
         from db_backup.catalog import list_backups
@@ -227,6 +285,19 @@ class Service:
                  f"{len(report.deleted)} deleted")  # fmt: skip
 
 
+DEFAULT_LISTEN = "127.0.0.1:9187"
+
+
+def _web_app(service: Service, host: str) -> Any:
+    """The endpoints plus the web UI, behind its guard (a login off loopback)."""
+    from db_backup.endpoints import make_app
+    from db_backup.web import guarded, web_routes
+    from db_backup.web.security import guard_for
+
+    guard = guard_for(service.config.web, host)
+    return guarded(make_app(service, web_routes(service, guard)), guard)
+
+
 def outcome(result: Any) -> str:
     """A restore test's outcome, in a word or a reason."""
     if result.removed:
@@ -234,7 +305,7 @@ def outcome(result: Any) -> str:
     return "OK" if result.ok else f"FAILED: {'; '.join(result.problems)}"
 
 
-def serve(path: Path, listen: str | None, log_format: str = "plain") -> None:
+def serve(path: Path, listen: str | None, log_format: str = "plain", web: bool = False) -> None:
     """Load the config and run the scheduler (and, with `listen`, the HTTP endpoints) until
     SIGTERM/SIGINT."""
     from db_backup.interrupts import run_interruptible
@@ -243,6 +314,13 @@ def serve(path: Path, listen: str | None, log_format: str = "plain") -> None:
     if log_format == "json":
         setup.log_as_json()
     address = None
+    if web and listen is None:
+        listen = DEFAULT_LISTEN
+    if web:
+        from db_backup.web import MISSING_EXTRA, web_available
+
+        if not web_available():
+            exits.fail_usage(f"--web: {MISSING_EXTRA}")
     if listen is not None:
         from db_backup.endpoints import parse_listen
 
@@ -262,7 +340,9 @@ def serve(path: Path, listen: str | None, log_format: str = "plain") -> None:
             if address is not None:
                 from db_backup.endpoints import Listener
 
-                listener = Listener(service, *address)
+                listener = Listener(
+                    service, *address, app=_web_app(service, address[0]) if web else None
+                )
                 try:
                     await listener.start()
                 except OSError as exc:

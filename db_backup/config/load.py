@@ -178,6 +178,9 @@ class _Loader:
                 raw.restore, identity_file=self._absolute_or_none(raw.restore.identity_file)
             ),
             prune=raw.prune,
+            web=msgspec.structs.replace(
+                raw.web, token_file=self._absolute_or_none(raw.web.token_file)
+            ),
             timezone=raw.timezone,
             metrics=self._metrics(raw.metrics),
             notify=notifiers,

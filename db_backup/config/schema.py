@@ -383,6 +383,17 @@ class VerifyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     schedule: str | None = None  # `serve`: restore-test every job's newest backup then
 
 
+class WebConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`web:` — the web UI of `serve --web`. On a loopback address it needs no login; on any
+    other it refuses to start without one: a bearer token (`token_file`), or a username with
+    a password hash (`db-backup hash-password`)."""
+
+    token_file: str | None = None
+    username: str | None = None
+    password_hash: str | None = None  # scrypt$N$r$p$salt$hash, see web/security.py
+    read_only: bool = False  # no actions: pages only
+
+
 class PruneConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`prune:` at the top level (retention also runs after every committed backup)."""
 
@@ -631,6 +642,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     verify: VerifyConfig = VerifyConfig()
     restore: RestoreConfig = RestoreConfig()
     prune: PruneConfig = PruneConfig()
+    web: WebConfig = WebConfig()
     timezone: str | None = None  # of every schedule; None: the machine's own
     metrics: MetricsConfig = MetricsConfig()
     notify: tuple[NotifierConfig, ...] = ()
@@ -650,6 +662,7 @@ class RawConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     verify: VerifyConfig = VerifyConfig()
     restore: RestoreConfig = RestoreConfig()
     prune: PruneConfig = PruneConfig()
+    web: WebConfig = WebConfig()
     timezone: str | None = None
     metrics: MetricsConfig = MetricsConfig()
     notify: list[Any] | None = None  # NotifierConfig entries, converted one by one (load.py)

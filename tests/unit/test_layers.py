@@ -88,6 +88,8 @@ FLOORS: list[set[str]] = [
     {"orchestrator"},  # many jobs
     # one run; how signals stop one; what follows a run (metrics, notices); serve's loop
     {"run", "interrupts", "aftermath", "scheduler", "endpoints"},
+    {"web.views", "web.security"},  # the web UI: what pages show; who may see and act
+    {"web"},
     {"demo"},
     {
         "cli",
