@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
@@ -44,13 +44,18 @@ class Limits:
     `serve` process shares one among all its runs, so `concurrency` and `max_per_host` hold
     across everything that runs at once, whatever fired it."""
 
-    def __init__(self, concurrency: int) -> None:
+    def __init__(self, concurrency: int, servers: Mapping[Server, int] | None = None) -> None:
+        """`servers`: every server's limit, fixed for all runs (serve: from the whole
+        config); None: each server's limit comes with the first plan that has one."""
         self.slots = asyncio.Semaphore(concurrency)
-        self._servers: dict[Server, asyncio.Semaphore] = {}
+        self._fixed = servers is not None
+        self._servers = {s: asyncio.Semaphore(n) for s, n in (servers or {}).items()}
 
     def server(self, server: Server, limit: int | None) -> AbstractAsyncContextManager[Any]:
-        """The server's slot (the first limit given for it sticks); none without a limit."""
-        if limit is None:
+        """The server's slot; none without a limit."""
+        if server in self._servers:
+            return self._servers[server]
+        if limit is None or self._fixed:
             return contextlib.nullcontext()
         return self._servers.setdefault(server, asyncio.Semaphore(limit))
 

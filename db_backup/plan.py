@@ -204,6 +204,17 @@ def _host_limits(jobs: Sequence[JobSpec]) -> dict[Server, int]:
     return limits
 
 
+def host_limits_of(backups: Sequence[BackupConfig]) -> dict[Server, int]:
+    """Per server, the smallest `max_per_host` of the backups on it (serve: every backup
+    of the config, whichever run comes first)."""
+    limits: dict[Server, int] = {}
+    for backup in backups:
+        if backup.max_per_host is not None:
+            server = server_of(backup)
+            limits[server] = min(backup.max_per_host, limits.get(server, backup.max_per_host))
+    return limits
+
+
 def wildcard_job(backup: BackupConfig, now: datetime) -> JobSpec:
     """A stand-in job for a `database: "*"` backup whose databases could not be listed."""
     return _job(backup, JobKind.DATABASE, backup.name, backup.database, timestamp(now))

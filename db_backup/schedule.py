@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from db_backup.config.schema import Config
 
 EVERY = "@every"
+# A fall-back hour, and a bound on cronsim's steps (a schedule of every minute needs ~120).
+_REPEATED_HOUR = timedelta(hours=2, seconds=1)
+_MAX_STEPS = 10_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # cronsim's own shorthands, named for the messages.
 _NAMED = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
@@ -59,33 +63,45 @@ class CronSchedule:
     def next_after(self, moment: datetime) -> datetime:
         from cronsim import CronSim
 
-        local = moment.astimezone(self.zone)
-        return next(CronSim(self.text, local)).astimezone(UTC)
+        # cronsim walks wall-clock time: inside a repeated (fall-back) hour it can answer
+        # the first pass of a time that is already over. Skip to one truly after `moment`.
+        times = CronSim(self.text, moment.astimezone(self.zone))
+        for found in itertools.islice(times, _MAX_STEPS):
+            if found.astimezone(UTC) > moment:
+                return found.astimezone(UTC)
+        raise ValueError(f"{self.text!r}: no time after {moment.isoformat()}")
 
     def last_due(self, moment: datetime) -> datetime | None:
         from cronsim import CronSim
 
-        # cronsim's reverse walk starts strictly before its start: begin a second later.
-        local = (moment + timedelta(seconds=1)).astimezone(self.zone).replace(microsecond=0)
-        found = next(CronSim(self.text, local, reverse=True), None)
-        return found.astimezone(UTC) if found is not None else None
+        # Walk back from a little later (a repeated hour may hold earlier instants with later
+        # wall-clock times), taking the first due time at or before `moment`.
+        start = (moment + _REPEATED_HOUR).astimezone(self.zone).replace(microsecond=0)
+        for found in itertools.islice(CronSim(self.text, start, reverse=True), _MAX_STEPS):
+            if found.astimezone(UTC) <= moment:
+                return found.astimezone(UTC)
+        return None
 
 
 @dataclass(frozen=True)
 class IntervalSchedule:
-    """`@every <duration>`: every `seconds`, on slots counted from the Unix epoch."""
+    """`@every <duration>`: every `seconds`, on slots counted from the Unix epoch (in whole
+    microseconds, so a fractional interval has no off-by-one at its slots)."""
 
     text: str
     seconds: float
 
+    @property
+    def _step(self) -> int:
+        return round(self.seconds * 1_000_000)
+
     def next_after(self, moment: datetime) -> datetime:
-        elapsed = (moment - _EPOCH).total_seconds()
-        slots = elapsed // self.seconds + 1
-        return _EPOCH + timedelta(seconds=slots * self.seconds)
+        elapsed = (moment - _EPOCH) // timedelta(microseconds=1)
+        return _EPOCH + timedelta(microseconds=(elapsed // self._step + 1) * self._step)
 
     def last_due(self, moment: datetime) -> datetime | None:
-        elapsed = (moment - _EPOCH).total_seconds()
-        return _EPOCH + timedelta(seconds=elapsed // self.seconds * self.seconds)
+        elapsed = (moment - _EPOCH) // timedelta(microseconds=1)
+        return _EPOCH + timedelta(microseconds=elapsed // self._step * self._step)
 
 
 @dataclass(frozen=True)

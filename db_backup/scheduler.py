@@ -60,6 +60,7 @@ class Scheduler:
     fire: Fire
     clock: Clock
     slots: dict[str, Slot] = field(default_factory=dict)
+    retired: dict[str, Slot] = field(default_factory=dict)  # unconfigured, still running
     heartbeat: datetime | None = None  # when the loop last went round (`/healthz`)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: bool = False
@@ -67,14 +68,20 @@ class Scheduler:
     def set_tasks(self, tasks: Sequence[Task], last_success: Mapping[str, datetime]) -> None:
         """Take a new set of tasks (at start, and on reload). A task whose last success
         (from the catalog) is older than its latest due time is due now — once, however
-        many slots passed; the others at their next slot. A task still running keeps its
-        run; one no longer configured is left to finish and then forgotten."""
+        many slots passed (or still at its jittered start, if that is yet to come); the
+        others at their next slot. A task still running keeps its run, also when it is no
+        longer configured (then it is kept aside until it ends, stopped with the rest)."""
         now = self.clock()
         fresh: dict[str, Slot] = {}
         for task in tasks:
-            known = self.slots.get(f"{task.kind}:{task.name}")
+            key = f"{task.kind}:{task.name}"
+            known = self.slots.get(key) or self.retired.pop(key, None)
             last = last_success.get(task.name) if task.kind == "backup" else now
-            due = now if missed(task.schedule, last, now) else task.schedule.next_after(now)
+            if missed(task.schedule, last, now):
+                latest = task.schedule.last_due(now)
+                due = latest if latest is not None and task.start(latest) > now else now
+            else:
+                due = task.schedule.next_after(now)
             if known is not None and known.task == task:
                 due = known.due  # unchanged: keep its place (a reload is not a catch-up)
             slot = Slot(task, due)
@@ -82,7 +89,10 @@ class Scheduler:
                 slot.running, slot.started_at = known.running, known.started_at
                 slot.runs, slot.skipped = known.runs, known.skipped
                 slot.last_finished_at, slot.last_error = known.last_finished_at, known.last_error
-            fresh[slot.key] = slot
+            fresh[key] = slot
+        for key, old in self.slots.items():
+            if key not in fresh and old.running is not None and not old.running.done():
+                self.retired[key] = old
         self.slots = fresh
         self._wake.set()
 
@@ -91,6 +101,9 @@ class Scheduler:
         now = self.clock()
         fired = []
         for slot in self.slots.values():
+            following = slot.task.schedule.next_after(now)
+            if slot.due > following:  # the clock went back: do not wait for the old time
+                slot.due = following
             if slot.starts_at > now:
                 continue
             if slot.running is not None and not slot.running.done():
@@ -131,11 +144,13 @@ class Scheduler:
             if error is not None:
                 log.error("%s %s failed: %s", slot.task.kind, slot.task.name, error)
             # The slot of now: a reload may have replaced the one this run started from.
-            current = self.slots.get(slot.key, slot)
+            current = self.slots.get(slot.key) or self.retired.get(slot.key) or slot
             current.last_finished_at = self.clock()
             current.last_error = (
                 "cancelled" if run.cancelled() else str(error) if error is not None else None
             )
+            if self.retired.get(slot.key) is current:
+                del self.retired[slot.key]
             self._wake.set()
 
         slot.running.add_done_callback(finished)
@@ -165,14 +180,14 @@ class Scheduler:
         """Stop scheduling and cancel every run in progress (their jobs stop their dumps and
         remove their partial files, as a cancelled `backup` does)."""
         self._stopping = True
-        for slot in self.slots.values():
-            if slot.running is not None:
-                slot.running.cancel()
+        for slot in self.in_progress:
+            assert slot.running is not None
+            slot.running.cancel()
         self._wake.set()
 
     async def drain(self) -> None:
         """Wait for every run in progress to end."""
-        running = [s.running for s in self.slots.values() if s.running and not s.running.done()]
+        running = [slot.running for slot in self.in_progress if slot.running is not None]
         if running:
             await asyncio.gather(*running, return_exceptions=True)
 
@@ -182,4 +197,6 @@ class Scheduler:
 
     @property
     def in_progress(self) -> list[Slot]:
-        return [s for s in self.slots.values() if s.running is not None and not s.running.done()]
+        """Every slot with a run going, also those no longer configured."""
+        slots = [*self.slots.values(), *self.retired.values()]
+        return [s for s in slots if s.running is not None and not s.running.done()]

@@ -22,7 +22,6 @@ import typer
 from db_backup import __version__
 from db_backup.cli import exits, restoring, setup
 from db_backup.cli.options import ConfigOption, IdentityOption, NamesOption
-from db_backup.errors import BackupError
 
 T = TypeVar("T")
 
@@ -302,7 +301,7 @@ async def _backup_main(
         report = await run.execute(loaded, selected, names=options.names, concurrency=options.jobs)
     except (Exception, asyncio.CancelledError) as exc:  # no job ran: a lock held, a signal
         if notifications is not None:
-            await _tell_of_a_stopped_run(notifications, loaded, selected, exc)
+            await setup.tell_of_a_stopped_run(notifications, loaded, selected, exc)
         raise
     finally:
         renderer.close()
@@ -323,25 +322,6 @@ async def _backup_main(
 
         _print_table(summary_table(report))
     return code, report
-
-
-async def _tell_of_a_stopped_run(
-    notifications: Any, loaded: Any, selected: Sequence[Any], error: BaseException
-) -> None:
-    import socket
-
-    from db_backup.notification import stopped_run_notice
-
-    stopped = isinstance(error, asyncio.CancelledError)  # by a signal, while planning
-    why = "stopped by a signal before any dump started" if stopped else str(error)
-    if not isinstance(error, BackupError | asyncio.CancelledError):
-        why = f"internal error: {type(error).__name__}: {error}"
-    from db_backup.redact import redact_known
-
-    notice = stopped_run_notice(
-        redact_known(why), selected, host=socket.gethostname(), config=loaded.source
-    )
-    setup.warn_undelivered(await notifications.finish(notice, hurry=stopped))
 
 
 # -- verify --------------------------------------------------------------------------------------

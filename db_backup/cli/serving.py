@@ -21,6 +21,7 @@ from typing import Any
 
 from db_backup.cli import exits, setup
 from db_backup.errors import BackupError
+from db_backup.redact import redact_known
 from db_backup.schedule import parse_zone
 from db_backup.threads import in_thread
 
@@ -39,13 +40,13 @@ class Service:
 
     def __init__(self, path: Path, config: Any, *, json_lines: bool = False) -> None:
         from db_backup.cli.render import PlainRenderer
-        from db_backup.orchestrator import Limits
-        from db_backup.plan import default_concurrency
         from db_backup.scheduler import Scheduler
 
         self.path = path
         self.config = config
-        self.limits = Limits(config.concurrency or default_concurrency())
+        self.limits = limits_of(config)
+        self._reloading = asyncio.Lock()  # one SIGHUP at a time, applied in order
+        self._reloads: set[asyncio.Task[None]] = set()
         self.renderer = PlainRenderer(sys.stderr, json_lines=json_lines)
         self.scheduler = Scheduler(self.fire, lambda: datetime.now(UTC))
         # For the endpoints: the jobs running now, each job's last attempt, and the catalog
@@ -117,7 +118,7 @@ class Service:
                 "running": slot in self.scheduler.in_progress,
                 "started_at": moment(slot.started_at),
                 "last_finished_at": moment(slot.last_finished_at),
-                "last_error": slot.last_error,
+                "last_error": redact_known(slot.last_error) if slot.last_error else None,
                 "runs": slot.runs,
                 "skipped": slot.skipped,
             }
@@ -139,13 +140,25 @@ class Service:
 
     async def start(self) -> None:
         """The config's tasks, each due now if a run was missed while we were down."""
-        from db_backup.catalog import list_backups, newest_per_backup
+        self.apply(self.config, *await self._tasks_and_catalog(self.config))
+
+    async def _tasks_and_catalog(self, config: Any) -> tuple[Any, Any]:
+        from db_backup.catalog import list_backups
         from db_backup.schedule import tasks_of
 
-        tasks = tasks_of(self.config)
-        catalog = await list_backups(self.config)
+        tasks = tasks_of(config)
+        catalog = await list_backups(config)
         for label, error in catalog.errors.items():
             self.say(f"warning: target {label} could not be listed: {error}")
+        return tasks, catalog
+
+    def apply(self, config: Any, tasks: Any, catalog: Any) -> None:
+        """Put `config` in force with its tasks, at once (no run fires in between)."""
+        from db_backup.catalog import newest_per_backup
+
+        if config is not self.config:
+            self.config = config
+            self.limits = limits_of(config)  # runs in progress keep theirs
         self.archives = list(catalog.archives)
         self.scheduler.set_tasks(tasks, newest_per_backup(catalog.archives))
         for slot in self.scheduler.slots.values():
@@ -154,16 +167,26 @@ class Service:
         if not tasks:
             self.say("nothing is scheduled: give backups a `schedule:` (see README)")
 
+    def request_reload(self) -> None:
+        """SIGHUP's handler: reload in the background, one after the other."""
+        task = asyncio.ensure_future(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
     async def reload(self) -> None:
-        """SIGHUP: the config again; if it is broken, say so and keep the one in force."""
-        try:
-            config = await in_thread(setup.load_config, self.path)
-        except BackupError as exc:
-            self.say(f"SIGHUP: {self.path} not reloaded, still running the previous config: {exc}")
-            return
-        self.config = config
-        await self.start()
-        self.say(f"SIGHUP: reloaded {self.path}")
+        """The config again; if it is broken, say so and keep the one in force."""
+        async with self._reloading:
+            try:
+                config = await in_thread(setup.load_config, self.path)
+                tasks, catalog = await self._tasks_and_catalog(config)
+            except BackupError as exc:
+                self.say(
+                    f"SIGHUP: {self.path} not reloaded, still running the previous config: {exc}"
+                )
+                return
+            if not self.scheduler.stopping:
+                self.apply(config, tasks, catalog)
+                self.say(f"SIGHUP: reloaded {self.path}")
 
     async def fire(self, task: Any) -> None:
         """Run one task with the config in force now."""
@@ -187,7 +210,14 @@ class Service:
         run = BackupRun([self.renderer, self.track], wait=float("inf"), limits=self.limits)
         if notifications is not None:
             notifications.start()
-        report = await run.execute(config, selected, names=(name,))
+        try:
+            report = await run.execute(config, selected, names=(name,))
+        except (Exception, asyncio.CancelledError) as exc:  # no job ran: a lock, a stop
+            if notifications is not None:
+                await setup.tell_of_a_stopped_run(
+                    notifications, config, selected, exc, when="before the run finished"
+                )
+            raise
         self.attempts |= attempts_of(report)
         self._remember(report)
         warnings, _ = await after_run(config, report, exits.for_run(report), notifications)
@@ -288,6 +318,15 @@ class Service:
 DEFAULT_LISTEN = "127.0.0.1:9187"
 
 
+def limits_of(config: Any) -> Any:
+    """The limits every run of `config` shares: `concurrency`, and each server's smallest
+    `max_per_host` over all its backups (not only those of the first run to start)."""
+    from db_backup.orchestrator import Limits
+    from db_backup.plan import default_concurrency, host_limits_of
+
+    return Limits(config.concurrency or default_concurrency(), host_limits_of(config.backups))
+
+
 def _web_app(service: Service, host: str) -> Any:
     """The endpoints plus the web UI, behind its guard (a login off loopback)."""
     from db_backup.endpoints import make_app
@@ -334,7 +373,7 @@ def serve(path: Path, listen: str | None, log_format: str = "plain", web: bool =
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(service.reload()))
+        loop.add_signal_handler(signal.SIGHUP, service.request_reload)
         listener = None
         try:
             if address is not None:

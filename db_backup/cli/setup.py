@@ -3,6 +3,7 @@ a config loaded with its warnings printed and its secrets remembered for masking
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
+
+from db_backup.errors import BackupError
 
 # Secrets that may come from the environment, masked in every log line (see redact.py).
 SECRET_VARIABLES = (
@@ -184,3 +187,28 @@ def reading_keys(identity: Path | None, configured: str | None) -> Any:
     if warning is not None:
         typer.echo(f"db-backup: warning: {warning}", err=True)
     return ReadingKeys(identity_file=str(chosen.absolute()))
+
+
+async def tell_of_a_stopped_run(
+    notifications: Any,
+    loaded: Any,
+    selected: Sequence[Any],
+    error: BaseException,
+    when: str = "before any dump started",
+) -> None:
+    """A run that ended before any dump (a lock held, a signal, an error): the notifiers
+    hear why, shortly when it was a signal."""
+    import socket
+
+    from db_backup.notification import stopped_run_notice
+
+    stopped = isinstance(error, asyncio.CancelledError)  # by a signal, while planning
+    why = f"stopped by a signal {when}" if stopped else str(error)
+    if not isinstance(error, BackupError | asyncio.CancelledError):
+        why = f"internal error: {type(error).__name__}: {error}"
+    from db_backup.redact import redact_known
+
+    notice = stopped_run_notice(
+        redact_known(why), selected, host=socket.gethostname(), config=loaded.source
+    )
+    warn_undelivered(await notifications.finish(notice, hurry=stopped))

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from db_backup.config.load import parse_config
 from db_backup.model import JobEvent, JobFinished, JobStarted, JobStatus
 from db_backup.orchestrator import Limits, Orchestrator
-from db_backup.plan import build_plan
+from db_backup.plan import build_plan, host_limits_of
 from db_backup.runtime import Runtime, using
 from tests.memory import MemoryStore, ScriptSource, stores_by_label
 
@@ -78,3 +78,18 @@ async def _two_runs(shared: Limits | None) -> int:
 async def test_one_shared_limit_holds_across_runs_and_separate_ones_do_not() -> None:
     assert await two_runs_at_once(Limits(1)) == 1
     assert await two_runs_at_once(None) > 1  # the control: the count can see overlap
+
+
+async def test_a_servers_smallest_max_per_host_binds_every_run_on_it() -> None:
+    """serve's limits come from the whole config: a run of a backup without `max_per_host`
+    still keeps to what another backup on the same server asks for."""
+    whole = parse_config(config("a").replace("database: two,", "database: two, max_per_host: 1,"),
+                         environ={})  # fmt: skip
+    limits = Limits(4, host_limits_of(whole.backups))
+    assert list(host_limits_of(whole.backups).values()) == [1]
+    with fresh_runtime():
+        overlap = Overlap()
+        plain = build_plan(parse_config(config("a"), environ={}), NOW)  # no max_per_host
+        report = await Orchestrator(plain, [overlap], limits).run()
+    assert {result.status for result in report.results} == {JobStatus.SUCCEEDED}
+    assert overlap.most == 1

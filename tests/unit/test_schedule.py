@@ -103,3 +103,19 @@ def test_jitter_stays_in_its_window_and_is_the_same_for_the_same_slot() -> None:
     assert max(offsets) - min(offsets) > timedelta(seconds=300)  # spread, not bunched
     assert jitter_offset("job1", due, 600) == offsets[1]
     assert jitter_offset("job1", due, 0) == timedelta(0)
+
+
+def test_within_the_repeated_hour_the_next_run_is_after_now_and_the_last_before() -> None:
+    nightly = parse_schedule("30 2 * * *", BERLIN)
+    # 2024-10-27 01:10 UTC is 02:10 CET, the second pass of 02:xx; 02:30 CEST (00:30 UTC) ran
+    second_pass = datetime(2024, 10, 27, 1, 10, tzinfo=UTC)
+    assert nightly.next_after(second_pass) == datetime(2024, 10, 28, 1, 30, tzinfo=UTC)
+    assert nightly.last_due(second_pass) == datetime(2024, 10, 27, 0, 30, tzinfo=UTC)
+    assert not missed(nightly, datetime(2024, 10, 27, 0, 31, tzinfo=UTC), second_pass)
+
+
+def test_a_fractional_interval_has_no_off_by_one_at_its_slots() -> None:
+    every = parse_schedule("@every 1.1s", BERLIN)
+    slot = datetime(1970, 1, 1, 0, 0, 11, tzinfo=UTC)  # the 10th slot: 11.0 s
+    assert every.next_after(slot) == slot + timedelta(seconds=1.1)
+    assert every.last_due(slot) == slot

@@ -106,3 +106,33 @@ async def test_jitter_delays_the_start_within_its_window() -> None:
     assert len(scheduler.due_now()) == 1
     scheduler.stop()
     await scheduler.drain()
+
+
+async def test_a_task_removed_while_running_is_kept_until_it_ends_and_never_doubled() -> None:
+    clock, runs = Clock(), Runs()
+    scheduler = Scheduler(runs, clock)
+    a = Task("backup", "a", EVERY_MINUTE)
+    scheduler.set_tasks([a], {})  # never ran: due now
+    assert len(scheduler.due_now()) == 1
+    scheduler.set_tasks([], {})  # removed from the config while it runs
+    assert [slot.task.name for slot in scheduler.in_progress] == ["a"]
+    scheduler.set_tasks([a], {})  # and back: its run is its run, not a second one
+    assert scheduler.due_now() == []
+    await settle()
+    assert runs.started == ["a"]
+    scheduler.set_tasks([], {})
+    scheduler.stop()  # cancels what runs, configured or not
+    await scheduler.drain()
+    assert scheduler.in_progress == []
+    assert scheduler.retired == {}
+
+
+async def test_a_clock_set_back_does_not_hold_a_task_at_its_old_time() -> None:
+    clock, runs = Clock(), Runs()
+    runs.release.set()
+    scheduler = Scheduler(runs, clock)
+    scheduler.set_tasks([Task("backup", "a", EVERY_MINUTE)], {"a": START})
+    clock.advance(-86_400)  # NTP corrects a clock that was a day ahead
+    assert scheduler.due_now() == []
+    [slot] = scheduler.slots.values()
+    assert slot.due == START - timedelta(days=1) + timedelta(seconds=30)
