@@ -230,3 +230,51 @@ def test_schedule_shows_next_runs_in_the_zone_and_utc_and_the_newest_backup(
     after = wait_for(schedule_once_missed, what="the next second", timeout=10)
     assert "none yet" not in after.stdout
     assert after.stdout.count(missed) == 1  # not `nightly`: its next run is still to come
+
+
+def test_the_web_ui_shows_jobs_and_runs_one_on_request(
+    pg: ThrowawayCluster, tmp_path: Path, start_cli: StartCli
+) -> None:
+    import re
+
+    import httpx
+
+    create_database(pg, "served", "CREATE TABLE t AS SELECT generate_series(1, 1000) AS n;")
+    out = tmp_path / "out"
+    settings = document(pg, tmp_path, {"nightly": "0 2 * * *"})
+    settings["backups"].append({"name": "manual", "database": "served"})  # never scheduled
+    settings["backups"].append({"name": "broken", "database": "no_such_db"})
+    config = write_config(tmp_path / "backup.yml", settings)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = start_cli("serve", "-c", str(config), "--web", "--listen", f"127.0.0.1:{port}",
+                        env=cli_env(pg))  # fmt: skip
+
+    def page(path: str) -> str | None:
+        try:
+            answer = httpx.get(f"{base}{path}", timeout=5)
+        except httpx.TransportError:
+            return None
+        return answer.text if answer.status_code == 200 else None
+
+    def shows(path: str, text: str) -> Callable[[], bool]:
+        return lambda: text in (page(path) or "")
+
+    # `nightly` never ran: caught up at start, and its row turns to ok
+    wait_for(shows("/", 'row-ok" data-job="nightly"'), what="nightly backed up", process=process)
+    dashboard = page("/") or ""
+    assert 'data-job="manual"' in dashboard
+    assert "no backup yet" in dashboard
+    csrf = re.search(r'name="csrf" value="([^"]+)"', dashboard)
+    assert csrf is not None
+    for job in ("manual", "broken"):
+        started = httpx.post(f"{base}/jobs/{job}/run", data={"csrf": csrf.group(1)}, timeout=5)
+        assert started.status_code == 303
+        assert started.headers["location"].startswith("/runs?note=")
+    wait_for(shows("/jobs/manual", ".sql.gz"), what="manual's backup", process=process)
+    wait_for(shows("/", 'row-failed" data-job="broken"'), what="broken failing", process=process)
+    assert "no_such_db" in (page("/jobs/broken") or "")  # its error, in full
+    assert len(list(out.glob("t_manual_*.sql.gz"))) == 1
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert process.returncode == 143
