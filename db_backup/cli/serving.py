@@ -237,10 +237,11 @@ class Service:
                 continue
             ok = result.status is JobStatus.SUCCEEDED
             at = result.finished_at or result.started_at
-            self.outcomes[result.job.name] = Attempted(at, ok, None if ok else result.error)
-            if not ok:
+            error = None if ok else redact_known(result.error or "failed")
+            self.outcomes[result.job.name] = Attempted(at, ok, error)
+            if error is not None:
                 failures = self.failures.setdefault(result.job.name, deque(maxlen=FAILURES_KEPT))
-                failures.appendleft((at, result.error or "failed"))
+                failures.appendleft((at, error))
 
     def web_state(self) -> Any:
         """What the web UI shows, now (web/__init__.py)."""
@@ -266,11 +267,9 @@ class Service:
     def run_now(self, job: str) -> str:
         """The web UI's "run now": the job's backup, through the scheduler (never twice)."""
         from db_backup.schedule import MANUAL, Task
+        from db_backup.web.views import backup_of
 
-        backup = next(
-            (b for b in self.config.backups if job == b.name or job.startswith(f"{b.name}.")),
-            None,
-        )
+        backup = backup_of(self.config, job)
         if backup is None:
             return f"no backup is named {job}"
         slot = self.scheduler.slots.get(f"backup:{backup.name}")

@@ -13,12 +13,13 @@ where they are made.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from importlib.resources import files
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -33,6 +34,10 @@ from db_backup.web.security import SECURITY_HEADERS, Guard
 from db_backup.web.views import NOTHING, Attempted, filtered, job_page, job_rows, totals
 
 MISSING_EXTRA = "the web UI needs Jinja2: pip install 'db-backup[web]'"
+MAX_FORM_BYTES = 4096  # the one form holds a CSRF token
+# Without a login the UI answers only to these names (with any port): a page of another site
+# whose name was made to resolve to 127.0.0.1 (DNS rebinding) names its own host.
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
 
 @dataclass
@@ -161,13 +166,20 @@ def web_routes(source: WebSource, guard: Guard) -> list[BaseRoute]:
     async def run_now(request: Request) -> Response:
         if guard.read_only:
             return HTMLResponse("read-only: no actions", status_code=403)
+        if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+            return HTMLResponse("form too large", status_code=413)
         # A urlencoded form holds one field; parsed here rather than by python-multipart.
-        fields = parse_qs((await request.body())[:4096].decode("utf-8", "replace"))
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_FORM_BYTES:
+                return HTMLResponse("form too large", status_code=413)
+        fields = parse_qs(body.decode("utf-8", "replace"))
         sent = fields.get("csrf", [None])[0]
         if not guard.csrf_ok(sent):
             return HTMLResponse("missing or wrong CSRF token", status_code=403)
         said = source.run_now(request.path_params["job"])
-        return RedirectResponse(f"/runs?note={said}", status_code=303)
+        return RedirectResponse(f"/runs?{urlencode({'note': said})}", status_code=303)
 
     static = StaticFiles(directory=str(files("db_backup.web") / "static"))
     return [
@@ -187,13 +199,19 @@ def guarded(app: Asgi, guard: Guard, open_paths: Sequence[str] = ("/healthz",)) 
     """`app` behind the guard: a login where one is configured (401 asking for it), a POST
     from another origin refused, and the security headers on every answer."""
 
+    checker = LoginCheck(guard)
+
     async def guarded_app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         refusal = None
-        if scope["path"] not in open_paths and not guard.allows(headers.get("authorization")):
+        if not guard.needs_login and not _local_host(headers.get("host")):
+            refusal = Response("unknown host\n", status_code=403)
+        elif scope["path"] not in open_paths and not await checker.allows(
+            headers.get("authorization")
+        ):
             refusal = Response(
                 "login required\n",
                 status_code=401,
@@ -214,6 +232,51 @@ def guarded(app: Asgi, guard: Guard, open_paths: Sequence[str] = ("/healthz",)) 
             await app(scope, receive, with_headers)
 
     return guarded_app
+
+
+class LoginCheck:
+    """`Guard.allows`, off the event loop: a password check is scrypt (~0.1 s), so it runs on
+    a worker thread, one at a time, and a header that passed is remembered for a while (a
+    page, its assets and the live view's polling would each pay it otherwise)."""
+
+    REMEMBER_SECONDS = 600.0
+    REMEMBERED = 64
+
+    def __init__(self, guard: Guard) -> None:
+        import anyio
+
+        self._guard = guard
+        self._passed: dict[bytes, float] = {}
+        self._one_at_a_time = anyio.Semaphore(1)
+
+    async def allows(self, authorization: str | None) -> bool:
+        import time
+
+        import anyio.to_thread
+
+        if not self._guard.needs_login:
+            return True
+        if authorization is None or not authorization.lower().startswith("basic "):
+            return self._guard.allows(authorization)  # a bearer token: a cheap comparison
+        key = hashlib.sha256(authorization.encode()).digest()
+        now = time.monotonic()
+        if self._passed.get(key, 0.0) > now:
+            return True
+        async with self._one_at_a_time:
+            ok = await anyio.to_thread.run_sync(self._guard.allows, authorization)
+        if ok:
+            if len(self._passed) >= self.REMEMBERED:
+                self._passed = {k: t for k, t in self._passed.items() if t > now}
+            self._passed[key] = now + self.REMEMBER_SECONDS
+        return ok
+
+
+def _local_host(host: str | None) -> bool:
+    """Is the Host header one of this machine's own names (any port)?"""
+    if host is None:
+        return False
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name.lower() in LOCAL_HOSTS
 
 
 def _same_origin(headers: Mapping[str, str]) -> bool:

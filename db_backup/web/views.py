@@ -120,9 +120,14 @@ def _restore_test(archive: Archive | None) -> str:
     return "OK" if tested.ok else f"FAILED: {'; '.join(tested.problems)}"
 
 
-def _backup_of(config: Config, job: str) -> BackupConfig | None:
+def backup_of(config: Config, job: str) -> BackupConfig | None:
+    """The backup a job belongs to: the one of that name, else the `"*"` backup whose
+    database it is (`<backup>.<database>`); None when neither is configured."""
     for backup in config.backups:
-        if job == backup.name or job.startswith(f"{backup.name}."):
+        if job == backup.name:
+            return backup
+    for backup in config.backups:
+        if backup.is_wildcard and job.startswith(f"{backup.name}."):
             return backup
     return None
 
@@ -150,7 +155,7 @@ def job_rows(
     names = set(newest) | {b.name for b in config.backups if not b.is_wildcard}
     rows = []
     for job in names:
-        backup = _backup_of(config, job)
+        backup = backup_of(config, job)
         if backup is None:
             continue  # no longer configured
         archive = newest.get(job)

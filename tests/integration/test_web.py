@@ -183,3 +183,51 @@ def test_off_loopback_a_login_is_required_to_start_and_on_every_request(
     short.write_text("abc")
     with pytest.raises(WebError, match="at least 16 characters"):
         guard_for(WebConfig(token_file=str(short)), "127.0.0.1")
+
+
+def test_without_a_login_only_this_machines_names_are_answered(client: Client) -> None:
+    """DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 sends
+    Host: evil.example — refused, so it can neither read the pages nor the CSRF token."""
+    source = Source()
+    guard = open_guard()
+    app = guarded(make_app(source, web_routes(source, guard)), guard)
+    rebound = TestClient(app, base_url="http://evil.example:9187", follow_redirects=False)
+    assert rebound.get("/").status_code == 403
+    posted = rebound.post("/jobs/shop/run", data={"csrf": guard.csrf},
+                          headers={"Origin": "http://evil.example:9187"})  # fmt: skip
+    assert posted.status_code == 403
+    assert source.started == []
+    for name in ("localhost:9187", "[::1]:9187", "127.0.0.1"):
+        assert client(source, guard).get("/", headers={"Host": name}).status_code == 200
+
+
+def test_a_backup_whose_name_extends_anothers_is_its_own_job(client: Client) -> None:
+    source = Source()
+    source.config = parse_config(
+        CONFIG.replace("  - {name: crm, database: crm}", "  - {name: shop.eu, database: eu}"),
+        "backup.yml",
+        environ={},
+    )
+    guard = open_guard()
+    web = client(source, guard)
+    assert "database eu on" in web.get("/jobs/shop.eu").text
+    web.post("/jobs/shop.eu/run", data={"csrf": guard.csrf})
+    assert source.started == ["shop.eu"]
+
+
+def test_errors_reach_the_pages_with_secrets_masked() -> None:
+    from db_backup.cli.serving import Service
+    from db_backup.model import JobResult, JobStatus, RunReport
+    from db_backup.plan import build_plan
+    from db_backup.redact import remember
+
+    config = parse_config(CONFIG, "backup.yml", environ={})
+    remember(SECRETS[0])
+    [job, _] = build_plan(config, NOW).jobs
+    failed = JobResult(job, JobStatus.FAILED, started_at=NOW, finished_at=NOW,
+                       error=f"internal error: auth with {SECRETS[0]} refused")  # fmt: skip
+    service = Service(Path("backup.yml"), config)
+    service._remember(RunReport(NOW, NOW, (failed,)))
+    shown = service.web_state()
+    assert shown.attempts[job.name].error == "internal error: auth with *** refused"
+    assert SECRETS[0] not in str(shown.failures[job.name])
