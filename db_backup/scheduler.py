@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from db_backup.schedule import Task, missed
+from db_backup.schedule import MANUAL, Task, missed
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,11 @@ class Slot:
     @property
     def starts_at(self) -> datetime:
         return self.task.start(self.due)
+
+    @property
+    def next_start(self) -> datetime | None:
+        """When it next starts by itself; None for a task that only runs when asked."""
+        return None if self.task.schedule is MANUAL else self.starts_at
 
 
 @dataclass

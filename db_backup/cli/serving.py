@@ -91,8 +91,9 @@ class Service:
 
         running = self.scheduler.in_progress
         tasks = [
-            TaskState(s.task.kind, s.task.name, s.starts_at.timestamp(), s in running, s.skipped)
+            TaskState(s.task.kind, s.task.name, s.next_start.timestamp(), s in running, s.skipped)
             for s in self.scheduler.slots.values()
+            if s.next_start is not None
         ]
         text: str = exposition(self.archives, self.attempts)
         return text + scheduler_exposition(tasks)
@@ -114,7 +115,7 @@ class Service:
                 "task": slot.task.name,
                 "kind": slot.task.kind,
                 "schedule": slot.task.schedule.text,
-                "next_run": moment(slot.starts_at),
+                "next_run": moment(slot.next_start),
                 "running": slot in self.scheduler.in_progress,
                 "started_at": moment(slot.started_at),
                 "last_finished_at": moment(slot.last_finished_at),
@@ -248,9 +249,9 @@ class Service:
         from db_backup.web import WebState
 
         schedules = {
-            slot.task.name: (slot.task.schedule, slot.starts_at)
+            slot.task.name: (slot.task.schedule, slot.next_start)
             for slot in self.scheduler.slots.values()
-            if slot.task.kind == "backup"
+            if slot.task.kind == "backup" and slot.next_start is not None
         }
         return WebState(
             config=self.config,

@@ -35,7 +35,7 @@ SECURITY_HEADERS = {
     ),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer makes browsers send Origin: null
     "Cache-Control": "no-store",
 }
 _SCRYPT = (2**15, 8, 1)  # N, r, p: ~0.1 s and 32 MiB per check
