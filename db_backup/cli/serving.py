@@ -27,6 +27,7 @@ from db_backup.threads import in_thread
 
 log = logging.getLogger("db_backup.serve")
 FAILURES_KEPT = 5  # per job, for the web UI's job page
+FINISHED_KEPT = 20  # the last jobs to finish, for the web UI's runs page
 
 
 class ServeError(BackupError):
@@ -57,15 +58,20 @@ class Service:
         # Each job's last failures with their error text (the web UI's job page), bounded.
         self.failures: dict[str, deque[tuple[datetime, str]]] = {}
         self.outcomes: dict[str, Any] = {}  # job → views.Attempted, the last of each
+        self.queued: dict[str, None] = {}  # jobs waiting for a slot, in order
+        self.finished: deque[dict[str, Any]] = deque(maxlen=FINISHED_KEPT)
 
     def say(self, text: str) -> None:
         self.renderer.note(text)
 
     def track(self, event: Any) -> None:
         """A job event of any run: the running jobs' progress, for /api/status."""
-        from db_backup.model import JobFinished, JobProgress, JobStarted
+        from db_backup.model import JobFinished, JobProgress, JobQueued, JobStarted
 
-        if isinstance(event, JobStarted):
+        if isinstance(event, JobQueued):
+            self.queued[event.job.name] = None
+        elif isinstance(event, JobStarted):
+            self.queued.pop(event.job.name, None)
             self.running[event.job.name] = {
                 "job": event.job.name,
                 "backup": event.job.backup.name,
@@ -79,7 +85,19 @@ class Service:
             entry = self.running[event.job.name]
             entry["raw_bytes"], entry["stored_bytes"] = event.raw_bytes, event.stored_bytes
         elif isinstance(event, JobFinished):
-            self.running.pop(event.result.job.name, None)
+            result = event.result
+            self.running.pop(result.job.name, None)
+            self.queued.pop(result.job.name, None)
+            self.finished.appendleft(
+                {
+                    "job": result.job.name,
+                    "status": result.status.value,
+                    "finished_at": (result.finished_at or datetime.now(UTC))
+                    .astimezone(UTC)
+                    .isoformat(timespec="seconds"),
+                    "error": redact_known(result.error) if result.error else None,
+                }
+            )
 
     async def refresh_catalog(self) -> None:
         from db_backup.catalog import list_backups
@@ -194,8 +212,8 @@ class Service:
         config = self.config
         if task.kind == "backup":
             await self._backup(config, task.name)
-        elif task.kind == "verify":
-            await self._verify(config)
+        elif task.kind == "verify":  # `verify:` tests every job; "test now", one
+            await self._verify(config, None if task.name == "verify" else task.name)
         else:
             await self._prune(config)
 
@@ -263,6 +281,8 @@ class Service:
             tasks=self.status()["tasks"],
             zone=parse_zone(self.config.timezone),
             now=datetime.now(UTC),
+            queued=list(self.queued),
+            finished=list(self.finished),
         )
 
     def run_now(self, job: str) -> str:
@@ -279,20 +299,40 @@ class Service:
             return f"{backup.name} is running already"
         return f"{backup.name} started"
 
-    async def _verify(self, config: Any) -> None:
+    def verify_now(self, job: str) -> str:
+        """The web UI's "restore-test now": `job`'s newest backup, in a sandbox."""
+        from db_backup.schedule import MANUAL, Task
+        from db_backup.web.views import backup_of
+
+        if backup_of(self.config, job) is None:
+            return f"no backup is named {job}"
+        if not self.scheduler.start_now(Task("verify", job, MANUAL)):
+            return f"a restore test of {job} is running already"
+        return f"restore test of {job} started"
+
+    async def prune_preview(self) -> Any:
+        """`prune --dry-run`: what retention would keep and delete now, and why."""
+        from db_backup.prune import prune_config
+
+        report = await prune_config(self.config, (), dry_run=True, now=datetime.now(UTC))
+        return report.verdicts
+
+    async def _verify(self, config: Any, job: str | None = None) -> None:
         from db_backup.catalog import list_backups
         from db_backup.cli.setup import reading_keys
         from db_backup.restore_proof import chosen, prove_restores
 
         catalog = await list_backups(config)
         keys = reading_keys(None, config.verify.identity_file)
+        wanted = [a for a in catalog.archives if job is None or a.job == job]
         results = await prove_restores(
             config,
-            chosen(catalog.archives, every=False),
+            chosen(wanted, every=False),
             catalog.archives,
             on_result=lambda r: self.say(f"restore test {r.archive.location}: {outcome(r)}"),
             keys=keys,
         )
+        await self.refresh_catalog()  # the restore tests' records, for the pages
         failed = sum(1 for result in results if not result.ok)
         removed = sum(1 for result in results if result.removed)
         self.say(
@@ -307,6 +347,8 @@ class Service:
         report = await prune_config(
             config, (), dry_run=False, now=datetime.now(UTC), wait=float("inf")
         )
+        if report.deleted:
+            await self.refresh_catalog()
         for archive in report.deleted:
             self.say(f"prune: deleted {archive.location}")
         for label, error in report.errors.items():

@@ -31,7 +31,16 @@ from db_backup.config.schema import Config
 from db_backup.schedule import Schedule
 from db_backup.units import format_bytes, format_duration, format_rate
 from db_backup.web.security import SECURITY_HEADERS, Guard
-from db_backup.web.views import NOTHING, Attempted, filtered, job_page, job_rows, totals
+from db_backup.web.views import (
+    NOTHING,
+    SORTS,
+    Attempted,
+    filtered,
+    job_page,
+    job_rows,
+    sorted_by,
+    totals,
+)
 
 MISSING_EXTRA = "the web UI needs Jinja2: pip install 'db-backup[web]'"
 MAX_FORM_BYTES = 4096  # the one form holds a CSRF token
@@ -53,6 +62,8 @@ class WebState:
     tasks: Sequence[Mapping[str, Any]]  # the scheduled tasks, as /api/status lists them
     zone: tzinfo
     now: datetime
+    queued: Sequence[str] = ()  # jobs of runs in progress, waiting for a slot
+    finished: Sequence[Mapping[str, Any]] = ()  # the last jobs to finish, newest first
     notes: list[str] = field(default_factory=list)
 
 
@@ -61,6 +72,14 @@ class WebSource(Protocol):
 
     def run_now(self, job: str) -> str:
         """Start a backup of `job` now (as its schedule would); what happened, in words."""
+        ...
+
+    def verify_now(self, job: str) -> str:
+        """Start a restore test of `job`'s newest backup now; what happened, in words."""
+        ...
+
+    async def prune_preview(self) -> Sequence[Any]:
+        """What `prune --dry-run` would keep and delete (prune.PruneVerdict each)."""
         ...
 
 
@@ -104,13 +123,15 @@ def web_routes(source: WebSource, guard: Guard) -> list[BaseRoute]:
         state = source.web_state()
         rows = rows_of(state)
         query = request.query_params.get("q", "")
+        sort = request.query_params.get("sort", "status")
         return render(
             "dashboard.html",
             state,
             request.query_params.get("note"),
-            rows=filtered(rows, query),
+            rows=sorted_by(filtered(rows, query), sort),
             totals=totals(rows, state.archives),
             query=query,
+            sort=sort if sort in SORTS else "status",
         )
 
     async def job(request: Request) -> Response:
@@ -153,7 +174,8 @@ def web_routes(source: WebSource, guard: Guard) -> list[BaseRoute]:
             }
             for t in state.tasks
         ]
-        return {"running": running, "tasks": tasks}
+        return {"running": running, "tasks": tasks, "queued": state.queued,
+                "finished": state.finished}  # fmt: skip
 
     async def runs(request: Request) -> Response:
         state = source.web_state()
@@ -163,7 +185,8 @@ def web_routes(source: WebSource, guard: Guard) -> list[BaseRoute]:
         state = source.web_state()
         return render("runs_live.html", state, None, **live_values(state))
 
-    async def run_now(request: Request) -> Response:
+    async def act(request: Request, action: Callable[[str], str]) -> Response:
+        """A POST action on a job: read-only and CSRF checked first."""
         if guard.read_only:
             return HTMLResponse("read-only: no actions", status_code=403)
         if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
@@ -178,13 +201,37 @@ def web_routes(source: WebSource, guard: Guard) -> list[BaseRoute]:
         sent = fields.get("csrf", [None])[0]
         if not guard.csrf_ok(sent):
             return HTMLResponse("missing or wrong CSRF token", status_code=403)
-        said = source.run_now(request.path_params["job"])
+        said = action(request.path_params["job"])
         return RedirectResponse(f"/runs?{urlencode({'note': said})}", status_code=303)
+
+    async def run_now(request: Request) -> Response:
+        return await act(request, source.run_now)
+
+    async def verify_now(request: Request) -> Response:
+        return await act(request, source.verify_now)
+
+    async def prune_preview(request: Request) -> Response:
+        state = source.web_state()
+        verdicts = await source.prune_preview()
+        lines = [
+            {
+                "job": v.archive.job,
+                "taken": v.archive.taken_at.astimezone(state.zone).strftime("%Y-%m-%d %H:%M %Z"),
+                "target": v.archive.target,
+                "file": v.archive.name,
+                "keep": v.decision.keep,
+                "why": ", ".join(v.decision.reasons),
+            }
+            for v in verdicts
+        ]
+        return render("prune.html", state, None, lines=lines)
 
     static = StaticFiles(directory=str(files("db_backup.web") / "static"))
     return [
         Route("/", dashboard),
         Route("/jobs/{job:path}/run", run_now, methods=["POST"]),
+        Route("/jobs/{job:path}/verify", verify_now, methods=["POST"]),
+        Route("/prune", prune_preview),
         Route("/jobs/{job:path}", job),
         Route("/runs", runs),
         Route("/runs/live", runs_live),

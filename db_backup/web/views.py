@@ -4,9 +4,10 @@ these out (times in the configured zone, with UTC for the hover title)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
+from typing import Any
 
 from db_backup.catalog import Archive
 from db_backup.config.schema import BackupConfig, Config
@@ -72,6 +73,10 @@ class JobRow:
     error: str | None
     restore_test: str
     targets: tuple[str, ...]
+    # for sorting by column
+    last_at: datetime | None = None
+    stored_bytes: int = 0
+    seconds: float = 0.0
 
     @property
     def icon(self) -> str:
@@ -188,9 +193,29 @@ def job_rows(
                 error=attempt.error if attempt is not None and not attempt.ok else None,
                 restore_test=_restore_test(archive),
                 targets=tuple(sorted(held.get(job, ()))),
+                last_at=archive.taken_at if archive else None,
+                stored_bytes=archive.stored_bytes if archive else 0,
+                seconds=record.duration_seconds if record else 0.0,
             )
         )
     return sorted(rows, key=lambda row: (_ORDER[row.status], row.job))
+
+
+# The dashboard's sortable columns: name → (key, newest/largest first?).
+SORTS: dict[str, tuple[Callable[[JobRow], Any], bool]] = {
+    "status": (lambda r: (_ORDER[r.status], r.job), False),
+    "job": (lambda r: r.job, False),
+    "server": (lambda r: (r.server, r.job), False),
+    "last": (lambda r: r.last_at or datetime.min.replace(tzinfo=UTC), True),
+    "size": (lambda r: r.stored_bytes, True),
+    "duration": (lambda r: r.seconds, True),
+}
+
+
+def sorted_by(rows: Sequence[JobRow], column: str) -> list[JobRow]:
+    """The rows by one of SORTS (an unknown column: by status, failing first)."""
+    key, reverse = SORTS.get(column, SORTS["status"])
+    return sorted(rows, key=key, reverse=reverse)
 
 
 def filtered(rows: Sequence[JobRow], query: str) -> list[JobRow]:

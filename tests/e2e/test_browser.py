@@ -1,7 +1,8 @@
 """The web UI in a real browser: Playwright driving Debian's chromium against a real
 `serve --web` and a real PostgreSQL. Find a job on the dashboard, press "Run now", watch its
 progress on the runs page (its dump held half-way until the test has seen it), see the row
-turn to ok and the new backup on the job page; a failing job shows its error. Accessibility
+turn to ok; a failing job shows its error; the prune preview keeps the newest; the job page
+shows the new backup, and "Restore-test now" marks it OK. Accessibility
 basics: every action has an accessible name, no status is told by colour alone. Screenshots
 of the dashboard and a job page go to the test's folder and to docs/ (the README shows them).
 """
@@ -57,7 +58,12 @@ def test_run_now_watch_it_and_see_the_backup_and_a_failure_in_the_browser(
             "timezone": "Europe/Berlin",
             "defaults": server_defaults(pg, tmp_path / "out"),
             "backups": [
-                {"name": "shop", "database": "shop", "pg_dump_path": str(wrapper)},
+                {
+                    "name": "shop",
+                    "database": "shop",
+                    "pg_dump_path": str(wrapper),
+                    "retention": {"keep_last": 3},
+                },
                 {"name": "broken", "database": "no_such_db"},
             ],
         },
@@ -113,9 +119,22 @@ def test_run_now_watch_it_and_see_the_backup_and_a_failure_in_the_browser(
     for folder in (tmp_path, docs):
         page.screenshot(path=str(folder / "web-dashboard.png"), full_page=True)
 
-    page.get_by_role("link", name="shop", exact=True).click()
+    page.get_by_role("link", name="Prune preview").click()
+    expect(page.locator("tbody")).to_contain_text("keep")
+    expect(page.locator("tbody")).to_contain_text("newest")
+
+    page.goto(f"{base}/jobs/shop")
     expect(page.locator("h1")).to_contain_text("shop")
     expect(page.locator("table")).to_contain_text(".sql.gz")
+    page.get_by_role("button", name="Restore-test shop now").click()
+    expect(page).to_have_url(f"{base}/runs?note=restore+test+of+shop+started")
+
+    def restore_tested() -> bool:
+        page.goto(f"{base}/jobs/shop")
+        newest: str = page.locator("tbody tr").first.inner_text()
+        return newest.rstrip().endswith("OK")
+
+    wait_for(restore_tested, what="shop restore-tested, on its page", process=process)
     for folder in (tmp_path, docs):
         page.screenshot(path=str(folder / "web-job.png"), full_page=True)
     process.terminate()

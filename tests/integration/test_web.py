@@ -69,6 +69,13 @@ class Source:
         self.started.append(job)
         return f"{job} started"
 
+    def verify_now(self, job: str) -> str:
+        self.started.append(f"verify {job}")
+        return f"restore test of {job} started"
+
+    async def prune_preview(self) -> list[Any]:
+        return []
+
     # the endpoints' Status, for the app they share
     def metrics_text(self) -> str:
         return ""
@@ -100,7 +107,8 @@ def test_pages_render_failing_first_with_icon_and_word_and_without_any_secret(
     client: Client,
 ) -> None:
     web = client(Source(), open_guard())
-    pages = [web.get(path) for path in ("/", "/?q=sho", "/jobs/shop", "/runs", "/runs/live")]
+    paths = ("/", "/?q=sho", "/jobs/shop", "/runs", "/runs/live", "/prune", "/?sort=job")
+    pages = [web.get(path) for path in paths]
     for page in pages:
         assert page.status_code == 200, page.text
         for secret in SECRETS:
@@ -114,6 +122,9 @@ def test_pages_render_failing_first_with_icon_and_word_and_without_any_secret(
     assert "crm" not in pages[1].text.split("<tbody>")[1]  # filtered out
     assert "connection refused" in pages[2].text  # the job page's last failures
     assert "4.8 MiB" in pages[4].text  # the running job's progress
+    assert "No backups with a retention policy" in pages[5].text
+    by_name = pages[6].text
+    assert by_name.index('data-job="crm"') < by_name.index('data-job="shop"')  # sorted by job
     for name, value in {
         "content-security-policy": "script-src 'self'",
         "x-frame-options": "DENY",
@@ -139,7 +150,9 @@ def test_the_action_needs_its_csrf_token_and_the_same_origin(client: Client) -> 
     assert done.status_code == 303
     assert source.started == ["shop"]
     assert web.get("/jobs/shop/run").status_code == 404  # GET never acts: no such page
-    assert source.started == ["shop"]
+    assert web.post("/jobs/shop/verify").status_code == 403  # the other action: the same rule
+    assert web.post("/jobs/shop/verify", data={"csrf": guard.csrf}).status_code == 303
+    assert source.started == ["shop", "verify shop"]
 
 
 def test_read_only_shows_no_action_and_refuses_one(client: Client) -> None:
