@@ -85,19 +85,34 @@ class Service:
             entry = self.running[event.job.name]
             entry["raw_bytes"], entry["stored_bytes"] = event.raw_bytes, event.stored_bytes
         elif isinstance(event, JobFinished):
-            result = event.result
-            self.running.pop(result.job.name, None)
-            self.queued.pop(result.job.name, None)
-            self.finished.appendleft(
-                {
-                    "job": result.job.name,
-                    "status": result.status.value,
-                    "finished_at": (result.finished_at or datetime.now(UTC))
-                    .astimezone(UTC)
-                    .isoformat(timespec="seconds"),
-                    "error": redact_known(result.error) if result.error else None,
-                }
-            )
+            self._finished(event.result)
+
+    def _finished(self, result: Any) -> None:
+        """A job's end: off the running and queued lists, onto the last finished; and, if it
+        ran, its outcome with its error text (masked; the last few kept per job)."""
+        from db_backup.model import JobStatus
+        from db_backup.web.views import Attempted
+
+        job = result.job.name
+        self.running.pop(job, None)
+        self.queued.pop(job, None)
+        ok = result.status is JobStatus.SUCCEEDED
+        error = redact_known(result.error) if result.error and not ok else None
+        at = result.finished_at or result.started_at or datetime.now(UTC)
+        self.finished.appendleft(
+            {
+                "job": job,
+                "status": result.status.value,
+                "finished_at": at.astimezone(UTC).isoformat(timespec="seconds"),
+                "error": error,
+            }
+        )
+        if result.status is JobStatus.CANCELLED or result.started_at is None:
+            return
+        said = None if ok else error or "failed"
+        self.outcomes[job] = Attempted(at, ok, said)
+        if said is not None:
+            self.failures.setdefault(job, deque(maxlen=FAILURES_KEPT)).appendleft((at, said))
 
     async def refresh_catalog(self) -> None:
         from db_backup.catalog import list_backups
@@ -238,29 +253,12 @@ class Service:
                 )
             raise
         self.attempts |= attempts_of(report)
-        self._remember(report)
         warnings, _ = await after_run(config, report, exits.for_run(report), notifications)
         await self.refresh_catalog()
         for warning in warnings:
             self.say(f"warning: {warning}")
         failed = len(report.failed)
         self.say(f"backup {name}: {len(report.results) - failed} stored, {failed} failed")
-
-    def _remember(self, report: Any) -> None:
-        """Each job's outcome, and its error text if it failed (bounded per job)."""
-        from db_backup.model import JobStatus
-        from db_backup.web.views import Attempted
-
-        for result in report.results:
-            if result.status is JobStatus.CANCELLED or result.started_at is None:
-                continue
-            ok = result.status is JobStatus.SUCCEEDED
-            at = result.finished_at or result.started_at
-            error = None if ok else redact_known(result.error or "failed")
-            self.outcomes[result.job.name] = Attempted(at, ok, error)
-            if error is not None:
-                failures = self.failures.setdefault(result.job.name, deque(maxlen=FAILURES_KEPT))
-                failures.appendleft((at, error))
 
     def web_state(self) -> Any:
         """What the web UI shows, now (web/__init__.py)."""

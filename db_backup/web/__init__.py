@@ -108,13 +108,12 @@ def web_routes(source: WebSource, guard: Guard) -> list[BaseRoute]:
         return HTMLResponse(page)
 
     def rows_of(state: WebState) -> list[Any]:
-        attempts = dict(state.attempts)
         return job_rows(
             state.config,
             state.archives,
             state.schedules,
             set(state.running),
-            attempts,
+            state.attempts,
             state.zone,
             state.now,
         )

@@ -230,7 +230,7 @@ def test_a_backup_whose_name_extends_anothers_is_its_own_job(client: Client) -> 
 
 def test_errors_reach_the_pages_with_secrets_masked() -> None:
     from db_backup.cli.serving import Service
-    from db_backup.model import JobResult, JobStatus, RunReport
+    from db_backup.model import JobFinished, JobResult, JobStatus
     from db_backup.plan import build_plan
     from db_backup.redact import remember
 
@@ -240,7 +240,7 @@ def test_errors_reach_the_pages_with_secrets_masked() -> None:
     failed = JobResult(job, JobStatus.FAILED, started_at=NOW, finished_at=NOW,
                        error=f"internal error: auth with {SECRETS[0]} refused")  # fmt: skip
     service = Service(Path("backup.yml"), config)
-    service._remember(RunReport(NOW, NOW, (failed,)))
+    service.track(JobFinished(failed))
     shown = service.web_state()
     assert shown.attempts[job.name].error == "internal error: auth with *** refused"
     assert SECRETS[0] not in str(shown.failures[job.name])
