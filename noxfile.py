@@ -41,3 +41,10 @@ def bench(session: nox.Session) -> None:
     """db-backup against shell pipelines (needs gzip, pigz, zstd; takes ~15 minutes)."""
     session.install("-e", ".[test]")
     session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session
+def nights(session: nox.Session) -> None:
+    """Ten nights into a restic repository against .sql.gz files (needs restic; ~25 minutes)."""
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/nights.py", *session.posargs)

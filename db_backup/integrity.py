@@ -373,3 +373,15 @@ async def verify_all(
             return await verify_backup(store, name, readers)
 
     return list(await asyncio.gather(*(one(store, name) for store, name in backups)))
+
+
+async def check_repositories(
+    storages: Sequence[StorageConfig],
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Each target's whole-repository check where its kind has one (`restic check`), at
+    once: what was checked (label → summary), and the targets that failed it (label → why)."""
+    stores = {storage.label: runtime.current().store(storage) for storage in storages}
+    checked, failed = await ask_targets(
+        {label: store.check_repository for label, store in stores.items()}
+    )
+    return {label: what for label, what in checked.items() if what is not None}, failed

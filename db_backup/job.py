@@ -27,7 +27,7 @@ from db_backup.delivery import (
     targets_failed,
 )
 from db_backup.errors import DumpError, JobTimeoutError, StorageError
-from db_backup.manifest import Manifest
+from db_backup.manifest import CompressionInfo, Manifest
 from db_backup.model import (
     JobEvent,
     JobProgress,
@@ -102,7 +102,11 @@ async def _run(job: JobSpec, emit: Emit, cores: int) -> Committed:
     pipeline = await _dump(job, dump, deliveries, emit, cores)
     record = _manifest(job, source.name, server, dump, pipeline, started, run.now())
     async with waiting_notice(emit, f"{job.name}: writing manifests, applying retention", job):
-        finishing = (_finish_target(job, d, record) for d in deliveries if d.live)
+        finishing = (
+            _finish_target(job, d, _raw_manifest(record, pipeline) if d.takes_raw else record)
+            for d in deliveries
+            if d.live
+        )
         copies = await asyncio.gather(*finishing)
     stored = tuple(copy for copy in copies if copy is not None)
     if not stored:
@@ -146,23 +150,28 @@ async def _dump(
 ) -> Pipeline:
     """Stream the dump through the pipeline to every target at once (no second dump, no
     local copy first); commit only a complete dump, and only where nothing failed."""
+    raw_targets = [d.takes_raw for d in deliveries if d.error is None]
+    # Only targets that take the dump as it is (restic): no stage to run at all.
+    staged = not all(raw_targets)
     compressor = compressor_for(
         job.backup.compression,
-        dump_compresses_itself=dump.compression is not None,
+        dump_compresses_itself=dump.compression is not None or not staged,
         cores_per_job=cores,
     )
-    pipeline = Pipeline(compressor)
-    # Before spawning: an unwritable target fails without touching the server.
-    async with waiting_notice(emit, f"{job.name}: starting uploads", job):
-        await open_uploads(deliveries)
+    pipeline = Pipeline(compressor, hash_raw=any(raw_targets))
     try:
+        # Before spawning: an unwritable target fails without touching the server.
+        async with waiting_notice(emit, f"{job.name}: starting uploads", job):
+            await open_uploads(deliveries, _labels(job))
         if not any(d.live for d in deliveries):
             raise targets_failed(deliveries)
         async with contextlib.AsyncExitStack() as stack:
-            if job.backup.encryption is not None:  # the plaintext goes to `age` on a pipe
+            if staged and job.backup.encryption is not None:  # the plaintext goes to `age`
                 encryption = job.backup.encryption.recipients
                 pipeline = Pipeline(
-                    compressor, await stack.enter_async_context(encrypting(encryption))
+                    compressor,
+                    await stack.enter_async_context(encrypting(encryption)),
+                    hash_raw=any(raw_targets),
                 )
             check = None
             if dump.reader_argv is not None:  # no end marker: read it through instead
@@ -195,6 +204,30 @@ async def _dump(
         raise
     finally:
         pipeline.close()
+
+
+def _labels(job: JobSpec) -> dict[str, str]:
+    """What a target that keeps labels (restic's tags) learns of the job's file."""
+    return {
+        "job": job.name,
+        "backup": job.backup.name,
+        "database": job.database,
+        "kind": job.kind.value,
+    }
+
+
+def _raw_manifest(record: Manifest, pipeline: Pipeline) -> Manifest:
+    """The manifest of the dump as the program wrote it, for targets that take it so."""
+    if not record.stages:
+        return record  # nothing was staged: the stored bytes are the raw ones
+    return msgspec.structs.replace(
+        record,
+        compression=CompressionInfo(algorithm="none", level=None),
+        stored_bytes=pipeline.raw_bytes,
+        sha256=pipeline.raw_sha256,
+        stages=(),
+        encryption=None,
+    )
 
 
 def _progress(job: JobSpec, pipeline: Pipeline) -> JobProgress:

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import assert_never
 
-from db_backup.config.schema import LocalStorage, S3Storage, StorageConfig
+from db_backup.config.schema import LocalStorage, ResticStorage, S3Storage, StorageConfig
 from db_backup.errors import LockHeldError, StorageError
 from db_backup.naming import safe_component
 from db_backup.notice import Tell, waiting_notice
@@ -178,5 +178,8 @@ def lock_folder(storage: StorageConfig) -> Path:
         case S3Storage():  # a bucket is locked through this machine's state directory
             digest = hashlib.sha256(place.encode()).hexdigest()[:16]
             return state_directory() / "locks" / f"s3-{safe_component(storage.bucket)}-{digest}"
+        case ResticStorage():  # restic's own locks guard the repository's data; this, our files
+            digest = hashlib.sha256(place.encode()).hexdigest()[:16]
+            return state_directory() / "locks" / f"restic-{digest}"
         case _:
             assert_never(storage)

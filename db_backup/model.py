@@ -30,7 +30,7 @@ class Target:
     """One place a job's backup goes: a configured storage, and the file's name there."""
 
     storage: StorageConfig
-    filename: str  # the same on every target of a job
+    filename: str  # the same on every target of a job but for its suffix (.sql.gz, .sql)
     file_prefix: str  # `[<prefix>_]<job>_`: how earlier backups of this job are recognised
 
     @property

@@ -48,13 +48,15 @@ def safe_component(text: str) -> str:
     return f"{cleaned}-{digest}" if cleaned else f"db-{digest}"
 
 
-def extension(backup: BackupConfig, kind: JobKind = JobKind.DATABASE) -> str:
+def extension(backup: BackupConfig, kind: JobKind = JobKind.DATABASE, *, raw: bool = False) -> str:
     """.sql.gz / .sql.zst / .sql for plain SQL (and globals); .dump for custom format; each
-    with .age after it when encrypted."""
-    encrypted = ENCRYPTED_SUFFIX if backup.encryption is not None else ""
+    with .age after it when encrypted. `raw`: for a target given the dump as the program
+    wrote it (StorageConfig.takes_raw), .sql or .dump."""
+    encrypted = ENCRYPTED_SUFFIX if backup.encryption is not None and not raw else ""
     if kind is JobKind.DATABASE and backup.format == "custom":
         return f".dump{encrypted}"
-    return f".sql{COMPRESSION_SUFFIXES[backup.compression.algorithm]}{encrypted}"
+    compressed = "" if raw else COMPRESSION_SUFFIXES[backup.compression.algorithm]
+    return f".sql{compressed}{encrypted}"
 
 
 def format_of(name: str) -> str:

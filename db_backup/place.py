@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import assert_never
 from urllib.parse import urlsplit
 
-from db_backup.config.schema import LocalStorage, S3Storage, StorageConfig
+from db_backup.config.schema import (
+    LocalStorage,
+    ResticStorage,
+    S3Storage,
+    StorageConfig,
+    is_local_repository,
+)
 
 
 def place_of(storage: StorageConfig) -> str:
@@ -26,6 +32,10 @@ def place_of(storage: StorageConfig) -> str:
             return f"local:{os.path.realpath(storage.path)}"
         case S3Storage():
             return f"s3:{_endpoint(storage.endpoint_url)}/{storage.bucket}/{storage.folder}"
+        case ResticStorage():
+            if is_local_repository(storage.repository):
+                return f"restic:{os.path.realpath(storage.repository.removeprefix('local:'))}"
+            return storage.label  # a password in a URL masked: the place is the same
         case _:
             assert_never(storage)
 

@@ -155,7 +155,8 @@ def _job(backup: BackupConfig, kind: JobKind, name: str, database: str, stamp: s
     targets = []
     for storage in backup.targets:
         prefix = file_prefix(storage, name)
-        targets.append(Target(storage, f"{prefix}{stamp}{extension(backup, kind)}", prefix))
+        suffix = extension(backup, kind, raw=storage.takes_raw)
+        targets.append(Target(storage, f"{prefix}{stamp}{suffix}", prefix))
     return JobSpec(
         name=name,
         kind=kind,

@@ -14,12 +14,14 @@ compression threads are always there.)
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fcntl
 import logging
 import os
 import shutil
 import signal
+import subprocess
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -232,9 +234,99 @@ async def spawn(
                 os.close(read_end)
 
 
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
+
+
+class BlockingChild:
+    """A child for a caller on a worker thread (a store's restic): subprocess.Popen under the
+    same rules as `spawn` — argv only, its own session, killed with the runner — and its
+    stderr drained by a thread into a bounded tail. stdout is a pipe the caller reads (a
+    stream), unless `collect_output`: then a thread gathers it (a command's small answer)."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        stdin: bool = False,
+        collect_output: bool = True,
+    ) -> None:
+        self.command = mask_command(argv)
+        self._stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self._output: list[bytes] = []
+        try:
+            # Started by one long-lived thread: the kernel's death signal fires when the
+            # *thread* that forked the child ends, and the caller's worker thread may end first.
+            self.process = _SPAWNER.submit(
+                subprocess.Popen,
+                with_death_signal(argv),
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=dict(env),
+                start_new_session=True,
+            ).result()
+        except FileNotFoundError:
+            raise ToolNotFoundError(f"{argv[0]} not found") from None
+        _live_blocking.add(self)
+        assert self.process.stdout is not None
+        self.stdout = self.process.stdout
+        self._readers = [threading.Thread(target=self._drain_stderr, daemon=True)]
+        if collect_output:
+            self._readers.append(threading.Thread(target=self._collect, daemon=True))
+        for reader in self._readers:
+            reader.start()
+
+    def wait(self, timeout: float | None) -> int:
+        """The exit code, once the child exited and its output was read; TimeoutExpired if
+        it is still running after `timeout` seconds."""
+        code = self.process.wait(timeout)
+        for reader in self._readers:
+            reader.join(timeout)
+        _live_blocking.discard(self)
+        for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):  # stdin: a write it never read
+                    pipe.close()
+        return code
+
+    def output(self) -> bytes:
+        """What it wrote to stdout (with `collect_output`), once it exited."""
+        return b"".join(self._output)
+
+    def stderr_tail(self) -> str:
+        """The last lines it wrote to stderr, joined for an error message."""
+        return " | ".join(line for line in self._stderr if line)
+
+    def signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL and reap."""
+        self.signal(signal.SIGKILL)
+        self.wait(None)
+
+    def _drain_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            text = line.decode("utf-8", "replace").rstrip()
+            self._stderr.append(text[:STDERR_TAIL_LINE_BYTES])
+
+    def _collect(self) -> None:
+        while chunk := self.stdout.read(64 * 1024):
+            self._output.append(chunk)
+
+
+_live_blocking: set[BlockingChild] = set()
+
+
 def kill_all_now() -> int:
     """SIGKILL every child still running; returns how many were signalled."""
     children = list(_live)
     for child in children:
         child.kill_now()
-    return len(children)
+    blocking = list(_live_blocking)
+    for other in blocking:
+        other.signal(signal.SIGKILL)
+    return len(children) + len(blocking)

@@ -88,6 +88,12 @@ def apply(verdicts: Sequence[PruneVerdict]) -> tuple[list[Archive], dict[str, st
             errors[archive.target] = str(exc)
         else:
             deleted.append(archive)
+    stores = {archive.target: archive.store for archive in deleted}
+    for label, store in stores.items():
+        try:
+            store.tidy()  # a restic repository forgets and prunes them all at once
+        except StorageError as exc:
+            errors.setdefault(label, str(exc))
     return deleted, errors
 
 

@@ -80,7 +80,7 @@ async def pump(
                 check.write(chunk)
             if counter is not None:
                 counter.feed(chunk)
-            deliver_all(deliveries, stored)
+            deliver_all(deliveries, stored, chunk)
             report()
 
     # Its own thread (see threads.py): a pump holds it for a whole dump.

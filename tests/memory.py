@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,10 +83,16 @@ class MemoryStore:
     def delete(self, name: str) -> None:
         self.files.pop(name, None)
 
-    def open_upload(self, name: str) -> MemoryUpload:
+    def open_upload(self, name: str, labels: Mapping[str, str] | None = None) -> MemoryUpload:
         if name in self.files:
             raise StorageError(f"{self.location(name)} already exists")
         return MemoryUpload(self, name)
+
+    def tidy(self) -> None:
+        pass
+
+    def check_repository(self) -> str | None:
+        return None
 
     def clean_incomplete(self, file_prefixes: list[str]) -> list[str]:
         return []

@@ -367,7 +367,7 @@ def verify(
         return
     if name or every:
         exits.fail_usage("-n and --all go with --restore")
-    from db_backup.integrity import archives_in, archives_on, verify_all
+    from db_backup.integrity import archives_in, archives_on, check_repositories, verify_all
 
     with exits.errors_to_exit_codes():
         targets = list(paths or ())
@@ -382,12 +382,17 @@ def verify(
             exits.fail_usage("name backup files or folders to verify, or a config with -c")
         missing = [str(path) for path in targets if not path.exists() and path.suffix != ".json"]
 
-        async def verify_everything() -> tuple[list[Any], dict[str, str]]:
+        async def verify_everything() -> tuple[list[Any], dict[str, str], dict[str, str]]:
             on_targets, unreadable = await archives_on(storages)
             named = archives_in(path for path in targets if path.exists())
-            return await verify_all(named + on_targets, keys=keys), unreadable
+            verdicts = await verify_all(named + on_targets, keys=keys)
+            checked, damaged = await check_repositories(storages)
+            unreadable |= damaged
+            return verdicts, unreadable, checked
 
-        verdicts, unreadable = exits.interruptible(verify_everything())
+        verdicts, unreadable, whole = exits.interruptible(verify_everything())
+    for label, what in whole.items():
+        typer.echo(f"OK      target {label} ({what})")
     for label, error in unreadable.items():
         typer.echo(f"FAILED  target {label}: {error}")
     for path in missing:

@@ -107,7 +107,8 @@ def load_config(path: Path, *, require_env: bool = True, only: Sequence[str] | N
     for backup in loaded.backups:
         remember(backup.password)
         for target in backup.targets:
-            remember(getattr(target, "secret_access_key", None))
+            for secret in target.secrets:
+                remember(secret)
     if loaded.verify.sandbox is not None:
         remember(loaded.verify.sandbox.password)
     for notifier in loaded.notify:

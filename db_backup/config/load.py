@@ -53,7 +53,9 @@ from db_backup.config.schema import (
     MetricsConfig,
     NotifierConfig,
     RawConfig,
+    ResticStorage,
     StorageConfig,
+    is_local_repository,
     is_secret,
 )
 from db_backup.config.variables import ENV_FORMS, expand_env
@@ -439,6 +441,17 @@ class _Loader:
     def _absolute_storage(self, target: StorageConfig) -> StorageConfig:
         if isinstance(target, LocalStorage):
             return msgspec.structs.replace(target, path=self._absolute(target.path))
+        if isinstance(target, ResticStorage):
+            local = is_local_repository(target.repository)
+            return msgspec.structs.replace(
+                target,
+                repository=(
+                    self._absolute(target.repository.removeprefix("local:"))
+                    if local
+                    else target.repository
+                ),
+                password_file=self._absolute_or_none(target.password_file),
+            )
         return target
 
     def _check_names(self) -> None:

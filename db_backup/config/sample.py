@@ -23,7 +23,7 @@ defaults:
   connect_timeout: 10s                # bound on the connection check (30s, 5m, 1h30m ...)
   # timeout: 6h                       # stop a dump that runs longer than this
   storage:                            # one target, or a list of targets (see "shop")
-    kind: local                       # local (the default) | s3
+    kind: local                       # local (the default) | s3 | restic
     path: /var/backups/db             # created 0700 if missing; files are written 0600
     prefix: nightly                   # files: nightly_<name>_<UTC time>.sql.gz
   retention:                          # which backups to keep; none set: keep all
@@ -66,6 +66,13 @@ backups:
         retention:                    # this target only: keep more in the bucket
           keep_daily: 30
           keep_monthly: 12
+      # A restic repository: deduplicated, so a night costs what changed, not a full dump.
+      # It takes the dump uncompressed (restic compresses and encrypts it itself).
+      # - kind: restic
+      #   repository: /srv/restic/db    # or s3:https://host/bucket/path, sftp:..., rest:...
+      #   password: ${RESTIC_PASSWORD}  # or password_file; restic always encrypts
+      #   init: true                    # create the repository if there is none
+      #   env: {AWS_ACCESS_KEY_ID: ${S3_KEY_ID}, AWS_SECRET_ACCESS_KEY: ${S3_SECRET}}
 
   - name: analytics
     host: db2.internal

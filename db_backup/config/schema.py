@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from db_backup.redact import mask_scheme, mask_url_path, url_forms
+from db_backup.redact import mask_scheme, mask_url_path, redact_url, url_forms
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
@@ -92,7 +92,7 @@ class RetentionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         return not any(counts) and self.max_age is None
 
 
-SECRET_FIELDS = frozenset({"password", "secret_access_key"})
+SECRET_FIELDS = frozenset({"password", "secret_access_key", "env"})
 
 
 def _masking_repr(secret_fields: frozenset[str]) -> Callable[[msgspec.Struct], str]:
@@ -140,6 +140,17 @@ class _Target(
     def problems(self) -> list[tuple[str, str]]:
         """(key, message) for each fault in this entry that msgspec cannot see."""
         raise NotImplementedError
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values in this entry that must never be shown (masked wherever they appear)."""
+        return ()
+
+    @property
+    def takes_raw(self) -> bool:
+        """Whether this target is handed the dump as the program wrote it, not the stored
+        (compressed, encrypted) stream: a target that deduplicates does both itself."""
+        return False
 
 
 # Most file systems allow 255 bytes in a file name; S3 allows 1024 in a key.
@@ -233,6 +244,10 @@ class S3Storage(_Target, frozen=True, tag="s3"):
         return f"{stripped}/" if stripped else ""
 
     @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self.secret_access_key,) if self.secret_access_key else ()
+
+    @property
     def label(self) -> str:
         endpoint = f" at {self.endpoint_url}" if self.endpoint_url else ""
         return f"s3://{self.bucket}/{self.folder}{endpoint}"
@@ -275,8 +290,117 @@ class S3Storage(_Target, frozen=True, tag="s3"):
         )
 
 
+_ENVIRONMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# restic's `check --read-data-subset`: a percentage ("5%"), a part ("1/5") or a size ("500M").
+_DATA_SUBSET = re.compile(r"\d+(\.\d+)?%|\d+/\d+|\d+[KMGT]?")
+
+
+class ResticStorage(_Target, frozen=True, tag="restic"):
+    """A restic repository (storage/restic.py): deduplicated, compressed and encrypted by
+    restic, so the dump goes in as the program wrote it — neither compressed nor age-encrypted
+    by us (either would defeat deduplication; restic encrypts with the repository's key)."""
+
+    repository: str  # a folder, or anything restic accepts: s3:https://host/bucket/path, sftp:…
+    password: str | None = None  # restic always encrypts: this or password_file
+    password_file: str | None = None
+    restic_path: str = "restic"
+    init: bool = False  # create the repository when there is none yet
+    # Given to restic only (credentials of its backend: AWS_ACCESS_KEY_ID, ...), never set in
+    # db-backup's own environment. Write secrets as ${VAR}.
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    prefix: str = ""  # put in front of every file name, as for a folder
+    # Bounds every restic command but the streams (a backup's, which the job's timeout bounds,
+    # and a restore's) and the long ones below: listing, manifests, forget, unlock.
+    timeout: Duration = Duration(600.0)
+    # Bounds `restic prune` and `restic check`, which read much of the repository.
+    maintenance_timeout: Duration = Duration(6 * 3600.0)
+    # `verify` also runs `restic check`; this reads a part of the data too (`--read-data-subset`).
+    read_data_subset: str | None = None
+
+    def __hash__(self) -> int:  # a target is a dict key (one store per target): env too
+        return hash(
+            tuple(
+                tuple(sorted(value.items())) if isinstance(value, dict) else value
+                for value in msgspec.structs.astuple(self)
+            )
+        )
+
+    @property
+    def label(self) -> str:
+        return f"restic:{shown_repository(self.repository)}"
+
+    @property
+    def name_prefix(self) -> str:
+        return f"{self.prefix}_" if self.prefix else ""
+
+    @property
+    def takes_raw(self) -> bool:
+        return True
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        in_url = _url_password(self.repository.partition(":")[2])
+        return tuple(filter(None, (self.password, in_url, *self.env.values())))
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if not self.repository.strip():
+            found.append(("repository", "repository is empty"))
+        if bool(self.password) == bool(self.password_file):
+            found.append(
+                ("password", "give password or password_file (restic always encrypts), not both")
+            )
+        if self.prefix and (
+            not NAME_PATTERN.fullmatch(self.prefix) or len(self.prefix) > MAX_NAME_LENGTH
+        ):
+            found.append(("prefix", f"invalid prefix {self.prefix!r}: use {NAME_RULE}"))
+        for name in self.env:
+            if not _ENVIRONMENT_NAME.fullmatch(name) or name.startswith("RESTIC_"):
+                found.append(
+                    (
+                        "env",
+                        f"{name!r}: not an environment variable db-backup passes on "
+                        "(RESTIC_* are set from this target's own keys)",
+                    )
+                )
+        subset = self.read_data_subset
+        if subset is not None and not _DATA_SUBSET.fullmatch(subset):
+            found.append(
+                ("read_data_subset", f"{subset!r}: expected a percentage (5%), n/t or a size")
+            )
+        return found
+
+    def name_problem(self, filename: str) -> str | None:
+        return None  # a file in a snapshot: no length limit that a backup's name reaches
+
+
+# restic's backends other than a local folder (`local:` names a folder too).
+_RESTIC_BACKENDS = ("sftp", "rest", "s3", "b2", "azure", "gs", "swift", "rclone")
+
+
+def is_local_repository(repository: str) -> bool:
+    """Whether a restic repository is a folder on this machine (a path, or `local:path`)."""
+    scheme, colon, _ = repository.partition(":")
+    return not colon or scheme not in _RESTIC_BACKENDS
+
+
+def _url_password(url: str) -> str | None:
+    try:
+        return urllib.parse.urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def shown_repository(repository: str) -> str:
+    """A restic repository fit to print: a password in a rest:/s3: URL masked."""
+    scheme, colon, rest = repository.partition(":")
+    if colon and "://" in rest:
+        return f"{scheme}:{redact_url(rest)}"
+    return repository
+
+
 # The union every storage entry converts to; GCS, Azure, SFTP slot in beside these.
-StorageConfig = LocalStorage | S3Storage
+StorageConfig = LocalStorage | S3Storage | ResticStorage
 
 
 class _Backup(
@@ -444,7 +568,8 @@ def is_secret(path: tuple[str | int, ...]) -> bool:
     if path[:1] == ("notify",):
         named = [part for part in path[2:] if isinstance(part, str)]
         return not named or named[0] not in NOTIFIER_PLAIN_FIELDS
-    return bool(path) and path[-1] in SECRET_FIELDS
+    in_env = len(path) >= 2 and path[-2] == "env"  # a restic target's backend credentials
+    return bool(path) and (path[-1] in SECRET_FIELDS or in_env)
 
 
 class _Notifier(

@@ -87,9 +87,12 @@ class Pipeline:
     """Raw dump bytes → stored bytes through a chain of stages (compression, then whatever
     follows it — encryption), with the counts and checksum a manifest records."""
 
-    def __init__(self, *stages: Stage) -> None:
+    def __init__(self, *stages: Stage, hash_raw: bool = False) -> None:
+        """`hash_raw`: also a checksum of the raw bytes (for targets given them as they
+        are, see StorageConfig.takes_raw)."""
         self._stages = stages
         self._sha256 = hashlib.sha256()
+        self._raw_sha256 = hashlib.sha256() if hash_raw else None
         self.raw_bytes = 0
         self.stored_bytes = 0
         self.raw_tail = b""
@@ -114,6 +117,8 @@ class Pipeline:
 
     def feed(self, chunk: bytes) -> bytes:
         self.raw_bytes += len(chunk)
+        if self._raw_sha256 is not None:
+            self._raw_sha256.update(chunk)
         self.raw_tail = append_tail(self.raw_tail, chunk)
         return self._account(self._through(chunk, 0))
 
@@ -131,6 +136,12 @@ class Pipeline:
     @property
     def sha256(self) -> str:
         return self._sha256.hexdigest()
+
+    @property
+    def raw_sha256(self) -> str:
+        """The raw bytes' checksum (made with `hash_raw`)."""
+        assert self._raw_sha256 is not None, "Pipeline(hash_raw=True) keeps it"
+        return self._raw_sha256.hexdigest()
 
     def _through(self, data: bytes, first: int) -> bytes:
         for stage in self._stages[first:]:

@@ -1,4 +1,5 @@
-"""Where backups live: one `Store` per configured target (a local folder, an S3 bucket).
+"""Where backups live: one `Store` per configured target (a local folder, an S3 bucket, a
+restic repository).
 
 A store holds flat files by name — dumps and their `.json` manifests — and every operation
 is blocking (call it from a worker thread). A dump is written through an `Upload`: bytes go in
@@ -17,7 +18,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Protocol, TypeVar, assert_never
 
-from db_backup.config.schema import LocalStorage, S3Storage, StorageConfig
+from db_backup.config.schema import LocalStorage, ResticStorage, S3Storage, StorageConfig
 from db_backup.errors import StorageError
 from db_backup.threads import in_thread
 
@@ -70,8 +71,17 @@ class Store(Protocol):
     def delete(self, name: str) -> None:
         """Remove a file; a file already gone is not an error."""
 
-    def open_upload(self, name: str) -> Upload:
-        """Start writing `name`; refuses when a file of that name exists."""
+    def open_upload(self, name: str, labels: Mapping[str, str] | None = None) -> Upload:
+        """Start writing `name`; refuses when a file of that name exists. `labels` (job,
+        database, ...) describe it where the kind keeps such things (restic's tags)."""
+
+    def tidy(self) -> None:
+        """Carry out deletions a kind defers (restic forgets and prunes in one go); others
+        delete at once and have nothing to do."""
+
+    def check_repository(self) -> str | None:
+        """A whole-target consistency check where the kind has one (`restic check`), for
+        `verify`: what was checked; raises StorageError on damage. None: the kind has none."""
 
     def clean_incomplete(self, file_prefixes: list[str]) -> list[str]:
         """Remove what interrupted runs of these jobs left: partial files, incomplete
@@ -89,6 +99,10 @@ def open_store(storage: StorageConfig) -> Store:
             from db_backup.storage.s3 import S3Store  # imports botocore: only when S3 is used
 
             return S3Store(storage)
+        case ResticStorage():
+            from db_backup.storage.restic import ResticStore
+
+            return ResticStore(storage)
         case _:
             assert_never(storage)
 

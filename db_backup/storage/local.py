@@ -18,7 +18,7 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -249,9 +249,15 @@ class LocalStore:
         except OSError as exc:
             raise StorageError(f"cannot delete {path}: {describe_os_error(exc)}") from None
 
-    def open_upload(self, name: str) -> LocalUpload:
+    def open_upload(self, name: str, labels: Mapping[str, str] | None = None) -> LocalUpload:
         self._refuse_if_shared()
         return LocalUpload(self.directory, name)
+
+    def tidy(self) -> None:
+        pass  # deletes at once
+
+    def check_repository(self) -> str | None:
+        return None
 
     def clean_incomplete(self, file_prefixes: list[str]) -> list[str]:
         if not self.directory.is_dir():

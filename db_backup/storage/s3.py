@@ -29,7 +29,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from concurrent.futures import Future
 from typing import Any
@@ -242,12 +242,18 @@ class S3Store:
     def delete(self, name: str) -> None:
         self.call("deleting", self.location(name), "delete_object", Key=self.key(name))
 
-    def open_upload(self, name: str) -> S3Upload:
+    def open_upload(self, name: str, labels: Mapping[str, str] | None = None) -> S3Upload:
         if self.exists(name):
             raise StorageError(
                 f"{self.location(name)} already exists; refusing to overwrite a backup"
             )
         return S3Upload(self, name)
+
+    def tidy(self) -> None:
+        pass  # deletes at once
+
+    def check_repository(self) -> str | None:
+        return None
 
     def clean_incomplete(self, file_prefixes: list[str]) -> list[str]:
         removed = []

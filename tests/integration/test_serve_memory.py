@@ -1,6 +1,6 @@
-"""A resident process stays flat: `serve`'s Service, in-process with a fast clock, fires 500
+"""A resident process stays flat: `serve`'s Service, in-process with a fast clock, fires 250
 real backups of a tiny database (pg_dump, gzip, a folder, manifests, retention); its RSS after
-the 500th is within 5 MiB of its RSS after the 50th."""
+the 250th is within 5 MiB of its RSS after the 50th (a leak of 26 KiB a run would fail it)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from tests.conftest import create_database, server_defaults, write_config
 
 pytestmark = pytest.mark.e2e
 
-RUNS = 500
+RUNS = 250  # was 500: the suite's time budget (this test took 90 s)
 
 
 class FastClock:
@@ -46,7 +46,7 @@ def devnull() -> Iterator[TextIO]:
         yield sink
 
 
-async def test_rss_after_500_scheduled_runs_is_within_5_mib_of_after_50(
+async def test_rss_after_250_scheduled_runs_is_within_5_mib_of_after_50(
     pg: ThrowawayCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, devnull: TextIO
 ) -> None:
     create_database(pg, "tiny", "CREATE TABLE t AS SELECT generate_series(1, 100) AS n;")
@@ -60,7 +60,7 @@ async def test_rss_after_500_scheduled_runs_is_within_5_mib_of_after_50(
     )
     clock = FastClock()
     with using(Runtime(clock=clock)):
-        with contextlib.redirect_stderr(devnull):  # the run's lines, 500 times over
+        with contextlib.redirect_stderr(devnull):  # the run's lines, 250 times over
             service = Service(path, load_config(path))
         service.scheduler.clock = clock
         service.scheduler.set_tasks(tasks_of(service.config), {"tiny": clock.now})

@@ -451,7 +451,7 @@ def test_storage_problems_are_located_per_target() -> None:
     # An unknown kind is named as such (not as keys a local folder would not know).
     assert problems("      - {kind: ftp, host: x}\n") == [
         'b.yml:5:16: backups[0].storage[0].kind: invalid value "ftp"; '
-        "expected one of: local, s3 (backup 'a')"
+        "expected one of: local, s3, restic (backup 'a')"
     ]
     assert problems("      - {kind: s3, bucket: vault, bukket: x}\n") == [
         "b.yml:5:35: backups[0].storage[0].bukket: unknown key 'bukket'; did you mean 'bucket'?"

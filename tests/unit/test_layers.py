@@ -60,6 +60,7 @@ FLOORS: list[set[str]] = [
         "storage",
         "storage.local",
         "storage.s3",
+        "storage.restic",  # a restic repository, through restic children
         "sources",  # the engines' registry
         "runtime",  # the clock, stores and engines of a run
         "sources.pg_server",
