@@ -151,14 +151,16 @@ async def _dump(
     """Stream the dump through the pipeline to every target at once (no second dump, no
     local copy first); commit only a complete dump, and only where nothing failed."""
     raw_targets = [d.takes_raw for d in deliveries if d.error is None]
-    # Only targets that take the dump as it is (restic): no stage to run at all.
+    # Only targets that take the dump as it is (restic): no stage to run at all, and the
+    # stored bytes' checksum is the raw bytes'.
     staged = not all(raw_targets)
+    hash_raw = staged and any(raw_targets)
     compressor = compressor_for(
         job.backup.compression,
         dump_compresses_itself=dump.compression is not None or not staged,
         cores_per_job=cores,
     )
-    pipeline = Pipeline(compressor, hash_raw=any(raw_targets))
+    pipeline = Pipeline(compressor, hash_raw=hash_raw)
     try:
         # Before spawning: an unwritable target fails without touching the server.
         async with waiting_notice(emit, f"{job.name}: starting uploads", job):
@@ -171,7 +173,7 @@ async def _dump(
                 pipeline = Pipeline(
                     compressor,
                     await stack.enter_async_context(encrypting(encryption)),
-                    hash_raw=any(raw_targets),
+                    hash_raw=hash_raw,
                 )
             check = None
             if dump.reader_argv is not None:  # no end marker: read it through instead
