@@ -101,6 +101,7 @@ class Nights:
         return path
 
     def backup(self, config: Path) -> tuple[float, dict[str, Any]]:
+        """One run: its wall time, and its job with the run's peak RSS added."""
         started = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "db_backup", "backup", "-c", str(config), "--json"],
@@ -112,8 +113,9 @@ class Nights:
         seconds = time.perf_counter() - started
         if done.returncode != 0:
             raise RuntimeError(f"backup failed: {done.stderr[-2000:]}")
-        [job] = json.loads(done.stdout)["jobs"]
-        return seconds, job
+        report = json.loads(done.stdout)
+        [job] = report["jobs"]
+        return seconds, {**job, "peak_rss_bytes": report["peak_rss_bytes"]}
 
     def rsyncable(self, repository: Path) -> float:
         """pg_dump | gzip --rsyncable | restic backup --stdin, as a shell line would."""
@@ -205,6 +207,8 @@ def run_pattern(nights: Nights, pattern: str, count: int) -> dict[str, Any]:
             "restic_repository_mb": round(du(repository) / 1e6, 1),
             "files_seconds": round(timed["files"], 2),
             "restic_seconds": round(timed["restic"], 2),
+            "files_peak_rss_mib": round(jobs["files"]["peak_rss_bytes"] / 2**20, 1),
+            "restic_peak_rss_mib": round(jobs["restic"]["peak_rss_bytes"] / 2**20, 1),
         }
         if with_rsyncable:
             entry["rsyncable_seconds"] = round(nights.rsyncable(rsyncable), 2)
@@ -221,6 +225,10 @@ def run_pattern(nights: Nights, pattern: str, count: int) -> dict[str, Any]:
         "restic_after_all_mb": last["restic_repository_mb"],
         "restic_vs_one_full": round(last["restic_repository_mb"] / first_gz, 2),
         "files_vs_one_full": round(last["files_total_mb"] / first_gz, 2),
+        "peak_rss_mib": {
+            "files": max(n["files_peak_rss_mib"] for n in table),
+            "restic": max(n["restic_peak_rss_mib"] for n in table),
+        },
         "time_ratio_median": round(
             statistics.median(n["restic_seconds"] / n["files_seconds"] for n in table), 3
         ),
@@ -304,6 +312,16 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {night['restic_repository_mb']} | {growth:.1f} "
                 f"| {night['files_seconds']} | {night['restic_seconds']} |"
             )
+    lines += [
+        "",
+        "Peak RSS of the runner, largest of the ten nights: "
+        + "; ".join(
+            f"{summary['pattern']}: {summary['peak_rss_mib']['files']} MiB to a folder, "
+            f"{summary['peak_rss_mib']['restic']} MiB to restic"
+            for summary in result["patterns"]
+        )
+        + " (restic's own process aside).",
+    ]
     memory = result.get("dump_memory")
     if memory:
         lines += [

@@ -580,7 +580,15 @@ class ResticUpload:
                 self._stdin.close()
             code = self._child.wait(self._store.config.timeout)
         except subprocess.TimeoutExpired:
-            self.abort()
+            with self._lock:
+                self._state = "aborted"
+            self._store.stop(self._child)
+            late = (
+                _snapshot_id(self._child.output()) if self._child.process.returncode == 0 else None
+            )
+            if late is not None:  # it finished as it was stopped: keep nothing
+                self._store._doom({late: self._name})
+            self._leave_once()
             raise StorageError(
                 f"{self._store.label}: restic did not finish the snapshot of {self._name} "
                 f"within {format_duration(self._store.config.timeout)}"

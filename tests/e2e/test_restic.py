@@ -33,6 +33,7 @@ from tests.conftest import (
     cli_env,
     create_database,
     run_cli,
+    s3_storage,
     server_defaults,
     write_config,
 )
@@ -128,18 +129,22 @@ def drop(pg: ThrowawayCluster, name: str) -> None:
         )
 
 
-def test_fan_out_to_a_folder_and_restic_then_restore_from_restic(
-    pg: ThrowawayCluster, varied_db: str, tmp_path: Path
+def test_fan_out_to_restic_a_folder_and_a_bucket_then_verify_and_restore_from_restic(
+    pg: ThrowawayCluster, s3: SeaweedServer, varied_db: str, tmp_path: Path
 ) -> None:
     repository = tmp_path / "repo"
     out = tmp_path / "out"
-    config = configure(pg, tmp_path, [{"path": str(out)}, restic_target(repository)], varied_db)
-    env = env_for(pg)
+    bucket = s3_storage(s3, f"fan-{tmp_path.name}")
+    storage = [restic_target(repository), {"path": str(out)}, bucket]
+    config = configure(pg, tmp_path, storage, varied_db)
+    env = env_for(pg, s3)
     code, [job], stderr = backup(config, env)
     assert code == 0, stderr
     assert job["status"] == "succeeded"
     stored = {target["target"] for target in job["targets"] if target["stored"]}
-    assert stored == {f"local:{out}", f"restic:{repository}"}
+    restic_label = f"restic:{repository}"
+    assert len(stored) == 3
+    assert {f"local:{out}", restic_label} < stored
 
     # One snapshot of the dump (tagged), one of its manifest, under the fixed host.
     found = snapshots(repository)
@@ -151,10 +156,14 @@ def test_fan_out_to_a_folder_and_restic_then_restore_from_restic(
     assert {"db-backup", "job=shop", "backup=shop", f"database={varied_db}"} <= tags
     assert any(tag.startswith("tool=db-backup%20") for tag in tags)
 
-    # restic holds the dump as pg_dump wrote it: the folder's file, uncompressed, byte for byte.
+    # restic holds the dump as pg_dump wrote it: the folder's and the bucket's file,
+    # uncompressed, byte for byte.
     [gz] = out.glob("*.sql.gz")
     held = restic(repository, "dump", "--path", dump_path, "latest", dump_path)
     assert held == gzip.decompress(gz.read_bytes())
+    key = f"{bucket['prefix']}/{gz.name}"
+    in_bucket = s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read()
+    assert in_bucket == gz.read_bytes()
     record = json.loads(
         restic(repository, "dump", by_path[f"{dump_path}.json"]["id"], f"{dump_path}.json")
     )
@@ -164,23 +173,33 @@ def test_fan_out_to_a_folder_and_restic_then_restore_from_restic(
 
     listed = run_cli("list", "-c", str(config), "--json", env=env)
     assert listed.returncode == 0, listed.stderr
-    targets = sorted(entry["target"] for entry in json.loads(listed.stdout)["backups"])
-    assert targets == sorted([f"local:{out}", f"restic:{repository}"])
+    targets = {entry["target"] for entry in json.loads(listed.stdout)["backups"]}
+    assert targets == stored
 
     verified = run_cli("verify", "-c", str(config), env=env, timeout=300)
     assert verified.returncode == 0, verified.stderr + verified.stdout
-    assert "restic check: no errors" in verified.stdout + verified.stderr
+    assert f"OK      target {restic_label} (restic check: no errors)" in verified.stdout
+    assert f"OK      {restic_label}:{dump_path}" in verified.stdout
+
+    # Restore tests of every copy: the restic one is a backup of its own (its bytes differ
+    # from the .sql.gz that the folder and the bucket hold).
+    tested = run_cli("verify", "-c", str(config), "--restore", "--all", env=env, timeout=300)
+    assert tested.returncode == 0, tested.stderr + tested.stdout
+    assert f"OK      {restic_label}:{dump_path} restore-tested" in tested.stdout
+    relisted = json.loads(run_cli("list", "-c", str(config), "--json", env=env).stdout)
+    [in_restic] = [entry for entry in relisted["backups"] if entry["target"] == restic_label]
+    assert in_restic["restore_test"]["ok"] is True  # the record went into the repository
 
     into = "restic_restored"
     drop(pg, into)
     restored = run_cli(
         "restore", "-c", str(config), "-n", "shop", "--to-database", into,
-        "--from", f"restic:{repository}", env=env, timeout=300,
+        "--from", restic_label, env=env, timeout=300,
     )  # fmt: skip
     assert restored.returncode == 0, restored.stderr
     assert fingerprint(pg.conninfo(into)) == fingerprint(pg.conninfo(varied_db))
     drop(pg, into)
-    for output in (listed, verified, restored):
+    for output in (listed, verified, tested, restored):
         assert PASSWORD not in output.stdout + output.stderr
     assert not locks(repository)
 
@@ -262,6 +281,7 @@ def test_a_runner_killed_mid_dump_leaves_no_snapshot_and_the_next_run_works(
     config = configure(pg, tmp_path, restic_target(repository), sized_db, pg_dump_path=str(holding))
     runner = start_cli("backup", "-c", str(config), env=env_for(pg))
     wait_for(held.exists, what="the dump held after 4 MB", process=runner)
+    wait_for(lambda: bool(locks(repository)), what="restic's lock: it is taking the dump")
     backing_up = [p for p in restic_processes() if p != runner.pid]
     assert backing_up, "restic backup should be running"
     os.kill(runner.pid, signal.SIGKILL)
