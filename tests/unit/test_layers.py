@@ -38,6 +38,7 @@ FLOORS: list[set[str]] = [
         "retention",
         "retry",
         "schedule",  # when scheduled work is due
+        "shard",  # which jobs are one runner's, of N
         "notice",
         "credentials",  # a password or its file
         "notification",  # what a notification says

@@ -1,0 +1,87 @@
+"""Sharding one run over N runners (issue 19, first step): which jobs are shard I's. Pure.
+
+Every runner computes the same partition from the same inputs, with no communication: the
+jobs with the size each had last time (raw bytes from the catalog; unknown sizes count as the
+median of the known ones), assigned longest first — ties by job name — each to the shard with
+the least work so far (ties: the lowest index). This greedy keeps the largest shard within
+one job of the mean (and within 4/3 of the best possible), so the runners finish at about
+the same time.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+_SHARD = re.compile(r"(\d+)/(\d+)")
+# Set by Kubernetes in each pod of an Indexed Job: the pod's index, 0 to completions - 1.
+INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
+COUNT_VARIABLE = "DB_BACKUP_SHARDS"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` (0-based) of `count`."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str) -> Shard:
+    """`I/N` (0 ≤ I < N) → Shard; ValueError says what is wrong."""
+    found = _SHARD.fullmatch(text.strip())
+    if found is None:
+        raise ValueError(f"{text!r}: expected I/N, e.g. 0/4 (shards are numbered from 0)")
+    index, count = int(found[1]), int(found[2])
+    if count < 1 or index >= count:
+        raise ValueError(f"{text!r}: the index must be 0 to {max(count - 1, 0)} of {count}")
+    return Shard(index, count)
+
+
+def shard_from_environment(environ: Mapping[str, str], count: int | None) -> Shard:
+    """`--shard auto`: the index from Kubernetes' JOB_COMPLETION_INDEX, the count from
+    `count` (`--shards N`) or DB_BACKUP_SHARDS."""
+    index = environ.get(INDEX_VARIABLE)
+    if index is None:
+        raise ValueError(f"--shard auto: {INDEX_VARIABLE} is not set (not an Indexed Job?)")
+    if count is None:
+        given = environ.get(COUNT_VARIABLE)
+        if given is None:
+            raise ValueError(f"--shard auto: give --shards N or set {COUNT_VARIABLE}")
+        if not given.strip().isdigit():
+            raise ValueError(f"{COUNT_VARIABLE}={given!r}: expected a number of shards")
+        count = int(given)
+    return parse_shard(f"{index.strip()}/{count}")
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Each shard's jobs (sorted by name) and the bytes they are expected to dump."""
+
+    shards: tuple[tuple[str, ...], ...]
+    loads: tuple[int, ...]
+    weights: Mapping[str, int]  # each job's expected bytes (a median stands in for unknown)
+
+    def of(self, shard: Shard) -> tuple[str, ...]:
+        return self.shards[shard.index]
+
+
+def partition(sizes: Mapping[str, int | None], count: int) -> Partition:
+    """Assign every job to one of `count` shards by its expected size (None: unknown)."""
+    if count < 1:
+        raise ValueError("at least one shard")
+    known = [size for size in sizes.values() if size is not None]
+    stand_in = statistics.median_low(known) if known else 1
+    weights = {job: stand_in if size is None else size for job, size in sizes.items()}
+    loads = [0] * count
+    members: list[list[str]] = [[] for _ in range(count)]
+    for job in sorted(weights, key=lambda name: (-weights[name], name)):
+        lightest = min(range(count), key=lambda i: (loads[i], i))
+        members[lightest].append(job)
+        loads[lightest] += weights[job]
+    return Partition(tuple(tuple(sorted(m)) for m in members), tuple(loads), weights)
