@@ -6,10 +6,19 @@ median of the known ones), assigned longest first — ties by job name — each 
 the least work so far (ties: the lowest index). This greedy keeps the largest shard within
 one job of the mean (and within 4/3 of the best possible), so the runners finish at about
 the same time.
+
+A database that `database: "*"` finds and the catalog does not know yet (it appeared since
+the last backup) must not move anyone else's: runners that list the server a moment apart
+may see it or not, and if its arrival reshuffled the greedy, one job could land in two
+runners' shards and another in none. So such a newcomer is placed by a hash of its name
+alone (`newcomer_shard`): the runner it falls to takes it if its listing saw it; otherwise
+nobody does tonight, and the next night it is known. Jobs named in the config are the same
+for every runner and take part in the greedy even without a size (as the median).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import statistics
 from collections.abc import Mapping
@@ -85,3 +94,10 @@ def partition(sizes: Mapping[str, int | None], count: int) -> Partition:
         members[lightest].append(job)
         loads[lightest] += weights[job]
     return Partition(tuple(tuple(sorted(m)) for m in members), tuple(loads), weights)
+
+
+def newcomer_shard(job: str, count: int) -> int:
+    """The shard of a job no size is known for that not every runner may see (a database
+    found since the last backup): from its name alone, so it moves no other job."""
+    digest = hashlib.sha256(job.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % count

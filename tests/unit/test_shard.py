@@ -4,13 +4,22 @@ argument's forms and faults."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from db_backup.shard import Shard, parse_shard, partition, shard_from_environment
+from db_backup.shard import (
+    Shard,
+    newcomer_shard,
+    parse_shard,
+    partition,
+    shard_from_environment,
+)
 
 sizes_strategy = st.dictionaries(
     st.text(alphabet="abcdefghij_.0123456789", min_size=1, max_size=12),
@@ -73,3 +82,30 @@ def test_auto_takes_the_index_from_kubernetes_and_the_count_from_the_option_or_e
         shard_from_environment({"JOB_COMPLETION_INDEX": "0"}, None)
     with pytest.raises(ValueError, match="0 to 3 of 4"):
         shard_from_environment({"JOB_COMPLETION_INDEX": "4"}, 4)
+
+
+def test_a_newcomer_falls_to_the_same_shard_in_every_runner_process() -> None:
+    # Each runner is its own process: a per-process salted hash (Python's hash()) would
+    # send the same new database to different shards on different runners.
+    names = [f"shop.customer_{number}" for number in range(50)]
+    here = [newcomer_shard(name, 7) for name in names]
+    code = (
+        "from db_backup.shard import newcomer_shard; "
+        f"print([newcomer_shard(n, 7) for n in {names!r}])"
+    )
+    for seed in ("1", "2"):
+        elsewhere = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        assert elsewhere.strip() == str(here)
+
+
+def test_newcomers_spread_over_the_shards() -> None:
+    counts = [0] * 4
+    for number in range(400):
+        counts[newcomer_shard(f"shop.customer_{number}", 4)] += 1
+    assert min(counts) > 60  # ~100 each; a hash that clumped would fail
