@@ -9,19 +9,67 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from db_backup import runtime
+from db_backup.catalog import list_backups
 from db_backup.config.schema import BackupConfig, Config, StorageConfig
 from db_backup.errors import StorageError, TargetUnreachableError
 from db_backup.lock import lock_folder, lock_storage
-from db_backup.model import JobEvent, JobResult, JobSpec, JobStatus, Plan, RunReport, Target
+from db_backup.model import (
+    JobEvent,
+    JobKind,
+    JobResult,
+    JobSpec,
+    JobStatus,
+    Plan,
+    RunReport,
+    Target,
+)
 from db_backup.notice import Tell, waiting_notice
 from db_backup.orchestrator import Limits, Orchestrator, Subscriber
 from db_backup.plan import build_plan, server_of, wildcard_job
 from db_backup.preflight import discover
+from db_backup.shard import SIZES_AGE, Partition, Shard, newcomer_shard, partition
 from db_backup.threads import in_thread
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """How a plan's jobs fall to N runners (shard.py): the greedy over jobs every runner
+    knows, and the newcomers (databases found since the last backup) placed by name."""
+
+    partition: Partition
+    newcomers: Mapping[str, int]  # job → its shard
+
+    def jobs_of(self, index: int) -> set[str]:
+        placed = {job for job, shard in self.newcomers.items() if shard == index}
+        return set(self.partition.shards[index]) | placed
+
+
+async def sharding(config: Config, plan: Plan, count: int, names: Sequence[str]) -> Sharding:
+    """Partition `plan` over `count` runners by each job's last raw size in the catalog
+    (backups older than SIZES_AGE; a target that cannot be listed is left out, with a
+    warning)."""
+    catalog = await list_backups(config, names)
+    for label, error in catalog.errors.items():
+        log.warning("sharding without target %s (%s): its sizes are not known", label, error)
+    cutoff = runtime.current().now() - SIZES_AGE
+    last: dict[str, int] = {}
+    for archive in sorted(catalog.archives, key=lambda a: a.taken_at):
+        if archive.taken_at <= cutoff:
+            last[archive.job] = archive.raw_bytes
+    sizes: dict[str, int | None] = {}
+    newcomers: dict[str, int] = {}
+    for job in plan.jobs:
+        discovered = job.backup.is_wildcard and job.kind is JobKind.DATABASE
+        if discovered and job.name not in last:
+            newcomers[job.name] = newcomer_shard(job.name, count)
+        else:
+            sizes[job.name] = last.get(job.name)
+    return Sharding(partition(sizes, count), newcomers)
 
 
 async def prepare_plan(
@@ -31,8 +79,10 @@ async def prepare_plan(
     names: Sequence[str] = (),
     concurrency: int | None = None,
     tell: Tell | None = None,
+    shard: Shard | None = None,
 ) -> tuple[Plan, list[JobResult]]:
-    """Discover `database: "*"` databases, then plan; failed discoveries come back as results."""
+    """Discover `database: "*"` databases, then plan (only `shard`'s jobs, when given);
+    failed discoveries come back as results."""
     now = runtime.current().now()
     servers = sorted({str(server_of(b)) for b in selected if b.is_wildcard})
     async with waiting_notice(
@@ -53,6 +103,9 @@ async def prepare_plan(
         if backup.name in found.errors
     ]
     failures += [JobResult(job, JobStatus.FAILED, error=why) for job, why in plan.refused]
+    if shard is not None:
+        mine = (await sharding(config, plan, shard.count, names)).jobs_of(shard.index)
+        plan = dataclasses.replace(plan, jobs=tuple(j for j in plan.jobs if j.name in mine))
     return plan, failures
 
 
@@ -122,12 +175,14 @@ class BackupRun:
         *,
         wait: float | None = None,
         limits: Limits | None = None,
+        shard: Shard | None = None,
     ):
         """`wait`: how long to wait for a target's lock (None: not at all); `limits`: the
-        slots to run in, when shared with other runs (serve)."""
+        slots to run in, when shared with other runs (serve); `shard`: run only its jobs."""
         self._subscribers = list(subscribers)
         self._wait = wait
         self._limits = limits
+        self._shard = shard
         self._orchestrator: Orchestrator | None = None
 
     def subscribe(self, subscriber: Subscriber) -> None:
@@ -158,7 +213,12 @@ class BackupRun:
         Targets that do not answer are added to `unusable`."""
         for attempt in range(3):
             plan, failures = await prepare_plan(
-                config, selected, names=names, concurrency=concurrency, tell=self._emit
+                config,
+                selected,
+                names=names,
+                concurrency=concurrency,
+                tell=self._emit,
+                shard=self._shard,
             )
             if attempt == 0:
                 unusable.update(await _clean_leftovers(plan.jobs, unusable, self._emit))

@@ -23,8 +23,12 @@ import re
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 _SHARD = re.compile(r"(\d+)/(\d+)")
+# A shard's sizes come from backups at least this old: tonight's first commits (or a pod
+# retried an hour later) must not change the partition another runner already computed.
+SIZES_AGE = timedelta(hours=12)
 # Set by Kubernetes in each pod of an Indexed Job: the pod's index, 0 to completions - 1.
 INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
 COUNT_VARIABLE = "DB_BACKUP_SHARDS"

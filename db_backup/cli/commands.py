@@ -9,7 +9,9 @@ as fastapi-cli's are; the work is done elsewhere.)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -186,6 +188,27 @@ def backup(
             show_default=False,
         ),
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="I/N|auto",
+            help="Run only shard I of N (from 0): the jobs every runner assigns to it, "
+            "balanced by their last size. auto: I from JOB_COMPLETION_INDEX (Kubernetes), "
+            "N from --shards or DB_BACKUP_SHARDS.",
+            show_default=False,
+        ),
+    ] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            "--shards",
+            min=1,
+            help="The number of shards (for --shard auto); with --dry-run alone, show how "
+            "the jobs fall to N runners.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run every backup in the config (or the named ones), several at once."""
     from db_backup.plan import select_backups
@@ -197,14 +220,36 @@ def backup(
             wait_seconds = float("inf") if wait == WAIT_FOREVER else parse_duration(wait)
         except ValueError as exc:
             exits.fail_usage(f"--wait: {exc}")
+    chosen_shard = _shard_option(shard, shards, dry_run)
     setup.use_one_malloc_arena()
     with exits.errors_to_exit_codes():
         names = tuple(name or ())
         loaded = setup.load_config(config, only=names or None)
         selected = select_backups(loaded, names)
-        options = _RunOptions(names, jobs, dry_run, quiet, json_output, wait_seconds)
+        options = _RunOptions(
+            names, jobs, dry_run, quiet, json_output, wait_seconds, chosen_shard, shards
+        )
         code, _ = _run_backup(loaded, selected, options)
     raise typer.Exit(code)
+
+
+def _shard_option(shard: str | None, shards: int | None, dry_run: bool) -> Any:
+    """--shard I/N or auto (with --shards / DB_BACKUP_SHARDS) → Shard; usage errors exit 2."""
+    from db_backup.shard import parse_shard, shard_from_environment
+
+    if shard is None:
+        if shards is not None and not dry_run:
+            exits.fail_usage("--shards goes with --shard auto, or with --dry-run to show shards")
+        return None
+    try:
+        if shard.strip() == "auto":
+            return shard_from_environment(os.environ, shards)
+        chosen = parse_shard(shard)
+    except ValueError as exc:
+        exits.fail_usage(f"--shard: {exc}")
+    if shards is not None and shards != chosen.count:
+        exits.fail_usage(f"--shard {shard} says {chosen.count} shards, --shards says {shards}")
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -215,6 +260,8 @@ class _RunOptions:
     quiet: bool = False
     json_output: bool = False
     wait: float | None = None
+    shard: Any = None  # shard.Shard: run only its jobs
+    shards: int | None = None  # with dry_run and no shard: show the whole partition
 
 
 def _renderer(options: _RunOptions) -> Any:
@@ -247,7 +294,7 @@ def _run_backup(loaded: Any, selected: Sequence[Any], options: _RunOptions) -> t
     from db_backup.aftermath import notifications_for
     from db_backup.run import BackupRun
 
-    run = BackupRun(wait=options.wait)
+    run = BackupRun(wait=options.wait, shard=options.shard)
     renderer = None if options.dry_run else _renderer(options)
     notifications = None if renderer is None else notifications_for(loaded, selected)
 
@@ -287,12 +334,22 @@ async def _backup_main(
     from db_backup.run import prepare_plan
 
     if renderer is None:  # a dry run
-        from db_backup.cli.tables import plan_table
+        from db_backup.cli.tables import partition_table, plan_table
+        from db_backup.run import sharding
 
         plan, failures = await prepare_plan(
             loaded, selected, names=options.names, concurrency=options.jobs
         )
-        _print_table(plan_table(plan, failures))
+        count = options.shard.count if options.shard is not None else options.shards
+        if count is None:
+            _print_table(plan_table(plan, failures))
+            return exits.EXIT_OK, None
+        shares = await sharding(loaded, plan, count, options.names)
+        if options.shard is not None:
+            mine = shares.jobs_of(options.shard.index)
+            plan = dataclasses.replace(plan, jobs=tuple(j for j in plan.jobs if j.name in mine))
+            _print_table(plan_table(plan, failures))
+        _print_table(partition_table(shares, count, options.shard))
         return exits.EXIT_OK, None
     if notifications is not None:
         notifications.start()  # healthchecks' /start, in the background

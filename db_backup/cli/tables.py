@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime, tzinfo
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.table import Table
@@ -18,7 +19,11 @@ from db_backup.catalog import Archive
 from db_backup.cli.render import STATUS_STYLE
 from db_backup.model import JobResult, JobStatus, Plan, RunReport
 from db_backup.schedule import Task, missed
+from db_backup.shard import SIZES_AGE, Shard
 from db_backup.units import format_bytes, format_duration, format_rate
+
+if TYPE_CHECKING:
+    from db_backup.run import Sharding
 
 
 def summary_table(report: RunReport) -> Table:
@@ -141,5 +146,26 @@ def schedule_table(
             Text(label), Text(task.schedule.text + jitter), Text("\n".join(runs)), Text(newest_text)
         )
     table.caption = f"{len(tasks)} scheduled; times include each run's jitter"
+    table.caption_justify = "left"
+    return table
+
+
+def partition_table(shares: Sharding, count: int, only: Shard | None = None) -> Table:
+    """How the jobs fall to `count` runners (or to shard `only`): each shard's jobs and the
+    bytes they dumped last time (a median stands in where none is known; a database found
+    since the last backup is placed by its name, its size unknown)."""
+    table = Table(box=box.SIMPLE_HEAD, title=f"{count} shards", title_justify="left")
+    for column in ("shard", "jobs", "expected"):
+        table.add_column(column, no_wrap=column != "jobs")
+    weights = shares.partition.weights
+    for index in range(count) if only is None else (only.index,):
+        jobs = sorted(shares.jobs_of(index))
+        named = ", ".join(f"{job} (new)" if job in shares.newcomers else job for job in jobs)
+        expected = format_bytes(shares.partition.loads[index])
+        table.add_row(f"{index}/{count}", Text(named or "-"), expected)
+    table.caption = Text(
+        f"{len(weights) + len(shares.newcomers)} jobs; sizes from backups at least "
+        f"{SIZES_AGE.total_seconds() / 3600:g} hours old, a median for jobs without one"
+    )
     table.caption_justify = "left"
     return table
