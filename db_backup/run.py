@@ -10,15 +10,15 @@ import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from db_backup import runtime
 from db_backup.catalog import list_backups
 from db_backup.config.schema import BackupConfig, Config, StorageConfig
-from db_backup.errors import StorageError, TargetUnreachableError
+from db_backup.errors import BackupError, StorageError, TargetUnreachableError
 from db_backup.lock import lock_folder, lock_storage
 from db_backup.model import (
     JobEvent,
-    JobKind,
     JobResult,
     JobSpec,
     JobStatus,
@@ -26,11 +26,12 @@ from db_backup.model import (
     RunReport,
     Target,
 )
+from db_backup.naming import globals_job_name
 from db_backup.notice import Tell, waiting_notice
 from db_backup.orchestrator import Limits, Orchestrator, Subscriber
 from db_backup.plan import build_plan, server_of, wildcard_job
 from db_backup.preflight import discover
-from db_backup.shard import SIZES_AGE, Partition, Shard, newcomer_shard, partition
+from db_backup.shard import Partition, Shard, newcomer_shard, partition, sizes_anchor
 from db_backup.threads import in_thread
 
 log = logging.getLogger(__name__)
@@ -43,33 +44,64 @@ class Sharding:
 
     partition: Partition
     newcomers: Mapping[str, int]  # job → its shard
+    anchor: datetime  # sizes come from backups taken before it
 
     def jobs_of(self, index: int) -> set[str]:
         placed = {job for job, shard in self.newcomers.items() if shard == index}
         return set(self.partition.shards[index]) | placed
 
 
-async def sharding(config: Config, plan: Plan, count: int, names: Sequence[str]) -> Sharding:
-    """Partition `plan` over `count` runners by each job's last raw size in the catalog
-    (backups older than SIZES_AGE; a target that cannot be listed is left out, with a
-    warning)."""
-    catalog = await list_backups(config, names)
-    for label, error in catalog.errors.items():
-        log.warning("sharding without target %s (%s): its sizes are not known", label, error)
-    cutoff = runtime.current().now() - SIZES_AGE
+async def sharding(config: Config, plan: Plan, count: int) -> Sharding:
+    """Partition the config's jobs over `count` runners by each job's last raw size in the
+    catalog, as every runner does alone: the greedy takes the jobs the config names (a
+    median where no size is known) and the jobs of `database: "*"` backups the catalog
+    knows — whether or not tonight's listing found them, so a dropped database or a failed
+    listing on one runner changes no partition — from backups taken before the shared
+    anchor (shard.sizes_anchor). Databases the catalog does not know are newcomers, placed
+    by name. A target that cannot be listed stops a sharded run: without it, this runner's
+    partition could differ from the others'."""
+    catalog = await list_backups(config)
+    if catalog.errors:
+        label, error = next(iter(catalog.errors.items()))
+        raise BackupError(
+            f"cannot shard without every target's catalog: {label} could not be listed "
+            f"({error}); another runner reading it would place the jobs differently"
+        )
+    anchor = sizes_anchor(runtime.current().now())
+    wildcards = {backup.name for backup in config.backups if backup.is_wildcard}
     last: dict[str, int] = {}
-    for archive in sorted(catalog.archives, key=lambda a: a.taken_at):
-        if archive.taken_at <= cutoff:
+    for archive in sorted(catalog.archives, key=lambda a: (a.taken_at, a.target)):
+        if archive.taken_at < anchor:
             last[archive.job] = archive.raw_bytes
-    sizes: dict[str, int | None] = {}
-    newcomers: dict[str, int] = {}
-    for job in plan.jobs:
-        discovered = job.backup.is_wildcard and job.kind is JobKind.DATABASE
-        if discovered and job.name not in last:
-            newcomers[job.name] = newcomer_shard(job.name, count)
-        else:
-            sizes[job.name] = last.get(job.name)
-    return Sharding(partition(sizes, count), newcomers)
+    sizes: dict[str, int | None] = {name: last.get(name) for name in configured_jobs(config)}
+    sizes |= {
+        job: size
+        for job, size in last.items()
+        if job.split(".", 1)[0] in wildcards and job not in sizes
+    }
+    newcomers = {
+        job.name: newcomer_shard(job.name, count) for job in plan.jobs if job.name not in sizes
+    }
+    return Sharding(partition(sizes, count), newcomers, anchor)
+
+
+def configured_jobs(config: Config) -> list[str]:
+    """The jobs the config names without asking a server: a backup's own, and one globals
+    job per server that asks for it (`database: "*"` jobs come from discovery)."""
+    named = [backup.name for backup in config.backups if not backup.is_wildcard]
+    named += [globals_job_name(backup) for backup in config.backups if backup.globals]
+    return sorted(set(named))
+
+
+def only_shard(
+    plan: Plan, failures: Sequence[JobResult], shares: Sharding, shard: Shard
+) -> tuple[Plan, list[JobResult]]:
+    """The plan and the failures that are `shard`'s: its jobs; each failure (a listing that
+    failed, a refused job) on one shard only, by name, so N runners do not report it N times."""
+    mine = shares.jobs_of(shard.index)
+    jobs = tuple(job for job in plan.jobs if job.name in mine)
+    kept = [r for r in failures if newcomer_shard(r.job.name, shard.count) == shard.index]
+    return dataclasses.replace(plan, jobs=jobs), kept
 
 
 async def prepare_plan(
@@ -104,8 +136,8 @@ async def prepare_plan(
     ]
     failures += [JobResult(job, JobStatus.FAILED, error=why) for job, why in plan.refused]
     if shard is not None:
-        mine = (await sharding(config, plan, shard.count, names)).jobs_of(shard.index)
-        plan = dataclasses.replace(plan, jobs=tuple(j for j in plan.jobs if j.name in mine))
+        shares = await sharding(config, plan, shard.count)
+        plan, failures = only_shard(plan, failures, shares, shard)
     return plan, failures
 
 

@@ -23,12 +23,14 @@ import re
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 _SHARD = re.compile(r"(\d+)/(\d+)")
-# A shard's sizes come from backups at least this old: tonight's first commits (or a pod
-# retried an hour later) must not change the partition another runner already computed.
+# A shard's sizes come from backups taken before a moment every runner of one night agrees
+# on (see sizes_anchor), so tonight's first commits, or a pod retried hours later, change
+# no partition another runner already computed.
 SIZES_AGE = timedelta(hours=12)
+MAX_SHARDS = 1000
 # Set by Kubernetes in each pod of an Indexed Job: the pod's index, 0 to completions - 1.
 INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
 COUNT_VARIABLE = "DB_BACKUP_SHARDS"
@@ -51,9 +53,19 @@ def parse_shard(text: str) -> Shard:
     if found is None:
         raise ValueError(f"{text!r}: expected I/N, e.g. 0/4 (shards are numbered from 0)")
     index, count = int(found[1]), int(found[2])
-    if count < 1 or index >= count:
-        raise ValueError(f"{text!r}: the index must be 0 to {max(count - 1, 0)} of {count}")
+    if not 1 <= count <= MAX_SHARDS:
+        raise ValueError(f"{text!r}: the number of shards must be 1 to {MAX_SHARDS}")
+    if index >= count:
+        raise ValueError(f"{text!r}: the index must be 0 to {count - 1} of {count}")
     return Shard(index, count)
+
+
+def sizes_anchor(now: datetime) -> datetime:
+    """The moment a shard's sizes are read before: UTC midnight of the day SIZES_AGE ago.
+    Every runner of one nightly run — and a pod retried within hours — gets the same one
+    (it moves only at noon UTC), and none of tonight's backups is before it."""
+    earlier = (now - SIZES_AGE).astimezone(UTC)
+    return earlier.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def shard_from_environment(environ: Mapping[str, str], count: int | None) -> Shard:
@@ -66,7 +78,7 @@ def shard_from_environment(environ: Mapping[str, str], count: int | None) -> Sha
         given = environ.get(COUNT_VARIABLE)
         if given is None:
             raise ValueError(f"--shard auto: give --shards N or set {COUNT_VARIABLE}")
-        if not given.strip().isdigit():
+        if not given.strip().isascii() or not given.strip().isdigit():
             raise ValueError(f"{COUNT_VARIABLE}={given!r}: expected a number of shards")
         count = int(given)
     return parse_shard(f"{index.strip()}/{count}")
@@ -79,6 +91,7 @@ class Partition:
     shards: tuple[tuple[str, ...], ...]
     loads: tuple[int, ...]
     weights: Mapping[str, int]  # each job's expected bytes (a median stands in for unknown)
+    unsized: frozenset[str]  # the jobs whose size was not known
 
     def of(self, shard: Shard) -> tuple[str, ...]:
         return self.shards[shard.index]
@@ -97,7 +110,8 @@ def partition(sizes: Mapping[str, int | None], count: int) -> Partition:
         lightest = min(range(count), key=lambda i: (loads[i], i))
         members[lightest].append(job)
         loads[lightest] += weights[job]
-    return Partition(tuple(tuple(sorted(m)) for m in members), tuple(loads), weights)
+    unsized = frozenset(job for job, size in sizes.items() if size is None)
+    return Partition(tuple(tuple(sorted(m)) for m in members), tuple(loads), weights, unsized)
 
 
 def newcomer_shard(job: str, count: int) -> int:

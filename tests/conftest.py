@@ -207,7 +207,9 @@ def cli_env(
     mariadb: ThrowawayMariaDB | None = None,
     **extra: str,
 ) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_BACKUP_", "PG", "AWS_"))}
+    # JOB_COMPLETION_INDEX: Kubernetes' shard index, were the suite itself run in an Indexed Job
+    unwanted = ("DB_BACKUP_", "PG", "AWS_", "JOB_COMPLETION_INDEX")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(unwanted)}
     env["NO_COLOR"] = "1"
     env["DB_BACKUP_STATE_DIR"] = str(STATE_DIR)
     if cluster is not None:

@@ -335,7 +335,7 @@ async def _backup_main(
 
     if renderer is None:  # a dry run
         from db_backup.cli.tables import partition_table, plan_table
-        from db_backup.run import sharding
+        from db_backup.run import only_shard, sharding
 
         plan, failures = await prepare_plan(
             loaded, selected, names=options.names, concurrency=options.jobs
@@ -344,11 +344,12 @@ async def _backup_main(
         if count is None:
             _print_table(plan_table(plan, failures))
             return exits.EXIT_OK, None
-        shares = await sharding(loaded, plan, count, options.names)
+        shares = await sharding(loaded, plan, count)
         if options.shard is not None:
-            mine = shares.jobs_of(options.shard.index)
-            plan = dataclasses.replace(plan, jobs=tuple(j for j in plan.jobs if j.name in mine))
+            plan, failures = only_shard(plan, failures, shares, options.shard)
             _print_table(plan_table(plan, failures))
+        elif failures:
+            _print_table(plan_table(dataclasses.replace(plan, jobs=()), failures))
         _print_table(partition_table(shares, count, options.shard))
         return exits.EXIT_OK, None
     if notifications is not None:

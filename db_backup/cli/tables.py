@@ -19,7 +19,7 @@ from db_backup.catalog import Archive
 from db_backup.cli.render import STATUS_STYLE
 from db_backup.model import JobResult, JobStatus, Plan, RunReport
 from db_backup.schedule import Task, missed
-from db_backup.shard import SIZES_AGE, Shard
+from db_backup.shard import Shard
 from db_backup.units import format_bytes, format_duration, format_rate
 
 if TYPE_CHECKING:
@@ -163,9 +163,12 @@ def partition_table(shares: Sharding, count: int, only: Shard | None = None) -> 
         named = ", ".join(f"{job} (new)" if job in shares.newcomers else job for job in jobs)
         expected = format_bytes(shares.partition.loads[index])
         table.add_row(f"{index}/{count}", Text(named or "-"), expected)
+    unsized = len(shares.partition.unsized)
     table.caption = Text(
-        f"{len(weights) + len(shares.newcomers)} jobs; sizes from backups at least "
-        f"{SIZES_AGE.total_seconds() / 3600:g} hours old, a median for jobs without one"
+        f"{len(weights) + len(shares.newcomers)} jobs; sizes from backups taken before "
+        f"{shares.anchor:%Y-%m-%d %H:%M} UTC"
+        + (f"; {unsized} without one count as the median" if unsized else "")
+        + ("; (new): found since, placed by name, size unknown" if shares.newcomers else "")
     )
     table.caption_justify = "left"
     return table

@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -19,6 +20,7 @@ from db_backup.shard import (
     parse_shard,
     partition,
     shard_from_environment,
+    sizes_anchor,
 )
 
 sizes_strategy = st.dictionaries(
@@ -64,7 +66,13 @@ def test_ties_go_by_name_and_to_the_lowest_shard() -> None:
 
 @pytest.mark.parametrize(
     ("text", "problem"),
-    [("1", "expected I/N"), ("2/2", "0 to 1 of 2"), ("0/0", "0 to 0 of 0"), ("-1/3", "I/N")],
+    [
+        ("1", "expected I/N"),
+        ("2/2", "0 to 1 of 2"),
+        ("0/0", "the number of shards must be 1 to 1000"),
+        ("0/1000000000", "the number of shards must be 1 to 1000"),
+        ("-1/3", "I/N"),
+    ],
 )
 def test_a_bad_shard_is_refused_with_the_reason(text: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
@@ -109,3 +117,21 @@ def test_newcomers_spread_over_the_shards() -> None:
     for number in range(400):
         counts[newcomer_shard(f"shop.customer_{number}", 4)] += 1
     assert min(counts) > 60  # ~100 each; a hash that clumped would fail
+
+
+def test_every_runner_of_a_night_reads_sizes_before_the_same_moment() -> None:
+    night = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
+    anchor = sizes_anchor(night)
+    # The fleet starting, a pod retried two hours later: the same anchor, before tonight.
+    assert sizes_anchor(night + timedelta(minutes=3)) == anchor
+    assert sizes_anchor(night + timedelta(hours=2)) == anchor
+    assert anchor < night - timedelta(hours=3)
+    # A night that starts just before midnight UTC and a retry after it agree too.
+    late = datetime(2026, 12, 1, 23, 30, tzinfo=UTC)
+    assert sizes_anchor(late) == sizes_anchor(late + timedelta(hours=3))
+    assert sizes_anchor(late) < late - timedelta(hours=12)
+
+
+def test_the_count_from_the_environment_must_be_a_plain_number() -> None:
+    with pytest.raises(ValueError, match="expected a number of shards"):
+        shard_from_environment({"JOB_COMPLETION_INDEX": "0", "DB_BACKUP_SHARDS": "²"}, None)
