@@ -153,6 +153,13 @@ class _Target(
         return False
 
 
+def _prefix_problems(prefix: str) -> list[tuple[str, str]]:
+    """A file-name prefix's fault, if any (folders and restic repositories take one)."""
+    if prefix and (not NAME_PATTERN.fullmatch(prefix) or len(prefix) > MAX_NAME_LENGTH):
+        return [("prefix", f"invalid prefix {prefix!r}: use {NAME_RULE}")]
+    return []
+
+
 # Most file systems allow 255 bytes in a file name; S3 allows 1024 in a key.
 FILE_NAME_BYTES = 255
 S3_KEY_BYTES = 1024
@@ -180,11 +187,7 @@ class LocalStorage(_Target, frozen=True, tag="local"):
         return f"{self.prefix}_" if self.prefix else ""
 
     def problems(self) -> list[tuple[str, str]]:
-        found = []
-        if self.prefix and (
-            not NAME_PATTERN.fullmatch(self.prefix) or len(self.prefix) > MAX_NAME_LENGTH
-        ):
-            found.append(("prefix", f"invalid prefix {self.prefix!r}: use {NAME_RULE}"))
+        found = _prefix_problems(self.prefix)
         if not self.path.strip():
             found.append(("path", "storage path is empty"))
         return found
@@ -350,10 +353,7 @@ class ResticStorage(_Target, frozen=True, tag="restic"):
             found.append(
                 ("password", "give password or password_file (restic always encrypts), not both")
             )
-        if self.prefix and (
-            not NAME_PATTERN.fullmatch(self.prefix) or len(self.prefix) > MAX_NAME_LENGTH
-        ):
-            found.append(("prefix", f"invalid prefix {self.prefix!r}: use {NAME_RULE}"))
+        found += _prefix_problems(self.prefix)
         for name in self.env:
             if not _ENVIRONMENT_NAME.fullmatch(name) or name.startswith("RESTIC_"):
                 found.append(

@@ -27,11 +27,15 @@ backups:
 """
 
 
-def remember_backup(store: MemoryStore, job: str, stamp: str, raw: int) -> None:
+def remember_backup(
+    store: MemoryStore, job: str, stamp: str, raw: int, *, backup: str | None = None
+) -> None:
+    """A backup of `job` (of config backup `backup`, by default the job's name) taken at
+    `stamp`, with its manifest, in `store`."""
     record = Manifest(
         tool_version="0",
         job=job,
-        backup=job,
+        backup=backup or job,
         kind="database",
         database=job,
         server="h:1",

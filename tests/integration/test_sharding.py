@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from db_backup import manifest
 from db_backup.config.load import parse_config
-from db_backup.manifest import CompressionInfo, Manifest
 from db_backup.plan import build_plan
 from db_backup.run import sharding
 from db_backup.runtime import Runtime, using
 from db_backup.shard import newcomer_shard
+from tests.integration.test_estimate import remember_backup as remember
 from tests.memory import MemoryStore, stores_by_label
 
 NIGHT = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
@@ -27,28 +26,8 @@ LAST_WEEK = {"fleet.a": 900, "fleet.b": 500, "fleet.c": 400, "fleet.d": 300, "sh
 
 
 def remember_backup(store: MemoryStore, job: str, stamp: str, raw: int) -> None:
-    """A backup of `job` (of backup "fleet" for "fleet.<db>") taken at `stamp`."""
-    record = Manifest(
-        tool_version="0",
-        job=job,
-        backup=job.split(".", 1)[0],
-        kind="database",
-        database=job.rsplit(".", 1)[-1],
-        server="db1:5432",
-        server_version="15",
-        client="pg_dump 15",
-        format="plain",
-        compression=CompressionInfo(algorithm="gzip", level=6),
-        file=f"n_{job}_{stamp}.sql.gz",
-        raw_bytes=raw,
-        stored_bytes=1,
-        sha256="0" * 64,
-        started_at=datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC),
-        finished_at=NIGHT,
-        duration_seconds=0.0,
-    )
-    store.files[f"n_{job}_{stamp}.sql.gz.json"] = manifest.encode(record)
-    store.files[f"n_{job}_{stamp}.sql.gz"] = b""
+    """A backup of `job` — of config backup "fleet" for "fleet.<database>"."""
+    remember(store, job, stamp, raw, backup=job.split(".", 1)[0])
 
 
 async def partition_seen_by(
