@@ -421,9 +421,7 @@ class ResticStore:
             try:
                 yield DumpReader(self, child)
             finally:
-                if child.process.poll() is None:
-                    child.kill()  # a reader that stopped early: restic holds only a shared lock
-                child.wait(None)
+                self.stop(child)  # a reader that stopped early: restic removes its lock
         finally:
             self._leave()
 
