@@ -911,18 +911,28 @@ def main() -> None:
         if shutil.which(tool) is None:
             sys.exit(f"bench: {tool} is needed (apt-get install gzip pigz zstd)")
     result = run(args)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = result["when"].replace(":", "").replace("-", "")[:15]
-    (RESULTS / f"{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
-    (RESULTS / f"{stamp}.md").write_text(table)
-    print("\n" + table)
+    save_results(result, table)
     if args.only != "all":
         return  # a partial run: the README and latest.md keep the last full one
     (RESULTS / "latest.md").write_text(table)
+    into_readme("bench", table)
+
+
+def save_results(result: dict[str, Any], table: str, prefix: str = "") -> None:
+    """The run as `<prefix><time>.json` and `.md` under benchmarks/results/; the table printed."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = result["when"].replace(":", "").replace("-", "")[:15]
+    (RESULTS / f"{prefix}{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{prefix}{stamp}.md").write_text(table)
+    print("\n" + table)
+
+
+def into_readme(marker: str, table: str) -> None:
+    """Replace what the README holds between `<!-- marker:start -->` and `<!-- marker:end -->`."""
     readme = REPO / "README.md"
     text = readme.read_text()
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     if start in text and end in text:
         head, rest = text.split(start, 1)
         readme.write_text(head + start + "\n" + table + end + rest.split(end, 1)[1])

@@ -39,7 +39,7 @@ from db_backup.pgcluster import ThrowawayCluster
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench import BYTES_PER_ROW, REALISTIC, RESULTS, machine  # noqa: E402
+from bench import BYTES_PER_ROW, REALISTIC, into_readme, machine, save_results  # noqa: E402
 
 PASSWORD = "bench-restic-password"  # noqa: S105 (a throwaway repository)
 ONE_PERCENT_ROWS = """
@@ -368,18 +368,10 @@ def main() -> None:
         }
         if args.dump_gb:
             result["dump_memory"] = dump_memory(nights, args.dump_gb)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = result["when"].replace(":", "").replace("-", "")[:15]
-    (RESULTS / f"nights-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
-    (RESULTS / f"nights-{stamp}.md").write_text(table)
-    print("\n" + table)
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    start, end = "<!-- nights:start -->", "<!-- nights:end -->"
-    if start in text and end in text and args.nights == 10:
-        head, rest = text.split(start, 1)
-        readme.write_text(head + start + "\n" + table + end + rest.split(end, 1)[1])
+    save_results(result, table, prefix="nights-")
+    if args.nights == 10:  # the published measurement: ten nights
+        into_readme("nights", table)
 
 
 if __name__ == "__main__":
