@@ -2,7 +2,7 @@
 
 A local folder holds its own lock file. A remote target (S3) is locked through a folder of
 its own under this machine's state directory, which keeps runs on this machine apart (runs on
-other machines writing to the same bucket are not seen; give each machine its own prefix).
+other machines writing to the same bucket meet at each job's lease there: leasing.py).
 
 flock is released by the kernel when its holder dies, so a lock left by a killed run is free to
 take; the file still names that run, which tells us to say so and to clean up what it left

@@ -50,11 +50,15 @@ class Attempt:
         return {"backup": self.job, "database": self.database, "server": self.server}
 
 
+_ATTEMPTED = (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
 def attempts_of(report: RunReport) -> dict[str, Attempt]:
-    """The attempt each job of a run made (cancelled jobs and jobs never started: none)."""
+    """The attempt each job of a run made (none for jobs cancelled, never started, or
+    running elsewhere)."""
     found = {}
     for result in report.results:
-        if result.started_at is None or result.status is JobStatus.CANCELLED:
+        if result.started_at is None or result.status not in _ATTEMPTED:
             continue
         job = result.job
         found[job.name] = Attempt(

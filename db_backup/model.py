@@ -87,6 +87,8 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # Another runner has it (its lease, see lease.py): running there, or done there already.
+    ELSEWHERE = "elsewhere"
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class JobResult:
     # When the dump program itself ran (from the manifest): shows how jobs overlapped.
     dump_started_at: datetime | None = None
     dump_finished_at: datetime | None = None
+    note: str | None = None  # ELSEWHERE: where and by whom it runs, or that it is done
 
     @property
     def file(self) -> str | None:
@@ -129,6 +132,8 @@ class RunReport:
     finished_at: datetime
     results: tuple[JobResult, ...]
     interrupted_by: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run
+    shard: str | None = None  # "I/N": the shard of a fleet run this runner ran
+    run_id: str | None = None  # shared by a fleet run's runners (leasing.py)
 
     @property
     def failed(self) -> tuple[JobResult, ...]:

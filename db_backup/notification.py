@@ -148,7 +148,10 @@ def wants(notifier: NotifierConfig, notice: Notice) -> bool:
 
 def run_notice(report: RunReport, *, host: str, config: str, document: bytes) -> Notice:
     """The notice of a backup run, leaving out jobs whose backup says `notify: false`."""
-    results = [r for r in report.results if r.job.backup.notify]
+    # A job another runner has (its lease) is that runner's to report.
+    results = [
+        r for r in report.results if r.job.backup.notify and r.status is not JobStatus.ELSEWHERE
+    ]
     return Notice(
         command="backup",
         host=host,

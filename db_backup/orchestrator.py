@@ -19,6 +19,7 @@ from typing import Any
 from db_backup import runtime
 from db_backup.errors import BackupError, TargetsFailedError
 from db_backup.job import Committed, run_job
+from db_backup.leasing import Elsewhere, JobLease, Leases
 from db_backup.model import (
     JobEvent,
     JobFinished,
@@ -64,9 +65,15 @@ class Orchestrator:
     """One run of one plan. Subscribers see every JobEvent, in order, on the event loop."""
 
     def __init__(
-        self, plan: Plan, subscribers: Sequence[Subscriber] = (), limits: Limits | None = None
+        self,
+        plan: Plan,
+        subscribers: Sequence[Subscriber] = (),
+        limits: Limits | None = None,
+        leases: Leases | None = None,
     ) -> None:
+        """`leases`: take each job's lease in its bucket first (leasing.py)."""
         self.plan = plan
+        self._leases = leases
         self._subscribers = list(subscribers)
         self._limits = limits or Limits(plan.concurrency)
         self._tasks: list[asyncio.Task[JobResult]] = []
@@ -124,10 +131,48 @@ class Orchestrator:
             await asyncio.sleep(delay)
 
     async def _run_one(self, job: JobSpec) -> JobResult:
+        """The job's lease (if it has one, before it waits for a slot), its attempts, and
+        its lease given back with the outcome."""
+        lease: JobLease | None = None
+        result: JobResult | None = None
+        try:
+            if self._leases is not None:
+                job, claim = await self._leases.claim(job, self.emit)
+                if isinstance(claim, Elsewhere):
+                    result = JobResult(job, JobStatus.ELSEWHERE, note=claim.reason)
+                    self.emit(JobFinished(result))
+                    return result
+                lease = claim
+            result = await self._attempted(job, lease)
+            return result
+        except asyncio.CancelledError:
+            if result is None and self.interrupted_by is not None:  # while taking its lease
+                result = JobResult(
+                    job, JobStatus.CANCELLED, error=f"cancelled ({self.interrupted_by})"
+                )
+                self.emit(JobFinished(result))
+                return result
+            raise
+        finally:
+            if lease is not None:
+                outcome = result.status if result is not None else JobStatus.CANCELLED
+                await asyncio.shield(lease.release(outcome.value))
+
+    async def _attempted(self, job: JobSpec, lease: JobLease | None) -> JobResult:
         tries: list[datetime] = []
         try:
-            committed = await self._attempts(job, tries)
+            async with lease.kept() if lease is not None else contextlib.nullcontext():
+                committed = await self._attempts(job, tries)
         except asyncio.CancelledError:
+            if lease is not None and lease.lost is not None:
+                task = asyncio.current_task()
+                assert task is not None
+                task.uncancel()  # the lease's keeper cancelled the job, not the run's caller
+                result = self._failed(
+                    job, tries, f"{lease.lost}; the dump was stopped and nothing was kept", "lease"
+                )
+                self.emit(JobFinished(result))
+                return result
             started = tries[0] if tries else None
             result = JobResult(
                 job,

@@ -52,6 +52,7 @@ class _JobReport(msgspec.Struct, kw_only=True):
     status: str
     error: str | None
     error_kind: str | None  # what kind of failure: connection, dump, storage, targets, ...
+    note: str | None  # status "elsewhere": which runner has the job, or that it is done
     file: str | None  # on the first target that stored it
     manifest: str | None
     targets: list[_TargetReport]
@@ -83,6 +84,9 @@ class _RunReport(msgspec.Struct, kw_only=True):
     succeeded: int
     failed: int
     cancelled: int
+    elsewhere: int  # jobs another runner had (their leases): not failures
+    shard: str | None  # "I/N" for a shard of a fleet run
+    run_id: str  # shared by a fleet run's runners (--run-id), else this run's own
     jobs: list[_JobReport]
     warnings: list[str]  # what went wrong beside the backups: metrics, notifications
     notifications: list[_Notification]
@@ -122,6 +126,7 @@ def json_report(
             status=r.status.value,
             error=r.error,
             error_kind=r.error_kind,
+            note=r.note,
             file=r.copies[0].file if r.copies else None,
             manifest=r.copies[0].manifest if r.copies else None,
             targets=_target_reports(r),
@@ -147,6 +152,9 @@ def json_report(
         succeeded=sum(1 for j in jobs if j.status == JobStatus.SUCCEEDED),
         failed=sum(1 for j in jobs if j.status == JobStatus.FAILED),
         cancelled=sum(1 for j in jobs if j.status == JobStatus.CANCELLED),
+        elsewhere=sum(1 for j in jobs if j.status == JobStatus.ELSEWHERE),
+        shard=report.shard,
+        run_id=report.run_id or "",
         jobs=jobs,
         warnings=list(warnings),
         notifications=[

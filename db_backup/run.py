@@ -14,8 +14,9 @@ from datetime import datetime
 
 from db_backup import runtime
 from db_backup.catalog import list_backups
-from db_backup.config.schema import BackupConfig, Config, StorageConfig
+from db_backup.config.schema import BackupConfig, Config, S3Storage, StorageConfig
 from db_backup.errors import BackupError, StorageError, TargetUnreachableError
+from db_backup.leasing import Leases, new_run_id
 from db_backup.lock import lock_folder, lock_storage
 from db_backup.model import (
     JobEvent,
@@ -167,15 +168,17 @@ def _with_unusable(job: JobSpec, unusable: Mapping[str, str]) -> JobSpec:
 async def _clean_leftovers(
     jobs: Sequence[JobSpec], unusable: Mapping[str, str], tell: Tell | None
 ) -> dict[str, str]:
-    """Under the locks: remove what killed runs of these jobs left on each target (partial
-    files, incomplete multipart uploads). This is also each target's first question of the
-    run: one that does not answer is returned (label → why), and its jobs leave it out
-    rather than each wait for it again. Other failures are only logged — an upload will
-    report the real trouble."""
+    """Under the locks: remove what killed runs of these jobs left in each folder or restic
+    repository (partial files, snapshots without a manifest). This is also each target's
+    first question of the run: one that does not answer is returned (label → why), and its
+    jobs leave it out rather than each wait for it again. Other failures are only logged —
+    an upload will report the real trouble."""
     prefixes: dict[StorageConfig, set[str]] = {}
     for job in jobs:
         for target in job.targets:
-            if target.label not in unusable:
+            # A bucket's leftovers may be another machine's uploads in progress: cleaned
+            # per job once its lease is held (leasing.py).
+            if target.label not in unusable and not isinstance(target.storage, S3Storage):
                 prefixes.setdefault(target.storage, set()).add(target.file_prefix)
     silent: dict[str, str] = {}
 
@@ -208,13 +211,17 @@ class BackupRun:
         wait: float | None = None,
         limits: Limits | None = None,
         shard: Shard | None = None,
+        run_id: str | None = None,
     ):
         """`wait`: how long to wait for a target's lock (None: not at all); `limits`: the
-        slots to run in, when shared with other runs (serve); `shard`: run only its jobs."""
+        slots to run in, when shared with other runs (serve); `shard`: run only its jobs;
+        `run_id`: what a fleet run's shards and retried runners share (leasing.py), by
+        default this run's own."""
         self._subscribers = list(subscribers)
         self._wait = wait
         self._limits = limits
         self._shard = shard
+        self._leases = Leases(run_id or new_run_id(), str(shard) if shard else None)
         self._orchestrator: Orchestrator | None = None
 
     def subscribe(self, subscriber: Subscriber) -> None:
@@ -254,7 +261,8 @@ class BackupRun:
             )
             if attempt == 0:
                 unusable.update(await _clean_leftovers(plan.jobs, unusable, self._emit))
-            what = "checking that the new file names are free on every target"
+            labels = sorted({t.label for job in plan.jobs for t in job.targets})
+            what = f"checking that the new file names are free on {', '.join(labels)}"
             async with waiting_notice(self._emit, what):
                 if not await in_thread(_names_taken, plan, unusable):
                     break
@@ -285,8 +293,12 @@ class BackupRun:
             )
             runnable = tuple(_with_unusable(job, unusable) for job in plan.jobs)
             self._orchestrator = Orchestrator(
-                dataclasses.replace(plan, jobs=runnable), self._subscribers, self._limits
+                dataclasses.replace(plan, jobs=runnable),
+                self._subscribers,
+                self._limits,
+                self._leases,
             )
-            return await self._orchestrator.run(failures)
+            report = await self._orchestrator.run(failures)
+            return dataclasses.replace(report, shard=self._leases.shard, run_id=self._leases.run_id)
         finally:
             locks.release()

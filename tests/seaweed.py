@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from db_backup.lease import LEASE_FOLDER
+
 # Every port `weed mini` would otherwise take a fixed default for.
 _PORT_FLAGS = (
     "master.port",
@@ -179,9 +181,11 @@ class SeaweedServer:
             for key, upload in self.incomplete_uploads(prefix)
         )
 
-    def objects(self, prefix: str = "") -> list[str]:
+    def objects(self, prefix: str = "", *, leases: bool = False) -> list[str]:
+        """The keys under `prefix`; without the jobs' lease objects unless `leases`."""
         page = self.client().list_objects_v2(Bucket=self.bucket, Prefix=prefix)
-        return sorted(item["Key"] for item in page.get("Contents", ()))
+        keys = sorted(item["Key"] for item in page.get("Contents", ()))
+        return keys if leases else [key for key in keys if f"{LEASE_FOLDER}/" not in key]
 
     def incomplete_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
         page = self.client().list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)

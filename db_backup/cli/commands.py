@@ -209,6 +209,18 @@ def backup(
             show_default=False,
         ),
     ] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option(
+            "--run-id",
+            envvar="DB_BACKUP_RUN_ID",
+            metavar="ID",
+            help="What the shards of one fleet run and their retries share (e.g. the "
+            "Kubernetes Job's uid): a job one of them backed up is not dumped again by a "
+            "retried runner. Default: this run's own.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run every backup in the config (or the named ones), several at once."""
     from db_backup.plan import select_backups
@@ -227,7 +239,7 @@ def backup(
         loaded = setup.load_config(config, only=names or None)
         selected = select_backups(loaded, names)
         options = _RunOptions(
-            names, jobs, dry_run, quiet, json_output, wait_seconds, chosen_shard, shards
+            names, jobs, dry_run, quiet, json_output, wait_seconds, chosen_shard, shards, run_id
         )
         code, _ = _run_backup(loaded, selected, options)
     raise typer.Exit(code)
@@ -262,6 +274,7 @@ class _RunOptions:
     wait: float | None = None
     shard: Any = None  # shard.Shard: run only its jobs
     shards: int | None = None  # with dry_run and no shard: show the whole partition
+    run_id: str | None = None  # shared by a fleet run's runners (leasing.py)
 
 
 def _renderer(options: _RunOptions) -> Any:
@@ -294,7 +307,7 @@ def _run_backup(loaded: Any, selected: Sequence[Any], options: _RunOptions) -> t
     from db_backup.aftermath import notifications_for
     from db_backup.run import BackupRun
 
-    run = BackupRun(wait=options.wait, shard=options.shard)
+    run = BackupRun(wait=options.wait, shard=options.shard, run_id=options.run_id)
     renderer = None if options.dry_run else _renderer(options)
     notifications = None if renderer is None else notifications_for(loaded, selected)
 

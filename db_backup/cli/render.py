@@ -32,6 +32,7 @@ STATUS_STYLE = {  # rich styles, by status
     JobStatus.SUCCEEDED: "green",
     JobStatus.FAILED: "bold red",
     JobStatus.CANCELLED: "yellow",
+    JobStatus.ELSEWHERE: "cyan",
 }
 
 
@@ -82,6 +83,8 @@ def finish_line(result: JobResult) -> str:
         )
     if result.status is JobStatus.CANCELLED:
         return f"cancelled {job.name}: {result.error}"
+    if result.status is JobStatus.ELSEWHERE:
+        return f"elsewhere {job.name}: {result.note}"
     return f"FAILED   {job.name} ({describe_job(job)}): {result.error}"
 
 

@@ -42,7 +42,11 @@ def summary_table(report: RunReport) -> Table:
             Text(format_bytes(result.stored_bytes) if succeeded else "-"),
             Text(format_duration(result.duration) if result.started_at else "-"),
             Text(format_rate(result.raw_bytes, result.duration) if succeeded else "-"),
-            Text("\n".join(c.file for c in result.copies) if succeeded else (result.error or "")),
+            Text(
+                "\n".join(c.file for c in result.copies)
+                if succeeded
+                else (result.error or result.note or "")
+            ),
         )
     counts = {status: 0 for status in JobStatus}
     for result in report.results:
@@ -50,7 +54,10 @@ def summary_table(report: RunReport) -> Table:
     elapsed = (report.finished_at - report.started_at).total_seconds()
     table.caption = (
         f"{counts[JobStatus.SUCCEEDED]} succeeded, {counts[JobStatus.FAILED]} failed, "
-        f"{counts[JobStatus.CANCELLED]} cancelled in {format_duration(elapsed)}"
+        f"{counts[JobStatus.CANCELLED]} cancelled"
+        + (f", {counts[JobStatus.ELSEWHERE]} elsewhere" if counts[JobStatus.ELSEWHERE] else "")
+        + f" in {format_duration(elapsed)}"
+        + (f" (shard {report.shard})" if report.shard else "")
         + (f" (interrupted by {report.interrupted_by})" if report.interrupted_by else "")
     )
     table.caption_justify = "left"

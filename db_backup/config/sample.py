@@ -63,6 +63,9 @@ backups:
         # connect_timeout: 10s
         # read_timeout: 30s           # the longest the server may stay silent
         # max_attempts: 3
+        # Runners on several machines writing here never dump one job at once: each job's
+        # lease lives in this bucket; a runner that died holds its jobs this long at most.
+        # lease_duration: 60s
         retention:                    # this target only: keep more in the bucket
           keep_daily: 30
           keep_monthly: 12

@@ -210,6 +210,9 @@ DEFAULT_PART_SIZE = 8 * 1024 * 1024  # as the aws CLI's
 _SAFE_KEY_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/-]*")
 
 
+MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 3.0, 3600.0
+
+
 class S3Storage(_Target, frozen=True, tag="s3"):
     """A bucket on AWS S3 or an S3-compatible server (SeaweedFS, MinIO, Ceph, R2, ...)."""
 
@@ -232,6 +235,9 @@ class S3Storage(_Target, frozen=True, tag="s3"):
     connect_timeout: Duration = Duration(10.0)
     read_timeout: Duration = Duration(30.0)
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3
+    # A job's lease in this bucket (lease.py) lasts this long without a renewal; its holder
+    # renews it every third of that. A runner that died holds its jobs this long at most.
+    lease_duration: Duration = Duration(60.0)
 
     @property
     def request_bound(self) -> float:
@@ -274,6 +280,8 @@ class S3Storage(_Target, frozen=True, tag="s3"):
             )
         if self.part_size < MIN_PART_SIZE or self.part_size > MAX_PART_SIZE:
             found.append(("part_size", "S3 parts must be between 5MiB and 5GiB"))
+        if not MIN_LEASE_SECONDS <= self.lease_duration <= MAX_LEASE_SECONDS:
+            found.append(("lease_duration", "a lease lasts between 3s and 1h"))
         if bool(self.access_key_id) != bool(self.secret_access_key):  # "" (${VAR:-}): none
             found.append(
                 ("access_key_id", "give both access_key_id and secret_access_key, or neither")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import email.utils
 import hashlib
 import logging
 import threading
@@ -32,6 +33,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from db_backup import threads
@@ -51,6 +54,7 @@ UNREACHABLE_MEMORY_SECONDS = 300.0
 # left to the next run of the job, which removes it (a stopping run must not wait).
 ABORT_WAIT_SECONDS = 2.0
 PARTS_PER_SIZE_STEP = 1_000
+_REFUSED = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404"})
 # Error codes whose meaning is worth spelling out for the person reading the message.
 _HINTS = {
     "InvalidAccessKeyId": "the access key is not known to the server (wrong credentials?)",
@@ -143,6 +147,18 @@ def _cause_is_timeout(exc: Exception) -> bool:
     return any(isinstance(arg, TimeoutError) for arg in getattr(cause, "args", ()))
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A request the server refused as asked to (a condition that did not hold)."""
+
+    response: dict[str, Any]
+
+
+def _server_time(response: Mapping[str, Any]) -> datetime:
+    """The server's clock when it answered (the Date header, one-second resolution)."""
+    return email.utils.parsedate_to_datetime(response["ResponseMetadata"]["HTTPHeaders"]["date"])
+
+
 class S3Store:
     """One bucket + prefix (see storage.Store). Thread-safe: uploads share one client."""
 
@@ -154,9 +170,18 @@ class S3Store:
         # (when, why) the endpoint last failed to answer: see UNREACHABLE_MEMORY_SECONDS
         self._silent: tuple[float, str] | None = None
 
-    def call(self, action: str, name: str, operation: str, **arguments: Any) -> Any:
+    def call(
+        self,
+        action: str,
+        name: str,
+        operation: str,
+        *,
+        refusals: frozenset[str] = frozenset(),
+        **arguments: Any,
+    ) -> Any:
         """Run one S3 operation on this bucket; any failure becomes StorageError saying what
-        was being done where, and why."""
+        was being done where, and why. An error whose code is in `refusals` (a conditional
+        request's PreconditionFailed) is an answer, not a failure: it returns a Refusal."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         with self._lock:
@@ -171,7 +196,11 @@ class S3Store:
                     self._client = _make_client(self.config)
             method: Callable[..., Any] = getattr(self._client, operation)
             return method(Bucket=self.config.bucket, **arguments)
-        except (BotoCoreError, ClientError) as exc:
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in refusals:
+                return Refusal(dict(exc.response))
+            raise self.translate(exc, action, name) from None
+        except BotoCoreError as exc:
             raise self.translate(exc, action, name) from None
 
     def translate(self, exc: Exception, action: str, name: str) -> StorageError:
@@ -241,6 +270,66 @@ class S3Store:
 
     def delete(self, name: str) -> None:
         self.call("deleting", self.location(name), "delete_object", Key=self.key(name))
+
+    # Conditional writes, for leases (leasing.py). A refused condition returns None; S3 says
+    # 409 ConditionalRequestConflict when two such writes to one key race.
+    def create_if_absent(self, name: str, data: bytes) -> str | None:
+        """Create `name` only if no object has that name (If-None-Match: *): its ETag, or
+        None when refused."""
+        response = self.call(
+            "creating",
+            self.location(name),
+            "put_object",
+            refusals=_REFUSED,
+            Key=self.key(name),
+            Body=data,
+            IfNoneMatch="*",
+        )
+        return None if isinstance(response, Refusal) else str(response["ETag"])
+
+    def replace_if(self, name: str, data: bytes, etag: str) -> str | None:
+        """Overwrite `name` only if it is still the version `etag` (If-Match); the new ETag."""
+        response = self.call(
+            "rewriting",
+            self.location(name),
+            "put_object",
+            refusals=_REFUSED,
+            Key=self.key(name),
+            Body=data,
+            IfMatch=etag,
+        )
+        return None if isinstance(response, Refusal) else str(response["ETag"])
+
+    def delete_if(self, name: str, etag: str) -> bool:
+        """Delete `name` only if it is still the version `etag`; False when it was not."""
+        response = self.call(
+            "deleting",
+            self.location(name),
+            "delete_object",
+            refusals=_REFUSED,
+            Key=self.key(name),
+            IfMatch=etag,
+        )
+        return not isinstance(response, Refusal)
+
+    def read_versioned(self, name: str) -> tuple[bytes, str, datetime, float] | None:
+        """`name`'s content, ETag, when it was last written and its age in seconds, both by
+        the server's clock (Last-Modified; the response's Date minus it); None when there is
+        no such object."""
+        response = self.call(
+            "reading",
+            self.location(name),
+            "get_object",
+            refusals=frozenset({"NoSuchKey", "404"}),
+            Key=self.key(name),
+        )
+        if isinstance(response, Refusal):
+            return None
+        with response["Body"] as body:
+            data = body.read()
+        written: datetime = response["LastModified"]
+        age = (_server_time(response) - written).total_seconds()
+        return data, str(response["ETag"]), written, max(0.0, age)
 
     def open_upload(self, name: str, labels: Mapping[str, str] | None = None) -> S3Upload:
         if self.exists(name):
@@ -379,7 +468,8 @@ class S3Upload:
             self._slots.notify_all()
         deadline = time.monotonic() + ABORT_WAIT_SECONDS
         if self._committed:
-            action, operation, arguments = "removing", "delete_object", {"Key": self._key}
+            arguments: dict[str, Any] = {"Key": self._key}
+            action, operation = "removing", "delete_object"
         else:
             # Parts that land after the abort may be kept by S3: give those in flight a moment.
             futures.wait(self._sent, timeout=ABORT_WAIT_SECONDS)

@@ -148,9 +148,10 @@ def test_a_silent_endpoint_fails_only_its_target_within_the_bound(
     assert hole.connections <= QUICK.attempts
     assert elapsed < QUICK.bound + SLACK_SECONDS
     # The wait was announced while it lasted, and how long it took once it was over.
-    waiting = f"waiting  {remote['target']}: looking for what interrupted runs left"
-    assert waiting in result.stderr
-    assert f"waited   {remote['target']}: looking for what interrupted runs left" in result.stderr
+    # (the first question to the bucket: is the new file name free?)
+    waiting = f"checking that the new file names are free on {local['target']}, {remote['target']}"
+    assert f"waiting  {waiting}" in result.stderr
+    assert f"waited   {waiting}" in result.stderr
 
 
 def test_a_server_that_stalls_mid_upload_fails_only_its_target(

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from db_backup.demo import fingerprint
+from db_backup.lease import lease_name
 from db_backup.pgcluster import ThrowawayCluster
 from tests.conftest import (
     cli_env,
@@ -178,7 +179,10 @@ def test_wrong_credentials_fail_that_target_by_name_and_the_folder_keeps_the_bac
     assert code == 1
     assert job["status"] == "failed"
     label = f"s3://{s3.bucket}/wrong-credentials/ at {s3.endpoint}"
-    assert job["error"].startswith(f"target {label} failed: checking s3://{s3.bucket}/")
+    # The first request, the job's lease in the bucket, was refused.
+    lease = f"s3://{s3.bucket}/wrong-credentials/{lease_name('pg')}"
+    assert job["error"].startswith(f"target {label} failed: cannot take the job's lease: ")
+    assert f"creating {lease}: SignatureDoesNotMatch" in job["error"]
     assert "SignatureDoesNotMatch" in job["error"]
     assert "wrong credentials" in job["error"]
     assert "not-the-secret" not in job["error"]

@@ -39,6 +39,7 @@ FLOORS: list[set[str]] = [
         "retry",
         "schedule",  # when scheduled work is due
         "shard",  # which jobs are one runner's, of N
+        "lease",  # which runner may dump a job now: the rules
         "notice",
         "credentials",  # a password or its file
         "notification",  # what a notification says
@@ -75,7 +76,8 @@ FLOORS: list[set[str]] = [
         "mariadbcluster",
     },
     # what reads or guards many targets, and the planner
-    {"catalog", "plan", "lock", "integrity", "preflight"},
+    # ... and leases in a bucket, per job
+    {"catalog", "plan", "lock", "integrity", "preflight", "leasing"},
     {
         "prune",
         "delivery",

@@ -1,0 +1,313 @@
+"""Taking, keeping and giving back jobs' leases in their bucket (the rules: lease.py).
+
+Every job with an S3 target takes its lease before it waits for a slot, so a queued job is
+already this runner's, and a runner started twice splits the jobs instead of dumping each
+twice. A lease held by another runner is watched until it shows a sign of life (a renewal: the
+job is "running elsewhere") or expires (its runner died: taken over). While the job runs its
+lease is renewed; a lease that cannot be renewed in time, or that another runner took over,
+stops the job — nothing is kept — because someone else may now be dumping it.
+
+What killed runs left of a leased job in its buckets (incomplete uploads, dumps without a
+manifest) is removed only once the lease is ours: before, it may be another runner's upload
+in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+from db_backup import runtime
+from db_backup.config.schema import S3Storage
+from db_backup.errors import StorageError, TargetUnreachableError
+from db_backup.lease import (
+    LeaseRecord,
+    Seen,
+    Verdict,
+    decode,
+    describe_done,
+    describe_holder,
+    encode,
+    judge,
+    lease_name,
+)
+from db_backup.model import JobEvent, JobSpec, Target
+from db_backup.notice import waiting_notice
+from db_backup.threads import in_thread
+
+log = logging.getLogger(__name__)
+
+RENEWALS_PER_DURATION = 3
+# Stop a job whose lease could not be renewed this long before others may take it over.
+GIVE_UP_FRACTION = 5 / 6
+RETRY_SECONDS = 1.0
+TAKE_ATTEMPTS = 5
+# A lease not given back in time expires by itself; a cancelled run must stop quickly.
+RELEASE_WAIT_SECONDS = 5.0
+RELEASE_WAIT_CANCELLED_SECONDS = 1.0
+
+Emit = Callable[[JobEvent], None]
+
+
+@runtime_checkable
+class LeaseStore(Protocol):
+    """What a target must do to hold leases: conditional writes (S3Store)."""
+
+    def create_if_absent(self, name: str, data: bytes) -> str | None: ...
+
+    def replace_if(self, name: str, data: bytes, etag: str) -> str | None: ...
+
+    def delete_if(self, name: str, etag: str) -> bool: ...
+
+    def read_versioned(self, name: str) -> tuple[bytes, str, datetime, float] | None: ...
+
+    def exists(self, name: str) -> bool: ...
+
+    def location(self, name: str) -> str: ...
+
+    def clean_incomplete(self, file_prefixes: list[str]) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class Elsewhere:
+    """Not this runner's job now, and not a failure: why."""
+
+    reason: str
+
+
+class JobLease:
+    """A lease this runner holds: `kept()` renews it while the job runs, `release()` gives it
+    back saying how the job ended. `lost` says why it was lost, if it was."""
+
+    def __init__(
+        self, store: LeaseStore, name: str, record: LeaseRecord, etag: str, taken: float
+    ) -> None:
+        self._store, self._name = store, name
+        self._record, self._etag = record, etag
+        self._renewed = taken  # monotonic time the last successful write was sent
+        self.lost: str | None = None
+        self.where = store.location(name)
+
+    @contextlib.asynccontextmanager
+    async def kept(self) -> AsyncIterator[None]:
+        """Renew the lease while the block runs; if it is lost, cancel the block's task."""
+        task = asyncio.current_task()
+        assert task is not None
+        keeper = asyncio.create_task(self._keep(task))
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _keep(self, job_task: asyncio.Task[object]) -> None:
+        seconds = self._record.seconds
+        give_up = seconds * GIVE_UP_FRACTION
+        pause = seconds / RENEWALS_PER_DURATION
+        while True:
+            await asyncio.sleep(max(0.0, self._renewed + pause - time.monotonic()))
+            sent = time.monotonic()
+            record = msgspec.structs.replace(self._record, renewals=self._record.renewals + 1)
+            try:
+                async with asyncio.timeout(max(0.1, self._renewed + give_up - sent)):
+                    etag = await in_thread(
+                        self._store.replace_if, self._name, encode(record), self._etag
+                    )
+            except (StorageError, TimeoutError) as exc:
+                if time.monotonic() - self._renewed >= give_up:
+                    why = str(exc) or "no answer"
+                    return self._lose(job_task, f"it could not be renewed in time ({why})")
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            if etag is None:
+                return self._lose(job_task, "another runner took it over")
+            self._record, self._etag, self._renewed = record, etag, sent
+
+    def _lose(self, job_task: asyncio.Task[object], why: str) -> None:
+        self.lost = f"lost its lease {self.where}: {why}"
+        log.warning("%s; stopping the job", self.lost)
+        job_task.cancel()
+
+    async def release(self, outcome: str) -> None:
+        """Mark the lease released with the job's outcome (kept, not deleted: a runner of
+        the same run, or one that started with this one, learns the job is done)."""
+        if self.lost is not None:
+            return
+        record = msgspec.structs.replace(self._record, state="released", outcome=outcome)
+        wait = RELEASE_WAIT_CANCELLED_SECONDS if outcome == "cancelled" else RELEASE_WAIT_SECONDS
+        try:
+            async with asyncio.timeout(wait):
+                etag = await in_thread(
+                    self._store.replace_if, self._name, encode(record), self._etag
+                )
+        except (StorageError, TimeoutError) as exc:
+            log.warning("could not release %s (it expires by itself): %s", self.where, exc)
+            return
+        if etag is None:
+            log.warning("could not release %s: another runner had taken it over", self.where)
+
+
+def new_run_id() -> str:
+    """A run's own id, when it is not one of a fleet run's shards."""
+    return secrets.token_hex(6)
+
+
+class Leases:
+    """The leases of one run: its id (shared by a fleet run's shards and retries) and shard."""
+
+    def __init__(self, run_id: str, shard: str | None = None) -> None:
+        self.run_id = run_id
+        self.shard = shard
+
+    async def claim(self, job: JobSpec, emit: Emit) -> tuple[JobSpec, JobLease | Elsewhere | None]:
+        """Take `job`'s lease. Returns the job (a lease target that could not be asked is
+        added to its unusable targets, and the job runs on the others without a lease) and
+        the lease; Elsewhere when another runner has the job; None when it has no S3 target."""
+        target = lease_target(job)
+        if target is None:
+            return job, None
+        store = runtime.current().store(target.storage)
+        if not isinstance(store, LeaseStore):
+            return job, None
+        try:
+            claim = await self._take(job, target, store, emit)
+        except StorageError as exc:
+            return _unusable(job, target, f"cannot take the job's lease: {exc}"), None
+        if isinstance(claim, JobLease):
+            job = await _clean_leftovers(job)
+        return job, claim
+
+    async def _take(
+        self, job: JobSpec, target: Target, store: LeaseStore, emit: Emit
+    ) -> JobLease | Elsewhere:
+        assert isinstance(target.storage, S3Storage)
+        name = lease_name(job.name)
+        record = LeaseRecord(
+            job=job.name,
+            run=self.run_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            shard=self.shard,
+            seconds=float(target.storage.lease_duration),
+            state="held",
+            taken_at=datetime.now(UTC),
+            manifest=target.manifest_name,
+        )
+        for _ in range(TAKE_ATTEMPTS):
+            sent = time.monotonic()
+            async with waiting_notice(emit, f"{target.label}: taking job {job.name}'s lease", job):
+                etag = await in_thread(store.create_if_absent, name, encode(record))
+            if etag is not None:
+                return JobLease(store, name, record, etag, sent)
+            seen = await _look(store, name)
+            if seen is None:
+                continue  # gone meanwhile: try again
+            verdict = self._judge(seen, record.seconds)
+            if verdict is Verdict.HELD:
+                what = f"{job.name}: its lease is held by {describe_holder(seen.record, seen.age)}"
+                async with waiting_notice(
+                    emit, f"{what}; waiting for a renewal or its expiry", job
+                ):
+                    changed = await self._watch(store, name, seen, record.seconds)
+                if changed is None:
+                    continue
+                if changed.etag != seen.etag and changed.record is not None:  # it was alive
+                    if changed.record.state == "held":  # renewed, or taken by another
+                        holder = describe_holder(changed.record, changed.age)
+                        return Elsewhere(f"running elsewhere: lease held by {holder}")
+                    if changed.record.outcome == "succeeded":  # it ran beside this runner
+                        return Elsewhere(
+                            describe_done(changed.record, changed.age, run=self.run_id)
+                        )
+                seen, verdict = changed, self._judge(changed, record.seconds)
+            if verdict is Verdict.EXPIRED and await self._committed_by_this_run(store, seen):
+                verdict = Verdict.DONE
+            if verdict is Verdict.DONE:
+                assert seen.record is not None
+                return Elsewhere(describe_done(seen.record, seen.age, run=self.run_id))
+            if verdict is Verdict.EXPIRED:
+                log.warning(
+                    "%s: taking over its lease from %s, which stopped renewing it",
+                    job.name,
+                    describe_holder(seen.record, seen.age),
+                )
+            await in_thread(store.delete_if, name, seen.etag)  # only if still that version
+        return Elsewhere(f"its lease changed hands {TAKE_ATTEMPTS} times while this runner tried")
+
+    def _judge(self, seen: Seen, seconds: float) -> Verdict:
+        return judge(seen, run=self.run_id, fallback_seconds=seconds)
+
+    async def _watch(self, store: LeaseStore, name: str, seen: Seen, seconds: float) -> Seen | None:
+        """Poll a held lease until it changes (renewed, released, taken) or is no longer
+        held by its verdict (expired); None when it went away."""
+        pause = max(0.5, min(5.0, seconds / (2 * RENEWALS_PER_DURATION)))
+        while True:
+            await asyncio.sleep(pause)
+            now = await _look(store, name)
+            if now is None or now.etag != seen.etag:
+                return now
+            if self._judge(now, seconds) is not Verdict.HELD:
+                return now
+
+    async def _committed_by_this_run(self, store: LeaseStore, seen: Seen) -> bool:
+        """Did an earlier attempt of this run (a pod killed after its commit) store the
+        backup whose lease expired? Then it is done, not to be dumped again."""
+        record = seen.record
+        if record is None or record.run != self.run_id:
+            return False
+        return await in_thread(store.exists, record.manifest)
+
+
+async def _look(store: LeaseStore, name: str) -> Seen | None:
+    found = await in_thread(store.read_versioned, name)
+    if found is None:
+        return None
+    data, etag, written_at, age = found
+    return Seen(decode(data), etag, written_at, age)
+
+
+def lease_target(job: JobSpec) -> Target | None:
+    """Where a job's lease lives: its first S3 target (config order, the same for every
+    runner), unless that one is already known unusable."""
+    unusable = dict(job.unusable)
+    for target in job.targets:
+        if isinstance(target.storage, S3Storage):
+            return None if target.label in unusable else target
+    return None
+
+
+def _unusable(job: JobSpec, target: Target, why: str) -> JobSpec:
+    return dataclasses.replace(job, unusable=(*job.unusable, (target.label, why)))
+
+
+async def _clean_leftovers(job: JobSpec) -> JobSpec:
+    """Remove what interrupted runs of this job left in its buckets, now that no other
+    runner may be writing them; a bucket that does not answer is left out of the job."""
+    for target in job.targets:
+        if not isinstance(target.storage, S3Storage) or target.label in dict(job.unusable):
+            continue
+        store = runtime.current().store(target.storage)
+        try:
+            removed = await in_thread(store.clean_incomplete, [target.file_prefix])
+        except TargetUnreachableError as exc:
+            job = _unusable(job, target, str(exc))
+            continue
+        except StorageError as exc:
+            log.warning("could not look for leftovers on %s: %s", target.label, exc)
+            continue
+        for leftover in removed:
+            log.warning("removed %s, left behind by an interrupted run", leftover)
+    return job
