@@ -527,6 +527,74 @@ def list_command(
     exits.for_target_errors(catalog.errors)
 
 
+# -- report --------------------------------------------------------------------------------------
+
+
+@app.command("report")
+def report_command(
+    config: ConfigOption,
+    since: Annotated[
+        str,
+        typer.Option(
+            "--since",
+            metavar="TIME",
+            help="Count backups taken at or after TIME: a moment (2026-12-02T01:00:00Z) or a "
+            "duration before now (8h).",
+        ),
+    ],
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+    notify: Annotated[
+        bool,
+        typer.Option("--notify", help="Send the summary to the config's notifiers (one message)."),
+    ] = False,
+) -> None:
+    """Every job the config expects, backed up since TIME or missing — whichever runner
+    (shard) stored it: one summary of a fleet run from the catalog. Exit 1 if one is missing."""
+    from db_backup.catalog import list_backups
+    from db_backup.fleet import expected_jobs, summarize
+    from db_backup.run import configured_jobs
+
+    moment = _moment(since)
+    with exits.errors_to_exit_codes():
+        loaded = setup.load_config(config, require_env=notify)  # notifiers need their secrets
+        catalog = exits.interruptible(list_backups(loaded))
+    wildcards = [backup.name for backup in loaded.backups if backup.is_wildcard]
+    expected = expected_jobs(configured_jobs(loaded), wildcards, catalog.archives, moment)
+    summary = summarize(expected, catalog.archives, moment)
+    if json_output:
+        from db_backup.cli.render import fleet_json
+
+        sys.stdout.buffer.write(fleet_json(summary, catalog.errors))
+    else:
+        from db_backup.cli.tables import fleet_table
+
+        _print_table(fleet_table(summary))
+    if notify:
+        setup.notify_summary(loaded, summary, catalog.errors)
+    if summary.missing:
+        raise typer.Exit(exits.EXIT_FAILED)
+    exits.for_target_errors(catalog.errors)
+
+
+def _moment(text: str) -> Any:
+    """--since: an ISO 8601 moment (UTC unless it says otherwise) or a duration before now."""
+    from datetime import UTC, datetime, timedelta
+
+    from db_backup.units import parse_duration
+
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        exits.fail_usage(
+            f"--since: expected a moment (2026-12-02T01:00:00Z) or a duration (8h), got {text!r}"
+        )
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 # -- schedule ------------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ per-job lines go to stderr, results (summary table, JSON report) to stdout, so
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import IO, Protocol
 
@@ -15,6 +16,7 @@ import msgspec
 
 from db_backup.catalog import Catalog
 from db_backup.errors import ConnectionCheckError
+from db_backup.fleet import FleetSummary
 from db_backup.model import (
     JobEvent,
     JobFinished,
@@ -134,6 +136,31 @@ class PlainRenderer:
             line = f"{_clock()} {text}"
         self._stream.write(f"{line}\n")
         self._stream.flush()
+
+
+def fleet_json(summary: FleetSummary, errors: Mapping[str, str]) -> bytes:
+    """`db-backup report --json`: each expected job since the moment, and the targets that
+    could not be read (whose backups the summary could not see)."""
+    document = {
+        "since": summary.since,
+        "expected": len(summary.jobs),
+        "backed_up": len(summary.jobs) - len(summary.missing),
+        "missing": [job.job for job in summary.missing],
+        "stored_bytes": summary.stored_bytes,
+        "jobs": [
+            {
+                "job": job.job,
+                "status": "backed up" if job.backed_up else "missing",
+                "taken_at": job.taken_at,
+                "raw_bytes": job.raw_bytes,
+                "stored_bytes": job.stored_bytes,
+                "files": job.locations,
+            }
+            for job in summary.jobs
+        ],
+        "errors": errors,
+    }
+    return msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n"
 
 
 def catalog_json(catalog: Catalog) -> bytes:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,40 @@ def notify_failure(
         total=total,
         failed=len(listed),
         problems=listed,
+    )
+    warn_undelivered(exits.interruptible(send_notice(loaded.notify, notice)))
+
+
+def notify_summary(loaded: Any, summary: Any, errors: Mapping[str, str]) -> None:
+    """`report --notify`: one message for a whole fleet run (fleet.FleetSummary), to every
+    notifier whose `on:` wants it; the jobs with no backup, and unreadable targets, as
+    problems."""
+    for label, why in loaded.muted_notifiers:
+        typer.echo(f"db-backup: warning: notify: {label}: not sent: {why}", err=True)
+    if not loaded.notify:
+        return
+    import socket
+
+    from db_backup.cli import exits
+    from db_backup.notification import Notice, Problem
+    from db_backup.notify import send_notice
+
+    since = summary.since.strftime("%Y-%m-%d %H:%M UTC")
+    problems = tuple(
+        Problem(job.job, f"no backup since {since}", "missing") for job in summary.missing
+    )
+    problems += tuple(
+        Problem(label, "its backups could not be listed", why) for label, why in errors.items()
+    )
+    notice = Notice(
+        command="report",
+        host=socket.gethostname(),
+        config=loaded.source,
+        noun="backups",
+        total=len(summary.jobs),
+        failed=len(summary.missing),
+        problems=problems,
+        stored_bytes=summary.stored_bytes,
     )
     warn_undelivered(exits.interruptible(send_notice(loaded.notify, notice)))
 

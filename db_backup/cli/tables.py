@@ -23,6 +23,7 @@ from db_backup.shard import Shard
 from db_backup.units import format_bytes, format_duration, format_rate
 
 if TYPE_CHECKING:
+    from db_backup.fleet import FleetSummary
     from db_backup.run import Sharding
 
 
@@ -176,6 +177,29 @@ def partition_table(shares: Sharding, count: int, only: Shard | None = None) -> 
         f"{shares.anchor:%Y-%m-%d %H:%M} UTC"
         + (f"; {unsized} without one count as the median" if unsized else "")
         + ("; (new): found since, placed by name, size unknown" if shares.newcomers else "")
+    )
+    table.caption_justify = "left"
+    return table
+
+
+def fleet_table(summary: FleetSummary) -> Table:
+    """`db-backup report`: each expected job, backed up since the moment or missing."""
+    since = summary.since.strftime("%Y-%m-%d %H:%M:%S")
+    table = Table(box=box.SIMPLE_HEAD, title=f"backups since {since} UTC", title_justify="left")
+    for column in ("job", "status", "taken (UTC)", "raw size"):
+        table.add_column(column, no_wrap=True, justify="right" if column == "raw size" else "left")
+    table.add_column("where", overflow="fold")
+    for job in summary.jobs:
+        status = Text("backed up", style="green") if job.backed_up else Text("MISSING", "bold red")
+        taken = job.taken_at.strftime("%Y-%m-%d %H:%M:%S") if job.taken_at else "-"
+        size = format_bytes(job.raw_bytes) if job.backed_up else "-"
+        table.add_row(
+            Text(job.job), status, Text(taken), Text(size), Text("\n".join(job.locations))
+        )
+    missing = len(summary.missing)
+    table.caption = (
+        f"{len(summary.jobs) - missing} of {len(summary.jobs)} jobs backed up, {missing} missing; "
+        f"{format_bytes(summary.stored_bytes)} stored"
     )
     table.caption_justify = "left"
     return table

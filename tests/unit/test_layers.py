@@ -78,6 +78,7 @@ FLOORS: list[set[str]] = [
     # what reads or guards many targets, and the planner
     # ... and leases in a bucket, per job
     {"catalog", "plan", "lock", "integrity", "preflight", "leasing"},
+    {"fleet"},  # what a fleet run stored: the catalog summed up per job
     {
         "prune",
         "delivery",
