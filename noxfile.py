@@ -48,3 +48,10 @@ def nights(session: nox.Session) -> None:
     """Ten nights into a restic repository against .sql.gz files (needs restic; ~25 minutes)."""
     session.install("-e", ".[test]")
     session.run("python", "benchmarks/nights.py", *session.posargs)
+
+
+@nox.session
+def fleet(session: nox.Session) -> None:
+    """N runners sharing 40 databases (see benchmarks/fleet.py; --total-mb, --rounds)."""
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/fleet.py", *session.posargs)

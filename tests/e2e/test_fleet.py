@@ -3,7 +3,7 @@ PostgreSQL and the bucket — as the pods of a Kubernetes Indexed Job. One shard
 SIGKILLed mid-run and started again (as Kubernetes retries the pod); one shard is deployed
 twice. Every database is dumped once and stored once; `db-backup report` sums the fleet's
 night up from the catalog. (Timing — the slowest shard against the mean — is the benchmark's:
-`nox -s bench -- fleet`.)"""
+`nox -s fleet`.)"""
 
 from __future__ import annotations
 
