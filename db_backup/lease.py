@@ -26,6 +26,9 @@ from db_backup.units import format_duration
 LEASE_FOLDER = ".db-backup-leases"  # a deeper "folder": the catalog's listings never see it
 # A date on the wire has one-second resolution, twice (Date and Last-Modified).
 CLOCK_SLACK_SECONDS = 2.0
+# How long a run's backups count as done for a retry of the same run (a night's Job lasts
+# hours; a run id seen again after this is a new night that reused the id).
+RUN_MEMORY_SECONDS = 20 * 3600.0
 
 
 class LeaseRecord(msgspec.Struct, kw_only=True, frozen=True):
@@ -42,6 +45,9 @@ class LeaseRecord(msgspec.Struct, kw_only=True, frozen=True):
     renewals: int = 0
     manifest: str  # the manifest this holder's backup will have on the lease's target
     outcome: str | None = None  # when released: the job's status
+    # Which kernel and PID namespace `pid` lives in (see leasing.this_machine): a runner on
+    # the same one can see that the holder is gone without waiting for the lease to expire.
+    machine: str = ""
 
 
 def lease_name(job: str) -> str:
@@ -87,11 +93,20 @@ def judge(seen: Seen, *, run: str, fallback_seconds: float) -> Verdict:
     if record is None:
         return Verdict.FREE if seen.age > fallback_seconds + CLOCK_SLACK_SECONDS else Verdict.HELD
     if record.state == "released":
-        done = record.outcome == "succeeded" and record.run == run
-        return Verdict.DONE if done else Verdict.FREE
+        return Verdict.DONE if is_this_runs_backup(seen, run) else Verdict.FREE
     if seen.age > record.seconds + CLOCK_SLACK_SECONDS:
         return Verdict.EXPIRED
     return Verdict.HELD
+
+
+def is_this_runs_backup(seen: Seen, run: str, *, committed: bool = False) -> bool:
+    """Did this run (an earlier attempt of it) back the job up? Its record says so, or
+    `committed` (its backup was found). Only within RUN_MEMORY: a run id reused days later
+    (a fixed DB_BACKUP_RUN_ID) must not skip every job for ever."""
+    record = seen.record
+    if record is None or record.run != run or seen.age > RUN_MEMORY_SECONDS:
+        return False
+    return committed or (record.state == "released" and record.outcome == "succeeded")
 
 
 def describe_holder(record: LeaseRecord | None, age: float) -> str:

@@ -22,15 +22,17 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import msgspec
 
-from db_backup import runtime
-from db_backup.config.schema import S3Storage
+from db_backup import runtime, threads
+from db_backup.config.schema import LocalStorage, S3Storage, StorageConfig
 from db_backup.errors import StorageError, TargetUnreachableError
 from db_backup.lease import (
     LeaseRecord,
@@ -40,6 +42,7 @@ from db_backup.lease import (
     describe_done,
     describe_holder,
     encode,
+    is_this_runs_backup,
     judge,
     lease_name,
 )
@@ -97,12 +100,15 @@ class JobLease:
         self._store, self._name = store, name
         self._record, self._etag = record, etag
         self._renewed = taken  # monotonic time the last successful write was sent
+        # A write given up on that may still land (its record, its request): see `_settle`.
+        self._in_flight: tuple[LeaseRecord, Future[str | None]] | None = None
         self.lost: str | None = None
         self.where = store.location(name)
 
     @contextlib.asynccontextmanager
     async def kept(self) -> AsyncIterator[None]:
-        """Renew the lease while the block runs; if it is lost, cancel the block's task."""
+        """Renew the lease while the block runs; if another runner takes it over, cancel
+        the block's task."""
         task = asyncio.current_task()
         assert task is not None
         keeper = asyncio.create_task(self._keep(task))
@@ -114,27 +120,73 @@ class JobLease:
                 await keeper
 
     async def _keep(self, job_task: asyncio.Task[object]) -> None:
+        """Renew every third of the duration. Refused: another runner took the lease over
+        (it judged this one dead): stop the job. An unreachable bucket stops nothing — this
+        job's copy there fails by itself, its other copies are this machine's own — and is
+        asked again; other errors stop the job once the lease may have expired."""
         seconds = self._record.seconds
         give_up = seconds * GIVE_UP_FRACTION
         pause = seconds / RENEWALS_PER_DURATION
+        told = False
         while True:
             await asyncio.sleep(max(0.0, self._renewed + pause - time.monotonic()))
             sent = time.monotonic()
             record = msgspec.structs.replace(self._record, renewals=self._record.renewals + 1)
             try:
-                async with asyncio.timeout(max(0.1, self._renewed + give_up - sent)):
-                    etag = await in_thread(
-                        self._store.replace_if, self._name, encode(record), self._etag
-                    )
+                written = await self._write(record, max(0.1, self._renewed + give_up - sent))
+            except TargetUnreachableError as exc:
+                if not told:
+                    log.warning("cannot renew %s, still trying: %s", self.where, exc)
+                    told = True
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
             except (StorageError, TimeoutError) as exc:
                 if time.monotonic() - self._renewed >= give_up:
                     why = str(exc) or "no answer"
                     return self._lose(job_task, f"it could not be renewed in time ({why})")
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
-            if etag is None:
+            if not written:
                 return self._lose(job_task, "another runner took it over")
-            self._record, self._etag, self._renewed = record, etag, sent
+            self._renewed, told = sent, False
+
+    async def _write(self, record: LeaseRecord, within: float) -> bool:
+        """Write `record` over this runner's last version. False: refused, and the lease is
+        not what this runner last sent (a write whose answer was lost, then refused when
+        retried, is this runner's own: adopted)."""
+        await self._settle(within)
+        request = threads.submit(self._store.replace_if, self._name, encode(record), self._etag)
+        self._in_flight = (record, request)
+        async with asyncio.timeout(within):
+            etag = await asyncio.shield(asyncio.wrap_future(request))
+        self._in_flight = None
+        if etag is None:
+            etag = await in_thread(self._ours, record)
+        if etag is None:
+            return False
+        self._record, self._etag = record, etag
+        return True
+
+    async def _settle(self, within: float) -> None:
+        """Wait (at most `within` seconds) for a write given up on to land, and take its version:
+        the next write, sent with the older ETag, would be refused as if another runner had
+        taken the lease."""
+        if self._in_flight is None:
+            return
+        record, request = self._in_flight
+        with contextlib.suppress(StorageError, TimeoutError):
+            async with asyncio.timeout(within):
+                etag = await asyncio.shield(asyncio.wrap_future(request))
+            if etag is not None:
+                self._record, self._etag = record, etag
+        self._in_flight = None
+
+    def _ours(self, record: LeaseRecord) -> str | None:
+        """The lease's ETag if its content is `record` (this runner's last write)."""
+        found = self._store.read_versioned(self._name)
+        if found is None or decode(found[0]) != record:
+            return None
+        return found[1]
 
     def _lose(self, job_task: asyncio.Task[object], why: str) -> None:
         self.lost = f"lost its lease {self.where}: {why}"
@@ -143,20 +195,17 @@ class JobLease:
 
     async def release(self, outcome: str) -> None:
         """Mark the lease released with the job's outcome (kept, not deleted: a runner of
-        the same run, or one that started with this one, learns the job is done)."""
+        the same run learns the job is done)."""
         if self.lost is not None:
             return
         record = msgspec.structs.replace(self._record, state="released", outcome=outcome)
         wait = RELEASE_WAIT_CANCELLED_SECONDS if outcome == "cancelled" else RELEASE_WAIT_SECONDS
         try:
-            async with asyncio.timeout(wait):
-                etag = await in_thread(
-                    self._store.replace_if, self._name, encode(record), self._etag
-                )
+            written = await self._write(record, wait)
         except (StorageError, TimeoutError) as exc:
             log.warning("could not release %s (it expires by itself): %s", self.where, exc)
             return
-        if etag is None:
+        if not written:
             log.warning("could not release %s: another runner had taken it over", self.where)
 
 
@@ -173,9 +222,10 @@ class Leases:
         self.shard = shard
 
     async def claim(self, job: JobSpec, emit: Emit) -> tuple[JobSpec, JobLease | Elsewhere | None]:
-        """Take `job`'s lease. Returns the job (a lease target that could not be asked is
-        added to its unusable targets, and the job runs on the others without a lease) and
-        the lease; Elsewhere when another runner has the job; None when it has no S3 target."""
+        """Take `job`'s lease. Returns the job and the lease; Elsewhere when another runner
+        has the job; None when it takes no lease (no S3 target, or `leases: false`). A lease
+        that cannot be asked leaves the job to this machine's own folders: its shared
+        targets (buckets, restic repositories) fail, for another runner may hold it."""
         target = lease_target(job)
         if target is None:
             return job, None
@@ -183,12 +233,32 @@ class Leases:
         if not isinstance(store, LeaseStore):
             return job, None
         try:
-            claim = await self._take(job, target, store, emit)
+            return job, await self._take(job, target, store, emit)
         except StorageError as exc:
-            return _unusable(job, target, f"cannot take the job's lease: {exc}"), None
-        if isinstance(claim, JobLease):
-            job = await _clean_leftovers(job)
-        return job, claim
+            why = f"cannot take the job's lease: {exc}"
+            shared = [t for t in job.targets if is_shared(t.storage)]
+            return _unusable(job, shared, why), None
+
+    async def clean(self, job: JobSpec) -> JobSpec:
+        """Under the job's lease: remove what interrupted runs of it left on its shared
+        targets (incomplete uploads, dumps without a manifest, restic snapshots without
+        theirs) — before, they may be another runner's work in progress. A target that
+        does not answer is left out of the job."""
+        for target in job.targets:
+            if not is_shared(target.storage) or target.label in dict(job.unusable):
+                continue
+            store = runtime.current().store(target.storage)
+            try:
+                removed = await in_thread(store.clean_incomplete, [target.file_prefix])
+            except TargetUnreachableError as exc:
+                job = _unusable(job, [target], str(exc))
+                continue
+            except StorageError as exc:
+                log.warning("could not look for leftovers on %s: %s", target.label, exc)
+                continue
+            for leftover in removed:
+                log.warning("removed %s, left behind by an interrupted run", leftover)
+        return job
 
     async def _take(
         self, job: JobSpec, target: Target, store: LeaseStore, emit: Emit
@@ -205,6 +275,7 @@ class Leases:
             state="held",
             taken_at=datetime.now(UTC),
             manifest=target.manifest_name,
+            machine=this_machine(),
         )
         for _ in range(TAKE_ATTEMPTS):
             sent = time.monotonic()
@@ -215,7 +286,11 @@ class Leases:
             seen = await _look(store, name)
             if seen is None:
                 continue  # gone meanwhile: try again
+            if seen.record == record:  # our own create, answered late and retried: ours
+                return JobLease(store, name, record, seen.etag, sent)
             verdict = self._judge(seen, record.seconds)
+            if verdict is Verdict.HELD and _holder_is_gone(seen.record):
+                verdict = Verdict.EXPIRED  # a killed run on this machine: no need to wait
             if verdict is Verdict.HELD:
                 what = f"{job.name}: its lease is held by {describe_holder(seen.record, seen.age)}"
                 async with waiting_notice(
@@ -233,6 +308,9 @@ class Leases:
                             describe_done(changed.record, changed.age, run=self.run_id)
                         )
                 seen, verdict = changed, self._judge(changed, record.seconds)
+                if verdict is Verdict.HELD:  # changed, yet not ours to read: someone's alive
+                    holder = describe_holder(changed.record, changed.age)
+                    return Elsewhere(f"running elsewhere: lease held by {holder}")
             if verdict is Verdict.EXPIRED and await self._committed_by_this_run(store, seen):
                 verdict = Verdict.DONE
             if verdict is Verdict.DONE:
@@ -265,10 +343,10 @@ class Leases:
     async def _committed_by_this_run(self, store: LeaseStore, seen: Seen) -> bool:
         """Did an earlier attempt of this run (a pod killed after its commit) store the
         backup whose lease expired? Then it is done, not to be dumped again."""
-        record = seen.record
-        if record is None or record.run != self.run_id:
+        if not is_this_runs_backup(seen, self.run_id, committed=True):
             return False
-        return await in_thread(store.exists, record.manifest)
+        assert seen.record is not None
+        return await in_thread(store.exists, seen.record.manifest)
 
 
 async def _look(store: LeaseStore, name: str) -> Seen | None:
@@ -279,35 +357,48 @@ async def _look(store: LeaseStore, name: str) -> Seen | None:
     return Seen(decode(data), etag, written_at, age)
 
 
+def this_machine() -> str:
+    """This kernel's boot and this process's PID namespace: two runners that share both see
+    the same processes under the same PIDs (unlike two containers, or two hosts, even of
+    one name)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""  # not Linux: never judged from here
+
+
+def _holder_is_gone(record: LeaseRecord | None) -> bool:
+    """Is the lease's holder a process of this machine (this_machine) that no longer runs?"""
+    if record is None or not record.machine or record.machine != this_machine():
+        return False
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # someone's process: alive
+    return False
+
+
+def is_shared(storage: StorageConfig) -> bool:
+    """Can runners on other machines write there (a bucket, a restic repository), unlike a
+    folder of this machine's own?"""
+    return not isinstance(storage, LocalStorage)
+
+
 def lease_target(job: JobSpec) -> Target | None:
     """Where a job's lease lives: its first S3 target (config order, the same for every
-    runner), unless that one is already known unusable."""
+    runner), unless that one says `leases: false` or is already known unusable."""
     unusable = dict(job.unusable)
     for target in job.targets:
         if isinstance(target.storage, S3Storage):
-            return None if target.label in unusable else target
+            usable = target.storage.leases and target.label not in unusable
+            return target if usable else None
     return None
 
 
-def _unusable(job: JobSpec, target: Target, why: str) -> JobSpec:
-    return dataclasses.replace(job, unusable=(*job.unusable, (target.label, why)))
-
-
-async def _clean_leftovers(job: JobSpec) -> JobSpec:
-    """Remove what interrupted runs of this job left in its buckets, now that no other
-    runner may be writing them; a bucket that does not answer is left out of the job."""
-    for target in job.targets:
-        if not isinstance(target.storage, S3Storage) or target.label in dict(job.unusable):
-            continue
-        store = runtime.current().store(target.storage)
-        try:
-            removed = await in_thread(store.clean_incomplete, [target.file_prefix])
-        except TargetUnreachableError as exc:
-            job = _unusable(job, target, str(exc))
-            continue
-        except StorageError as exc:
-            log.warning("could not look for leftovers on %s: %s", target.label, exc)
-            continue
-        for leftover in removed:
-            log.warning("removed %s, left behind by an interrupted run", leftover)
-    return job
+def _unusable(job: JobSpec, targets: Sequence[Target], why: str) -> JobSpec:
+    known = dict(job.unusable)
+    added = tuple((t.label, why) for t in targets if t.label not in known)
+    return dataclasses.replace(job, unusable=(*job.unusable, *added))

@@ -134,43 +134,52 @@ class Orchestrator:
         """The job's lease (if it has one, before it waits for a slot), its attempts, and
         its lease given back with the outcome."""
         lease: JobLease | None = None
-        result: JobResult | None = None
-        try:
-            if self._leases is not None:
+        if self._leases is not None:
+            try:
                 job, claim = await self._leases.claim(job, self.emit)
-                if isinstance(claim, Elsewhere):
-                    result = JobResult(job, JobStatus.ELSEWHERE, note=claim.reason)
-                    self.emit(JobFinished(result))
-                    return result
-                lease = claim
-            result = await self._attempted(job, lease)
-            return result
-        except asyncio.CancelledError:
-            if result is None and self.interrupted_by is not None:  # while taking its lease
-                result = JobResult(
+            except asyncio.CancelledError:
+                if self.interrupted_by is None:
+                    raise
+                cancelled = JobResult(
                     job, JobStatus.CANCELLED, error=f"cancelled ({self.interrupted_by})"
                 )
-                self.emit(JobFinished(result))
-                return result
-            raise
-        finally:
+                return self._finished(cancelled)
+            except Exception as exc:  # a bug must not pass for a cancellation
+                log.exception("internal error taking the lease of job %s", job.name)
+                error = f"internal error taking its lease: {type(exc).__name__}: {exc}"
+                return self._finished(self._failed(job, [], error, "internal"))
+            if isinstance(claim, Elsewhere):
+                return self._finished(JobResult(job, JobStatus.ELSEWHERE, note=claim.reason))
+            lease = claim
+        try:
+            result = await self._attempted(job, lease)
+        except BaseException:
             if lease is not None:
-                outcome = result.status if result is not None else JobStatus.CANCELLED
-                await asyncio.shield(lease.release(outcome.value))
+                await asyncio.shield(lease.release(JobStatus.CANCELLED.value))
+            raise
+        if lease is not None:
+            # A signal while the lease is given back changes nothing of how the job ended.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(lease.release(result.status.value))
+        return result
+
+    def _finished(self, result: JobResult) -> JobResult:
+        self.emit(JobFinished(result))
+        return result
 
     async def _attempted(self, job: JobSpec, lease: JobLease | None) -> JobResult:
         tries: list[datetime] = []
         try:
             async with lease.kept() if lease is not None else contextlib.nullcontext():
+                if lease is not None and self._leases is not None:
+                    job = await self._leases.clean(job)
                 committed = await self._attempts(job, tries)
         except asyncio.CancelledError:
             if lease is not None and lease.lost is not None:
                 task = asyncio.current_task()
                 assert task is not None
                 task.uncancel()  # the lease's keeper cancelled the job, not the run's caller
-                result = self._failed(
-                    job, tries, f"{lease.lost}; the dump was stopped and nothing was kept", "lease"
-                )
+                result = self._failed(job, tries, f"{lease.lost}; the job was stopped", "lease")
                 self.emit(JobFinished(result))
                 return result
             started = tries[0] if tries else None

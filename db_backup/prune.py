@@ -15,7 +15,7 @@ from datetime import datetime
 
 from db_backup import runtime
 from db_backup.catalog import Archive, job_archives, list_backups, targets_of, warn_about_future
-from db_backup.config.schema import Config, RetentionConfig
+from db_backup.config.schema import Config, RetentionConfig, S3Storage
 from db_backup.errors import StorageError
 from db_backup.lock import lock_folder, lock_storage
 from db_backup.model import JobSpec, Target
@@ -158,6 +158,10 @@ async def prune_config(
         jobs = {(e.target, e.job) for e in catalog.archives}
         for storage, backups in targets.items():
             if lock_folder(storage) not in locks.held or storage.label in report.errors:
+                continue
+            if isinstance(storage, S3Storage) and storage.leases:
+                # Another machine may be uploading there now: each job's next backup run
+                # cleans up after it, under the job's lease (leasing.Leases.clean).
                 continue
             prefixes = sorted(
                 {file_prefix(storage, job) for label, job in jobs if label == storage.label}

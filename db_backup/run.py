@@ -14,9 +14,9 @@ from datetime import datetime
 
 from db_backup import runtime
 from db_backup.catalog import list_backups
-from db_backup.config.schema import BackupConfig, Config, S3Storage, StorageConfig
+from db_backup.config.schema import BackupConfig, Config, StorageConfig
 from db_backup.errors import BackupError, StorageError, TargetUnreachableError
-from db_backup.leasing import Leases, new_run_id
+from db_backup.leasing import Leases, is_shared, lease_target, new_run_id
 from db_backup.lock import lock_folder, lock_storage
 from db_backup.model import (
     JobEvent,
@@ -176,9 +176,10 @@ async def _clean_leftovers(
     prefixes: dict[StorageConfig, set[str]] = {}
     for job in jobs:
         for target in job.targets:
-            # A bucket's leftovers may be another machine's uploads in progress: cleaned
-            # per job once its lease is held (leasing.py).
-            if target.label not in unusable and not isinstance(target.storage, S3Storage):
+            # A leased job's leftovers on shared targets may be another machine's work in
+            # progress: cleaned once its lease is held (leasing.Leases.clean).
+            leased = lease_target(job) is not None
+            if target.label not in unusable and not (leased and is_shared(target.storage)):
                 prefixes.setdefault(target.storage, set()).add(target.file_prefix)
     silent: dict[str, str] = {}
 

@@ -257,8 +257,10 @@ class Service:
         await self.refresh_catalog()
         for warning in warnings:
             self.say(f"warning: {warning}")
-        failed = len(report.failed)
-        self.say(f"backup {name}: {len(report.results) - failed} stored, {failed} failed")
+        from db_backup.model import JobStatus
+
+        stored = sum(1 for result in report.results if result.status is JobStatus.SUCCEEDED)
+        self.say(f"backup {name}: {stored} stored, {len(report.failed)} failed")
 
     def web_state(self) -> Any:
         """What the web UI shows, now (web/__init__.py)."""

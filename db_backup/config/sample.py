@@ -66,6 +66,7 @@ backups:
         # Runners on several machines writing here never dump one job at once: each job's
         # lease lives in this bucket; a runner that died holds its jobs this long at most.
         # lease_duration: 60s
+        # leases: false               # only if one machine writes here
         retention:                    # this target only: keep more in the bucket
           keep_daily: 30
           keep_monthly: 12

@@ -238,6 +238,9 @@ class S3Storage(_Target, frozen=True, tag="s3"):
     # A job's lease in this bucket (lease.py) lasts this long without a renewal; its holder
     # renews it every third of that. A runner that died holds its jobs this long at most.
     lease_duration: Duration = Duration(60.0)
+    # false: no leases here (a bucket only this machine writes to; a server that refuses
+    # conditional writes). Then nothing keeps runners on several machines apart.
+    leases: bool = True
 
     @property
     def request_bound(self) -> float:

@@ -81,10 +81,18 @@ def _describe(exc: Exception) -> str:
     return str(exc)
 
 
-def _make_client(config: S3Storage) -> Any:
+def _make_client(config: S3Storage, *, for_leases: bool = False) -> Any:
+    """The bucket's client. `for_leases`: quicker to give up (leasing.py): a lease write
+    answered late could land after its runner gave the lease up."""
     import botocore.session
     from botocore.config import Config as ClientConfig
 
+    attempts = config.max_attempts
+    connect, read = float(config.connect_timeout), float(config.read_timeout)
+    if for_leases:  # three tries (conditional writes that race are answered "retry"), all
+        # within about a third of the lease: none lands long after its runner gave up
+        attempts, bound = 3, max(1.0, config.lease_duration / 18)
+        connect, read = min(connect, bound), min(read, bound)
     session = botocore.session.Session(profile=config.profile)
     region = config.region or session.get_config_variable("region") or "us-east-1"
     if not config.secret_access_key:  # from the chain: keep its secrets out of the logs
@@ -99,9 +107,9 @@ def _make_client(config: S3Storage) -> Any:
         region_name=region,
         config=ClientConfig(
             s3={"addressing_style": "path" if config.path_style else "auto"},
-            retries={"mode": "standard", "total_max_attempts": config.max_attempts},
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.read_timeout,
+            retries={"mode": "standard", "total_max_attempts": attempts},
+            connect_timeout=connect,
+            read_timeout=read,
             max_pool_connections=max(10, 4 * config.upload_concurrency),
         ),
         aws_access_key_id=config.access_key_id or None,  # None (or ""): the standard chain
@@ -154,9 +162,13 @@ class Refusal:
     response: dict[str, Any]
 
 
-def _server_time(response: Mapping[str, Any]) -> datetime:
+def _server_time(response: Mapping[str, Any]) -> datetime | None:
     """The server's clock when it answered (the Date header, one-second resolution)."""
-    return email.utils.parsedate_to_datetime(response["ResponseMetadata"]["HTTPHeaders"]["date"])
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        return email.utils.parsedate_to_datetime(date) if date else None
+    except (TypeError, ValueError):
+        return None
 
 
 class S3Store:
@@ -166,6 +178,7 @@ class S3Store:
         self.config = config
         self.label = config.label
         self._client: Any = None
+        self._lease_client: Any = None
         self._lock = threading.Lock()
         # (when, why) the endpoint last failed to answer: see UNREACHABLE_MEMORY_SECONDS
         self._silent: tuple[float, str] | None = None
@@ -177,11 +190,14 @@ class S3Store:
         operation: str,
         *,
         refusals: frozenset[str] = frozenset(),
+        lease: bool = False,
         **arguments: Any,
     ) -> Any:
         """Run one S3 operation on this bucket; any failure becomes StorageError saying what
         was being done where, and why. An error whose code is in `refusals` (a conditional
-        request's PreconditionFailed) is an answer, not a failure: it returns a Refusal."""
+        request's PreconditionFailed) is an answer, not a failure: it returns a Refusal.
+        `lease`: on the lease client, whose quicker timeouts are not remembered as the
+        endpoint's silence (they must not fail uploads)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         with self._lock:
@@ -190,6 +206,8 @@ class S3Store:
                 if time.monotonic() - since < UNREACHABLE_MEMORY_SECONDS:
                     raise TargetUnreachableError(f"{action} {name}: not tried, {why} just before")
                 self._silent = None
+        if lease:
+            return self._call_lease(action, name, operation, refusals, arguments)
         try:
             with self._lock:
                 if self._client is None:
@@ -203,14 +221,45 @@ class S3Store:
         except BotoCoreError as exc:
             raise self.translate(exc, action, name) from None
 
-    def translate(self, exc: Exception, action: str, name: str) -> StorageError:
+    def _call_lease(
+        self,
+        action: str,
+        name: str,
+        operation: str,
+        refusals: frozenset[str],
+        arguments: dict[str, Any],
+    ) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            with self._lock:
+                if self._lease_client is None:
+                    self._lease_client = _make_client(self.config, for_leases=True)
+            response = getattr(self._lease_client, operation)(
+                Bucket=self.config.bucket, **arguments
+            )
+            if "Body" in response:  # read it here: its errors are this request's
+                with response["Body"] as body:
+                    response["Body"] = body.read()
+            return response
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in refusals:
+                return Refusal(dict(exc.response))
+            raise self.translate(exc, action, name, remember_silence=False) from None
+        except BotoCoreError as exc:
+            raise self.translate(exc, action, name, remember_silence=False) from None
+
+    def translate(
+        self, exc: Exception, action: str, name: str, *, remember_silence: bool = True
+    ) -> StorageError:
         """botocore's error as ours; an endpoint that did not answer is remembered, so the
         calls behind this one fail at once instead of each waiting out the same silence."""
         silence = _silence(exc, self.config)
         if silence is None:
             return StorageError(f"{action} {name}: {_describe(exc)}")
-        with self._lock:
-            self._silent = (time.monotonic(), silence)
+        if remember_silence:
+            with self._lock:
+                self._silent = (time.monotonic(), silence)
         return TargetUnreachableError(f"{action} {name}: {silence}")
 
     def key(self, name: str) -> str:
@@ -281,6 +330,7 @@ class S3Store:
             self.location(name),
             "put_object",
             refusals=_REFUSED,
+            lease=True,
             Key=self.key(name),
             Body=data,
             IfNoneMatch="*",
@@ -294,6 +344,7 @@ class S3Store:
             self.location(name),
             "put_object",
             refusals=_REFUSED,
+            lease=True,
             Key=self.key(name),
             Body=data,
             IfMatch=etag,
@@ -307,6 +358,7 @@ class S3Store:
             self.location(name),
             "delete_object",
             refusals=_REFUSED,
+            lease=True,
             Key=self.key(name),
             IfMatch=etag,
         )
@@ -321,15 +373,16 @@ class S3Store:
             self.location(name),
             "get_object",
             refusals=frozenset({"NoSuchKey", "404"}),
+            lease=True,
             Key=self.key(name),
         )
         if isinstance(response, Refusal):
             return None
-        with response["Body"] as body:
-            data = body.read()
         written: datetime = response["LastModified"]
-        age = (_server_time(response) - written).total_seconds()
-        return data, str(response["ETag"]), written, max(0.0, age)
+        answered = _server_time(response)
+        # Without a Date header the age is unknown: 0, the lease counts as just renewed.
+        age = 0.0 if answered is None else (answered - written).total_seconds()
+        return bytes(response["Body"]), str(response["ETag"]), written, max(0.0, age)
 
     def open_upload(self, name: str, labels: Mapping[str, str] | None = None) -> S3Upload:
         if self.exists(name):
@@ -345,8 +398,10 @@ class S3Store:
         return None
 
     def clean_incomplete(self, file_prefixes: list[str]) -> list[str]:
+        # One job's (after its lease, per job): list only its own keys; many: list once.
+        scope = file_prefixes[0] if len(file_prefixes) == 1 else ""
         removed = []
-        for key, upload_id in self._incomplete_uploads(self.config.folder):  # one listing
+        for key, upload_id in self._incomplete_uploads(self.config.folder + scope):
             name = key[len(self.config.folder) :]
             if any(is_own_file(name, prefix) for prefix in file_prefixes):
                 self.call(
@@ -357,7 +412,7 @@ class S3Store:
                     UploadId=upload_id,
                 )
                 removed.append(f"{self.location(name)} (incomplete upload {upload_id})")
-        for name in sorted(leftovers(self.names(""), file_prefixes)):  # and one more
+        for name in sorted(leftovers(self.names(scope), file_prefixes)):
             self.delete(name)
             removed.append(f"{self.location(name)} (no manifest)")
         return removed

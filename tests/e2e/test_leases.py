@@ -11,17 +11,19 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from db_backup.lease import LEASE_FOLDER, decode
+from db_backup.lease import LEASE_FOLDER, LeaseRecord, decode, encode
 from db_backup.pgcluster import ThrowawayCluster
 from tests.conftest import (
     StartCli,
     cli_env,
     create_database,
+    run_cli,
     s3_storage,
     server_defaults,
     write_config,
@@ -203,7 +205,41 @@ def test_a_job_whose_lease_was_taken_over_stops_and_keeps_nothing(
     assert job["status"] == "failed"
     assert job["error_kind"] == "lease"
     assert "another runner took it over" in job["error"]
-    assert "nothing was kept" in job["error"]
+    assert "the job was stopped" in job["error"]
     assert backups_in(s3, prefix, "lease_lost") == []
     assert s3.incomplete_uploads(f"{prefix}/") == []
     assert "lost its lease" in stderr
+
+
+def test_a_lease_left_by_a_runner_on_another_machine_is_taken_over_once_expired(
+    pg: ThrowawayCluster, s3: SeaweedServer, tmp_path: Path
+) -> None:
+    """A pod that died elsewhere: its lease is not renewed, and no process of ours can be
+    asked about it — the job waits for the lease's expiry, then takes it over."""
+    config, prefix = lease_config(pg, s3, tmp_path, ["lease_stale"])
+    (tmp_path / "gate").touch()
+    dead = LeaseRecord(
+        job="lease_stale",
+        run="another-night",
+        host="pod-7",
+        pid=4242,
+        shard="3/4",
+        seconds=3.0,
+        state="held",
+        taken_at=datetime.now(UTC),
+        manifest="lease_stale_20261202T010000Z.sql.gz.json",
+        machine="another-kernel/1",
+    )
+    key = f"{prefix}/{LEASE_FOLDER}/lease_stale.json"
+    s3.client().put_object(Bucket=s3.bucket, Key=key, Body=encode(dead))
+    result = run_cli("backup", "-c", str(config), "--json", env=runner_env(pg, s3, tmp_path / "m"))
+
+    assert result.returncode == 0, result.stderr
+    [job] = json.loads(result.stdout)["jobs"]
+    assert job["status"] == "succeeded"
+    assert "its lease is held by PID 4242 on pod-7 (shard 3/4, run another-night)" in result.stderr
+    assert "taking over its lease from PID 4242 on pod-7" in result.stderr
+    lease = decode(s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read())
+    assert lease is not None
+    assert (lease.pid, lease.state, lease.outcome) != (4242, "held", None)
+    assert lease.outcome == "succeeded"

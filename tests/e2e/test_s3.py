@@ -372,24 +372,39 @@ def test_interrupted_upload_is_aborted_and_a_second_run_is_refused_meanwhile(
     assert s3.objects(f"{prefix}/") == []
 
 
-def test_prune_aborts_incomplete_uploads_of_its_jobs_and_leaves_others_alone(
+def test_what_a_killed_run_left_goes_under_the_jobs_lease_or_with_prune_without_leases(
     pg: ThrowawayCluster, s3: SeaweedServer, tmp_path: Path
 ) -> None:
-    """What a killed run leaves (an upload never completed) goes with `prune`; an upload of
-    another job, or a foreign one, in the same folder is not touched."""
-    prefix = "prune-leftovers"
-    backup = {"name": "pg", "database": "postgres", "storage": s3_storage(s3, prefix)}
-    config = backup_config(pg, tmp_path, [backup])
+    """What a killed run leaves (an upload never completed) is removed by the job's next run,
+    under its lease — not by `prune`, which holds no lease while another machine may be
+    uploading; with `leases: false` (one machine), `prune` removes it. An upload of another
+    job, or a foreign one, in the same folder is never touched."""
     client = s3.client()
-    ours = f"{prefix}/pg_20200101T000000Z.sql.gz"
-    others = [f"{prefix}/pg_eu_20200101T000000Z.sql.gz", f"{prefix}/notes.txt"]
-    for key in [ours, *others]:
-        client.create_multipart_upload(Bucket=s3.bucket, Key=key)
 
-    result = run_cli("prune", "-c", str(config), env=cli_env(s3=s3))
-    assert result.returncode == 0, result.stderr
-    assert f"removed s3://{s3.bucket}/{ours} (incomplete upload " in result.stdout
-    assert sorted(key for key, _ in s3.incomplete_uploads(f"{prefix}/")) == sorted(others)
+    def leave_uploads(prefix: str) -> tuple[str, list[str]]:
+        ours = f"{prefix}/pg_20200101T000000Z.sql.gz"
+        others = [f"{prefix}/pg_eu_20200101T000000Z.sql.gz", f"{prefix}/notes.txt"]
+        for key in [ours, *others]:
+            client.create_multipart_upload(Bucket=s3.bucket, Key=key)
+        return ours, others
+
+    leased = {"name": "pg", "database": "postgres", "storage": s3_storage(s3, "left-leased")}
+    config = backup_config(pg, tmp_path, [leased])
+    ours, others = leave_uploads("left-leased")
+    pruned = run_cli("prune", "-c", str(config), env=cli_env(s3=s3))
+    assert pruned.returncode == 0, pruned.stderr
+    assert len(s3.incomplete_uploads("left-leased/")) == 3  # prune leaves them
+    code, jobs = run_json(config, cli_env(pg, s3=s3))
+    assert code == 0, jobs["pg"]["error"]
+    remaining = sorted(key for key, _ in s3.incomplete_uploads("left-leased/"))
+    assert remaining == sorted(others)  # the backup run took its own, under its lease
+
+    alone = dict(leased, storage=s3_storage(s3, "left-alone", leases=False))
+    ours, others = leave_uploads("left-alone")
+    pruned = run_cli("prune", "-c", str(backup_config(pg, tmp_path, [alone])), env=cli_env(s3=s3))
+    assert pruned.returncode == 0, pruned.stderr
+    assert f"removed s3://{s3.bucket}/{ours} (incomplete upload " in pruned.stdout
+    assert sorted(key for key, _ in s3.incomplete_uploads("left-alone/")) == sorted(others)
 
 
 def test_verify_reads_backups_in_the_bucket_and_finds_damage(

@@ -10,6 +10,7 @@ import pytest
 
 from db_backup.lease import (
     CLOCK_SLACK_SECONDS,
+    RUN_MEMORY_SECONDS,
     LeaseRecord,
     Seen,
     Verdict,
@@ -68,8 +69,13 @@ def test_a_lease_not_renewed_past_its_duration_and_the_slack_has_expired() -> No
     ],
 )
 def test_a_released_lease(run: str, outcome: str, expected: Verdict) -> None:
-    for age in (1.0, 5000.0):  # how long ago does not matter
+    for age in (1.0, 5000.0, RUN_MEMORY_SECONDS):  # hours later: a pod retried late
         assert verdict(seen(age, state="released", outcome=outcome), run=run) is expected
+
+
+def test_a_run_id_seen_again_days_later_is_a_new_night() -> None:
+    found = seen(RUN_MEMORY_SECONDS + 1, state="released", outcome="succeeded")
+    assert verdict(found, run="run-a") is Verdict.FREE
 
 
 def test_an_unreadable_object_is_judged_by_its_age_with_our_own_duration() -> None:
