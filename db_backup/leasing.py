@@ -299,17 +299,13 @@ class Leases:
                     changed = await self._watch(store, name, seen, record.seconds)
                 if changed is None:
                     continue
-                if changed.etag != seen.etag and changed.record is not None:  # it was alive
-                    if changed.record.state == "held":  # renewed, or taken by another
-                        holder = describe_holder(changed.record, changed.age)
-                        return Elsewhere(f"running elsewhere: lease held by {holder}")
-                    if changed.record.outcome == "succeeded":  # it ran beside this runner
-                        return Elsewhere(
-                            describe_done(changed.record, changed.age, run=self.run_id)
-                        )
-                seen, verdict = changed, self._judge(changed, record.seconds)
-                if verdict is Verdict.HELD:  # changed, yet not ours to read: someone's alive
-                    holder = describe_holder(changed.record, changed.age)
+                moved, seen = changed.etag != seen.etag, changed
+                verdict = self._judge(seen, record.seconds)
+                if moved and seen.record is not None and seen.record.outcome == "succeeded":
+                    # given back after a backup: it ran beside this runner
+                    return Elsewhere(describe_done(seen.record, seen.age, run=self.run_id))
+                if verdict is Verdict.HELD:  # renewed, or taken by another: someone's alive
+                    holder = describe_holder(seen.record, seen.age)
                     return Elsewhere(f"running elsewhere: lease held by {holder}")
             if verdict is Verdict.EXPIRED and await self._committed_by_this_run(store, seen):
                 verdict = Verdict.DONE
