@@ -16,6 +16,8 @@ requests are in leasing.py.
 from __future__ import annotations
 
 import enum
+import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -48,6 +50,31 @@ class LeaseRecord(msgspec.Struct, kw_only=True, frozen=True):
     # Which kernel and PID namespace `pid` lives in (see leasing.this_machine): a runner on
     # the same one can see that the holder is gone without waiting for the lease to expire.
     machine: str = ""
+
+
+class PartitionRecord(msgspec.Struct, kw_only=True, frozen=True):
+    """How the first runner of a fleet run shared the jobs out: every later runner of the
+    run (another shard, a retried pod hours later) follows it, even if the catalog has
+    changed since (tonight's retention may have removed a backup it read a size from)."""
+
+    run: str
+    shards: int
+    assignment: dict[str, int]  # job → shard
+    host: str
+    taken_at: datetime
+
+
+def partition_name(run: str) -> str:
+    """Where a fleet run's partition is kept, beside the leases."""
+    return f"{LEASE_FOLDER}/runs/{safe_name(run)}.json"
+
+
+def safe_name(text: str) -> str:
+    """A run id as one key component: nothing but [A-Za-z0-9._-], and a hash when changed."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip(".")[:80]
+    if cleaned == text:
+        return cleaned
+    return f"{cleaned}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def lease_name(job: str) -> str:

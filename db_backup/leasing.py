@@ -33,9 +33,11 @@ import msgspec
 
 from db_backup import runtime, threads
 from db_backup.config.schema import LocalStorage, S3Storage, StorageConfig
-from db_backup.errors import StorageError, TargetUnreachableError
+from db_backup.errors import BackupError, StorageError, TargetUnreachableError
 from db_backup.lease import (
+    RUN_MEMORY_SECONDS,
     LeaseRecord,
+    PartitionRecord,
     Seen,
     Verdict,
     decode,
@@ -45,6 +47,7 @@ from db_backup.lease import (
     is_this_runs_backup,
     judge,
     lease_name,
+    partition_name,
 )
 from db_backup.model import JobEvent, JobSpec, Target
 from db_backup.notice import waiting_notice
@@ -133,19 +136,22 @@ class JobLease:
             sent = time.monotonic()
             record = msgspec.structs.replace(self._record, renewals=self._record.renewals + 1)
             try:
-                written = await self._write(record, max(0.1, self._renewed + give_up - sent))
-            except TargetUnreachableError as exc:
+                written = await self._write(record, request_bound(seconds))
+            except (TargetUnreachableError, TimeoutError) as exc:  # no answer
                 if not told:
-                    log.warning("cannot renew %s, still trying: %s", self.where, exc)
+                    why = str(exc) or "no answer"
+                    log.warning("cannot renew %s, still trying: %s", self.where, why)
                     told = True
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
-            except (StorageError, TimeoutError) as exc:
+            except StorageError as exc:
                 if time.monotonic() - self._renewed >= give_up:
-                    why = str(exc) or "no answer"
-                    return self._lose(job_task, f"it could not be renewed in time ({why})")
+                    return self._lose(job_task, f"it could not be renewed in time ({exc})")
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
+            except Exception as exc:  # a bug: renewals would stop unseen, the lease expire
+                log.exception("renewing %s", self.where)
+                return self._lose(job_task, f"internal error renewing it: {exc!r}")
             if not written:
                 return self._lose(job_task, "another runner took it over")
             self._renewed, told = sent, False
@@ -160,10 +166,15 @@ class JobLease:
         async with asyncio.timeout(within):
             etag = await asyncio.shield(asyncio.wrap_future(request))
         self._in_flight = None
-        if etag is None:
-            etag = await in_thread(self._ours, record)
-        if etag is None:
-            return False
+        if etag is None:  # a write of ours whose answer was lost may have landed
+            found = await in_thread(self._ours, record)
+            if found is None:
+                return False
+            current, etag = found
+            if current != record:  # an older write of ours is there: this one once more
+                etag = await in_thread(self._store.replace_if, self._name, encode(record), etag)
+            if etag is None:
+                return False
         self._record, self._etag = record, etag
         return True
 
@@ -181,12 +192,17 @@ class JobLease:
                 self._record, self._etag = record, etag
         self._in_flight = None
 
-    def _ours(self, record: LeaseRecord) -> str | None:
-        """The lease's ETag if its content is `record` (this runner's last write)."""
+    def _ours(self, record: LeaseRecord) -> tuple[LeaseRecord, str] | None:
+        """The lease as it is and its ETag, if it is still this runner's (a write of ours:
+        same run, host, PID, machine and taking), else None."""
         found = self._store.read_versioned(self._name)
-        if found is None or decode(found[0]) != record:
+        if found is None:
             return None
-        return found[1]
+        current = decode(found[0])
+        same = ("run", "host", "pid", "machine", "taken_at")
+        if current is None or any(getattr(current, f) != getattr(record, f) for f in same):
+            return None
+        return current, found[1]
 
     def _lose(self, job_task: asyncio.Task[object], why: str) -> None:
         self.lost = f"lost its lease {self.where}: {why}"
@@ -207,6 +223,53 @@ class JobLease:
             return
         if not written:
             log.warning("could not release %s: another runner had taken it over", self.where)
+
+
+async def agreed_partition(
+    store: LeaseStore, run_id: str, shards: int, assignment: dict[str, int]
+) -> dict[str, int]:
+    """The partition of fleet run `run_id`: the one its first runner stored, else
+    `assignment`, stored now as the run's. A run id seen again after RUN_MEMORY_SECONDS is
+    a new run (its old record is replaced). Raises BackupError when the run's first runner
+    shared the jobs out among a different number of shards."""
+    name = partition_name(run_id)
+    ours = PartitionRecord(
+        run=run_id,
+        shards=shards,
+        assignment=assignment,
+        host=socket.gethostname(),
+        taken_at=datetime.now(UTC),
+    )
+    data = msgspec.json.encode(ours)
+    for _ in range(TAKE_ATTEMPTS):
+        if await in_thread(store.create_if_absent, name, data) is not None:
+            return assignment
+        found = await in_thread(store.read_versioned, name)
+        if found is None:
+            continue
+        content, etag, _, age = found
+        try:
+            theirs = msgspec.json.decode(content, type=PartitionRecord)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            theirs = None
+        if theirs is None or age > RUN_MEMORY_SECONDS:
+            if await in_thread(store.replace_if, name, data, etag) is not None:
+                return assignment
+            continue
+        if theirs.shards != shards:
+            raise BackupError(
+                f"run {run_id!r} was shared out among {theirs.shards} shards by its first "
+                f"runner (on {theirs.host}), this runner says {shards}: give every runner "
+                "of one run the same --shards / DB_BACKUP_SHARDS"
+            )
+        return theirs.assignment
+    raise BackupError(f"could not agree on run {run_id!r}'s partition: it kept changing")
+
+
+def request_bound(seconds: float) -> float:
+    """How long one lease request may take, its tries included (s3._make_client's lease
+    client: 3 tries, each phase bounded by seconds / 18, at least 1 s; plus backoff)."""
+    return 3 * 2 * max(1.0, seconds / 18) + 3.0
 
 
 def new_run_id() -> str:
@@ -240,12 +303,14 @@ class Leases:
             return _unusable(job, shared, why), None
 
     async def clean(self, job: JobSpec) -> JobSpec:
-        """Under the job's lease: remove what interrupted runs of it left on its shared
-        targets (incomplete uploads, dumps without a manifest, restic snapshots without
-        theirs) — before, they may be another runner's work in progress. A target that
-        does not answer is left out of the job."""
+        """Under the job's lease: remove what interrupted runs of it left in its buckets
+        (incomplete uploads, dumps without a manifest) — before, they may be another
+        runner's uploads in progress. A bucket that does not answer is left out of the job.
+        (restic repositories are cleaned once per run, run.py: each clean is a `restic
+        snapshots` call opening the repository's key; a snapshot another machine made a
+        moment before its manifest's could go — restic's own leftovers are its to guard.)"""
         for target in job.targets:
-            if not is_shared(target.storage) or target.label in dict(job.unusable):
+            if not isinstance(target.storage, S3Storage) or target.label in dict(job.unusable):
                 continue
             store = runtime.current().store(target.storage)
             try:
@@ -328,11 +393,16 @@ class Leases:
         """Poll a held lease until it changes (renewed, released, taken) or is no longer
         held by its verdict (expired); None when it went away."""
         pause = max(0.5, min(5.0, seconds / (2 * RENEWALS_PER_DURATION)))
+        since = time.monotonic()
         while True:
             await asyncio.sleep(pause)
             now = await _look(store, name)
             if now is None or now.etag != seen.etag:
                 return now
+            # Unchanged while watched: at least that old, whatever the server's dates say
+            # (a server without a Date header reports every lease as just written).
+            unchanged = seen.age + time.monotonic() - since
+            now = dataclasses.replace(now, age=max(now.age, unchanged))
             if self._judge(now, seconds) is not Verdict.HELD:
                 return now
 
@@ -385,12 +455,10 @@ def is_shared(storage: StorageConfig) -> bool:
 
 def lease_target(job: JobSpec) -> Target | None:
     """Where a job's lease lives: its first S3 target (config order, the same for every
-    runner), unless that one says `leases: false` or is already known unusable."""
-    unusable = dict(job.unusable)
+    runner, whatever this machine found wrong with it), unless it says `leases: false`."""
     for target in job.targets:
         if isinstance(target.storage, S3Storage):
-            usable = target.storage.leases and target.label not in unusable
-            return target if usable else None
+            return target if target.storage.leases else None
     return None
 
 

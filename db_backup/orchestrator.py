@@ -158,9 +158,12 @@ class Orchestrator:
                 await asyncio.shield(lease.release(JobStatus.CANCELLED.value))
             raise
         if lease is not None:
-            # A signal while the lease is given back changes nothing of how the job ended.
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await asyncio.shield(lease.release(result.status.value))
+            except asyncio.CancelledError:
+                if self.interrupted_by is None:
+                    raise
+                # a signal while the lease is given back: the job ended as it did
         return result
 
     def _finished(self, result: JobResult) -> JobResult:

@@ -14,9 +14,15 @@ from datetime import datetime
 
 from db_backup import runtime
 from db_backup.catalog import list_backups
-from db_backup.config.schema import BackupConfig, Config, StorageConfig
+from db_backup.config.schema import BackupConfig, Config, S3Storage, StorageConfig
 from db_backup.errors import BackupError, StorageError, TargetUnreachableError
-from db_backup.leasing import Leases, is_shared, lease_target, new_run_id
+from db_backup.leasing import (
+    Leases,
+    LeaseStore,
+    agreed_partition,
+    lease_target,
+    new_run_id,
+)
 from db_backup.lock import lock_folder, lock_storage
 from db_backup.model import (
     JobEvent,
@@ -46,10 +52,20 @@ class Sharding:
     partition: Partition
     newcomers: Mapping[str, int]  # job → its shard
     anchor: datetime  # sizes come from backups taken before it
+    # The fleet run's partition as its first runner stored it (leasing.agreed_partition):
+    # followed instead of this runner's own; the jobs it does not name are newcomers.
+    agreed: Mapping[str, int] | None = None
 
     def jobs_of(self, index: int) -> set[str]:
         placed = {job for job, shard in self.newcomers.items() if shard == index}
+        if self.agreed is not None:
+            return {job for job, shard in self.agreed.items() if shard == index} | placed
         return set(self.partition.shards[index]) | placed
+
+    def assignment(self) -> dict[str, int]:
+        """Every job this runner knows of, and its shard."""
+        mine = {job: i for i, jobs in enumerate(self.partition.shards) for job in jobs}
+        return mine | dict(self.newcomers)
 
 
 async def sharding(config: Config, plan: Plan, count: int) -> Sharding:
@@ -113,9 +129,11 @@ async def prepare_plan(
     concurrency: int | None = None,
     tell: Tell | None = None,
     shard: Shard | None = None,
+    run_id: str | None = None,
 ) -> tuple[Plan, list[JobResult]]:
-    """Discover `database: "*"` databases, then plan (only `shard`'s jobs, when given);
-    failed discoveries come back as results."""
+    """Discover `database: "*"` databases, then plan (only `shard`'s jobs, when given: of
+    fleet run `run_id`'s partition, when given, see `agree`); failed discoveries come back
+    as results."""
     now = runtime.current().now()
     servers = sorted({str(server_of(b)) for b in selected if b.is_wildcard})
     async with waiting_notice(
@@ -138,8 +156,30 @@ async def prepare_plan(
     failures += [JobResult(job, JobStatus.FAILED, error=why) for job, why in plan.refused]
     if shard is not None:
         shares = await sharding(config, plan, shard.count)
+        if run_id is not None:
+            shares = await agree(config, plan, shares, run_id, shard.count)
         plan, failures = only_shard(plan, failures, shares, shard)
     return plan, failures
+
+
+async def agree(config: Config, plan: Plan, shares: Sharding, run_id: str, count: int) -> Sharding:
+    """Follow fleet run `run_id`'s partition, as its first runner stored it in the first
+    bucket with leases: a runner started later (a retried pod) may see another catalog —
+    tonight's retention may have removed a backup it would read a size from — and place a
+    job elsewhere, leaving it to no shard. Jobs the record does not name (found since) are
+    newcomers, placed by name. Without such a bucket, each runner's own partition."""
+    buckets = [t for b in config.backups for t in b.targets if isinstance(t, S3Storage)]
+    store = runtime.current().store(buckets[0]) if buckets and buckets[0].leases else None
+    if not isinstance(store, LeaseStore):
+        return shares
+    try:
+        agreed = await agreed_partition(store, run_id, count, shares.assignment())
+    except StorageError as exc:
+        raise BackupError(f"cannot read or store run {run_id!r}'s partition: {exc}") from None
+    newcomers = {
+        job.name: newcomer_shard(job.name, count) for job in plan.jobs if job.name not in agreed
+    }
+    return dataclasses.replace(shares, agreed=agreed, newcomers=newcomers)
 
 
 def _names_taken(plan: Plan, unusable: Mapping[str, str]) -> bool:
@@ -176,10 +216,10 @@ async def _clean_leftovers(
     prefixes: dict[StorageConfig, set[str]] = {}
     for job in jobs:
         for target in job.targets:
-            # A leased job's leftovers on shared targets may be another machine's work in
+            # A leased job's leftovers in a bucket may be another machine's upload in
             # progress: cleaned once its lease is held (leasing.Leases.clean).
-            leased = lease_target(job) is not None
-            if target.label not in unusable and not (leased and is_shared(target.storage)):
+            leased = lease_target(job) is not None and isinstance(target.storage, S3Storage)
+            if target.label not in unusable and not leased:
                 prefixes.setdefault(target.storage, set()).add(target.file_prefix)
     silent: dict[str, str] = {}
 
@@ -222,6 +262,7 @@ class BackupRun:
         self._wait = wait
         self._limits = limits
         self._shard = shard
+        self._fleet_run = run_id  # given: one run of several runners (see `agree`)
         self._leases = Leases(run_id or new_run_id(), str(shard) if shard else None)
         self._orchestrator: Orchestrator | None = None
 
@@ -259,6 +300,7 @@ class BackupRun:
                 concurrency=concurrency,
                 tell=self._emit,
                 shard=self._shard,
+                run_id=self._fleet_run,
             )
             if attempt == 0:
                 unusable.update(await _clean_leftovers(plan.jobs, unusable, self._emit))

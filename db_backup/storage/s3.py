@@ -200,6 +200,10 @@ class S3Store:
         endpoint's silence (they must not fail uploads)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        if lease and operation == "put_object" and "IfMatch" in arguments:
+            # A held lease's renewal or release: asked whatever an upload's timeout said
+            # of the endpoint, or the lease would lapse for a moment's silence.
+            return self._call_lease(action, name, operation, refusals, arguments)
         with self._lock:
             if self._silent is not None:
                 since, why = self._silent

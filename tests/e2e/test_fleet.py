@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from db_backup.lease import LEASE_FOLDER
 from db_backup.pgcluster import ThrowawayCluster
 from tests.conftest import (
     StartCli,
@@ -178,3 +179,63 @@ def test_a_fleet_backs_up_every_database_once_through_a_kill_and_a_double_deploy
     assert "fleet_never_run" in missing.stdout
     assert "MISSING" in missing.stdout
     assert "40 of 41 jobs backed up, 1 missing" in missing.stdout
+
+
+def test_every_runner_of_a_run_follows_the_partition_its_first_runner_stored(
+    pg: ThrowawayCluster, s3: SeaweedServer, tmp_path: Path
+) -> None:
+    """A pod retried hours later may see another catalog (retention removed a backup whose
+    size placed a job): it follows the run's stored partition, so no job falls between the
+    shards."""
+    names = ["agreed_a", "agreed_b", "agreed_c", "agreed_d"]
+    for name in names:
+        create_database(pg, name, "CREATE TABLE t AS SELECT 1 AS n;")
+    defaults = server_defaults(pg, tmp_path)
+    defaults["storage"] = s3_storage(s3, "agreed")
+    config = write_config(
+        tmp_path / "backup.yml",
+        {"defaults": defaults, "backups": [{"name": n, "database": n} for n in names]},
+    )
+    env = cli_env(pg, s3=s3)
+
+    def shard(spec: str, run: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(
+            "backup", "-c", str(config), "--json", "--shard", spec, "--run-id", run, env=env
+        )
+
+    # The first runner of a run stores how it shared the jobs out.
+    first = shard("0/2", "night-1")
+    assert first.returncode == 0, first.stderr
+    stored = json.loads(
+        s3.download(f"agreed/{LEASE_FOLDER}/runs/night-1.json", tmp_path / "r").read_text()
+    )
+    assert stored["shards"] == 2
+    assert sorted(stored["assignment"]) == names
+    ran = {job["job"] for job in json.loads(first.stdout)["jobs"]}
+    assert ran == {job for job, index in stored["assignment"].items() if index == 0}
+
+    # A run whose first runner put every job on shard 1: shard 0 has nothing to do.
+    record = {
+        "run": "night-2",
+        "shards": 2,
+        "assignment": dict.fromkeys(names, 1),
+        "host": "pod-0",
+        "taken_at": "2026-12-02T01:00:00+00:00",
+    }
+    key = f"agreed/{LEASE_FOLDER}/runs/night-2.json"
+    s3.client().put_object(Bucket=s3.bucket, Key=key, Body=json.dumps(record).encode())
+    idle = shard("0/2", "night-2")
+    assert idle.returncode == 0, idle.stderr
+    assert json.loads(idle.stdout)["jobs"] == []
+    busy = shard("1/2", "night-2")
+    assert busy.returncode == 0, busy.stderr
+    assert sorted(job["job"] for job in json.loads(busy.stdout)["jobs"]) == names
+
+    # A runner of that run told another shard count stops, saying why.
+    wrong = shard("0/3", "night-2")
+    assert wrong.returncode == 1
+    assert (
+        "shared out among 2 shards by its first runner (on pod-0), this runner says 3"
+        in wrong.stderr
+    )
+    assert "Traceback" not in wrong.stderr

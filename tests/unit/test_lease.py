@@ -19,6 +19,7 @@ from db_backup.lease import (
     encode,
     judge,
     lease_name,
+    partition_name,
 )
 
 RECORD = LeaseRecord(
@@ -100,3 +101,13 @@ def test_the_holder_is_named_for_a_person() -> None:
     assert "run run-a" in text
     assert "4.0s ago" in text
     assert "unreadable" in describe_holder(None, 4.0)
+
+
+def test_a_run_id_becomes_one_key_component_that_cannot_leave_the_folder() -> None:
+    assert partition_name("db-backup-29412345") == ".db-backup-leases/runs/db-backup-29412345.json"
+    for hostile in ("../../etc", "a/b", ".hidden", "x" * 300, "ünï cødé"):
+        component = partition_name(hostile).removeprefix(".db-backup-leases/runs/")
+        assert "/" not in component
+        assert not component.startswith(".")
+        assert len(component) <= 100
+    assert partition_name("a/b") != partition_name("a_b")  # changed: a hash tells them apart
