@@ -191,21 +191,19 @@ class S3Store:
         *,
         refusals: frozenset[str] = frozenset(),
         lease: bool = False,
+        heed_silence: bool = True,
         **arguments: Any,
     ) -> Any:
         """Run one S3 operation on this bucket; any failure becomes StorageError saying what
         was being done where, and why. An error whose code is in `refusals` (a conditional
         request's PreconditionFailed) is an answer, not a failure: it returns a Refusal.
         `lease`: on the lease client, whose quicker timeouts are not remembered as the
-        endpoint's silence (they must not fail uploads)."""
+        endpoint's silence (they must not fail uploads). `heed_silence`: False to ask even
+        an endpoint that was silent just before."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        if lease and operation == "put_object" and "IfMatch" in arguments:
-            # A held lease's renewal or release: asked whatever an upload's timeout said
-            # of the endpoint, or the lease would lapse for a moment's silence.
-            return self._call_lease(action, name, operation, refusals, arguments)
         with self._lock:
-            if self._silent is not None:
+            if self._silent is not None and heed_silence:
                 since, why = self._silent
                 if time.monotonic() - since < UNREACHABLE_MEMORY_SECONDS:
                     raise TargetUnreachableError(f"{action} {name}: not tried, {why} just before")
@@ -329,29 +327,27 @@ class S3Store:
     def create_if_absent(self, name: str, data: bytes) -> str | None:
         """Create `name` only if no object has that name (If-None-Match: *): its ETag, or
         None when refused."""
-        response = self.call(
-            "creating",
-            self.location(name),
-            "put_object",
-            refusals=_REFUSED,
-            lease=True,
-            Key=self.key(name),
-            Body=data,
-            IfNoneMatch="*",
-        )
-        return None if isinstance(response, Refusal) else str(response["ETag"])
+        return self._put_if("creating", name, data, IfNoneMatch="*")
 
     def replace_if(self, name: str, data: bytes, etag: str) -> str | None:
-        """Overwrite `name` only if it is still the version `etag` (If-Match); the new ETag."""
+        """Overwrite `name` only if it is still the version `etag` (If-Match); the new ETag.
+        Asked whatever an upload's timeout said of the endpoint: a held lease's renewal
+        must not lapse for a moment's silence."""
+        return self._put_if("rewriting", name, data, heed_silence=False, IfMatch=etag)
+
+    def _put_if(
+        self, action: str, name: str, data: bytes, *, heed_silence: bool = True, **condition: str
+    ) -> str | None:
         response = self.call(
-            "rewriting",
+            action,
             self.location(name),
             "put_object",
             refusals=_REFUSED,
             lease=True,
+            heed_silence=heed_silence,
             Key=self.key(name),
             Body=data,
-            IfMatch=etag,
+            **condition,
         )
         return None if isinstance(response, Refusal) else str(response["ETag"])
 
