@@ -167,7 +167,7 @@ class JobLease:
             etag = await asyncio.shield(asyncio.wrap_future(request))
         self._in_flight = None
         if etag is None:  # a write of ours whose answer was lost may have landed
-            found = await in_thread(self._ours, record)
+            found = await self._ours(record)
             if found is None:
                 return False
             current, etag = found
@@ -192,17 +192,16 @@ class JobLease:
                 self._record, self._etag = record, etag
         self._in_flight = None
 
-    def _ours(self, record: LeaseRecord) -> tuple[LeaseRecord, str] | None:
+    async def _ours(self, record: LeaseRecord) -> tuple[LeaseRecord, str] | None:
         """The lease as it is and its ETag, if it is still this runner's (a write of ours:
         same run, host, PID, machine and taking), else None."""
-        found = self._store.read_versioned(self._name)
-        if found is None:
-            return None
-        current = decode(found[0])
+        seen = await _look(self._store, self._name)
+        current = seen.record if seen is not None else None
         same = ("run", "host", "pid", "machine", "taken_at")
         if current is None or any(getattr(current, f) != getattr(record, f) for f in same):
             return None
-        return current, found[1]
+        assert seen is not None
+        return current, seen.etag
 
     def _lose(self, job_task: asyncio.Task[object], why: str) -> None:
         self.lost = f"lost its lease {self.where}: {why}"
@@ -266,6 +265,30 @@ async def agreed_partition(
     raise BackupError(f"could not agree on run {run_id!r}'s partition: it kept changing")
 
 
+async def clean_under_lease(job: JobSpec) -> JobSpec:
+    """Under the job's lease: remove what interrupted runs of it left in its buckets
+    (incomplete uploads, dumps without a manifest) — before, they may be another
+    runner's uploads in progress. A bucket that does not answer is left out of the job.
+    (restic repositories are cleaned once per run, run.py: each clean is a `restic
+    snapshots` call opening the repository's key; a snapshot another machine made a
+    moment before its manifest's could go — restic's own leftovers are its to guard.)"""
+    for target in job.targets:
+        if not isinstance(target.storage, S3Storage) or target.label in dict(job.unusable):
+            continue
+        store = runtime.current().store(target.storage)
+        try:
+            removed = await in_thread(store.clean_incomplete, [target.file_prefix])
+        except TargetUnreachableError as exc:
+            job = _unusable(job, [target], str(exc))
+            continue
+        except StorageError as exc:
+            log.warning("could not look for leftovers on %s: %s", target.label, exc)
+            continue
+        for leftover in removed:
+            log.warning("removed %s, left behind by an interrupted run", leftover)
+    return job
+
+
 def request_bound(seconds: float) -> float:
     """How long one lease request may take, its tries included (s3._make_client's lease
     client: 3 tries, each phase bounded by seconds / 18, at least 1 s; plus backoff)."""
@@ -301,29 +324,6 @@ class Leases:
             why = f"cannot take the job's lease: {exc}"
             shared = [t for t in job.targets if is_shared(t.storage)]
             return _unusable(job, shared, why), None
-
-    async def clean(self, job: JobSpec) -> JobSpec:
-        """Under the job's lease: remove what interrupted runs of it left in its buckets
-        (incomplete uploads, dumps without a manifest) — before, they may be another
-        runner's uploads in progress. A bucket that does not answer is left out of the job.
-        (restic repositories are cleaned once per run, run.py: each clean is a `restic
-        snapshots` call opening the repository's key; a snapshot another machine made a
-        moment before its manifest's could go — restic's own leftovers are its to guard.)"""
-        for target in job.targets:
-            if not isinstance(target.storage, S3Storage) or target.label in dict(job.unusable):
-                continue
-            store = runtime.current().store(target.storage)
-            try:
-                removed = await in_thread(store.clean_incomplete, [target.file_prefix])
-            except TargetUnreachableError as exc:
-                job = _unusable(job, [target], str(exc))
-                continue
-            except StorageError as exc:
-                log.warning("could not look for leftovers on %s: %s", target.label, exc)
-                continue
-            for leftover in removed:
-                log.warning("removed %s, left behind by an interrupted run", leftover)
-        return job
 
     async def _take(
         self, job: JobSpec, target: Target, store: LeaseStore, emit: Emit

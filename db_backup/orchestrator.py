@@ -19,7 +19,7 @@ from typing import Any
 from db_backup import runtime
 from db_backup.errors import BackupError, TargetsFailedError
 from db_backup.job import Committed, run_job
-from db_backup.leasing import Elsewhere, JobLease, Leases
+from db_backup.leasing import Elsewhere, JobLease, Leases, clean_under_lease
 from db_backup.model import (
     JobEvent,
     JobFinished,
@@ -140,10 +140,7 @@ class Orchestrator:
             except asyncio.CancelledError:
                 if self.interrupted_by is None:
                     raise
-                cancelled = JobResult(
-                    job, JobStatus.CANCELLED, error=f"cancelled ({self.interrupted_by})"
-                )
-                return self._finished(cancelled)
+                return self._finished(self._cancelled(job, []))
             except Exception as exc:  # a bug must not pass for a cancellation
                 log.exception("internal error taking the lease of job %s", job.name)
                 error = f"internal error taking its lease: {type(exc).__name__}: {exc}"
@@ -174,26 +171,17 @@ class Orchestrator:
         tries: list[datetime] = []
         try:
             async with lease.kept() if lease is not None else contextlib.nullcontext():
-                if lease is not None and self._leases is not None:
-                    job = await self._leases.clean(job)
+                if lease is not None:
+                    job = await clean_under_lease(job)
                 committed = await self._attempts(job, tries)
         except asyncio.CancelledError:
             if lease is not None and lease.lost is not None:
                 task = asyncio.current_task()
                 assert task is not None
                 task.uncancel()  # the lease's keeper cancelled the job, not the run's caller
-                result = self._failed(job, tries, f"{lease.lost}; the job was stopped", "lease")
-                self.emit(JobFinished(result))
-                return result
-            started = tries[0] if tries else None
-            result = JobResult(
-                job,
-                JobStatus.CANCELLED,
-                started_at=started,
-                finished_at=runtime.current().now() if started else None,
-                error=f"cancelled ({self.interrupted_by})" if self.interrupted_by else "cancelled",
-            )
-            self.emit(JobFinished(result))
+                error = f"{lease.lost}; the job was stopped"
+                return self._finished(self._failed(job, tries, error, "lease"))
+            result = self._finished(self._cancelled(job, tries))
             if self.interrupted_by is None:
                 raise  # cancelled from outside the orchestrator: let it propagate
             return result
@@ -210,6 +198,16 @@ class Orchestrator:
             result = self._stored(job, tries, committed)
         self.emit(JobFinished(result))
         return result
+
+    def _cancelled(self, job: JobSpec, tries: list[datetime]) -> JobResult:
+        started = tries[0] if tries else None
+        return JobResult(
+            job,
+            JobStatus.CANCELLED,
+            started_at=started,
+            finished_at=runtime.current().now() if started else None,
+            error=f"cancelled ({self.interrupted_by})" if self.interrupted_by else "cancelled",
+        )
 
     @staticmethod
     def _failed(job: JobSpec, tries: list[datetime], error: str, kind: str) -> JobResult:

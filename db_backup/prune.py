@@ -161,7 +161,7 @@ async def prune_config(
                 continue
             if isinstance(storage, S3Storage) and storage.leases:
                 # Another machine may be uploading there now: each job's next backup run
-                # cleans up after it, under the job's lease (leasing.Leases.clean).
+                # cleans up after it, under the job's lease (leasing.clean_under_lease).
                 continue
             prefixes = sorted(
                 {file_prefix(storage, job) for label, job in jobs if label == storage.label}

@@ -96,10 +96,12 @@ async def sharding(config: Config, plan: Plan, count: int) -> Sharding:
         for job, size in last.items()
         if job.split(".", 1)[0] in wildcards and job not in sizes
     }
-    newcomers = {
-        job.name: newcomer_shard(job.name, count) for job in plan.jobs if job.name not in sizes
-    }
-    return Sharding(partition(sizes, count), newcomers, anchor)
+    return Sharding(partition(sizes, count), _newcomers(plan, sizes, count), anchor)
+
+
+def _newcomers(plan: Plan, known: Mapping[str, object], count: int) -> dict[str, int]:
+    """The plan's jobs that `known` does not name, each on the shard its name picks."""
+    return {job.name: newcomer_shard(job.name, count) for job in plan.jobs if job.name not in known}
 
 
 def configured_jobs(config: Config) -> list[str]:
@@ -176,10 +178,7 @@ async def agree(config: Config, plan: Plan, shares: Sharding, run_id: str, count
         agreed = await agreed_partition(store, run_id, count, shares.assignment())
     except StorageError as exc:
         raise BackupError(f"cannot read or store run {run_id!r}'s partition: {exc}") from None
-    newcomers = {
-        job.name: newcomer_shard(job.name, count) for job in plan.jobs if job.name not in agreed
-    }
-    return dataclasses.replace(shares, agreed=agreed, newcomers=newcomers)
+    return dataclasses.replace(shares, agreed=agreed, newcomers=_newcomers(plan, agreed, count))
 
 
 def _names_taken(plan: Plan, unusable: Mapping[str, str]) -> bool:
@@ -215,11 +214,12 @@ async def _clean_leftovers(
     an upload will report the real trouble."""
     prefixes: dict[StorageConfig, set[str]] = {}
     for job in jobs:
+        leased = lease_target(job) is not None
         for target in job.targets:
             # A leased job's leftovers in a bucket may be another machine's upload in
-            # progress: cleaned once its lease is held (leasing.Leases.clean).
-            leased = lease_target(job) is not None and isinstance(target.storage, S3Storage)
-            if target.label not in unusable and not leased:
+            # progress: cleaned once its lease is held (leasing.clean_under_lease).
+            bucket = isinstance(target.storage, S3Storage)
+            if target.label not in unusable and not (leased and bucket):
                 prefixes.setdefault(target.storage, set()).add(target.file_prefix)
     silent: dict[str, str] = {}
 
