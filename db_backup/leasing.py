@@ -275,18 +275,27 @@ async def clean_under_lease(job: JobSpec) -> JobSpec:
     for target in job.targets:
         if not isinstance(target.storage, S3Storage) or target.label in dict(job.unusable):
             continue
-        store = runtime.current().store(target.storage)
-        try:
-            removed = await in_thread(store.clean_incomplete, [target.file_prefix])
-        except TargetUnreachableError as exc:
-            job = _unusable(job, [target], str(exc))
-            continue
-        except StorageError as exc:
-            log.warning("could not look for leftovers on %s: %s", target.label, exc)
-            continue
-        for leftover in removed:
-            log.warning("removed %s, left behind by an interrupted run", leftover)
+        silent = await remove_leftovers(target.storage, [target.file_prefix])
+        if silent is not None:
+            job = _unusable(job, [target], silent)
     return job
+
+
+async def remove_leftovers(storage: StorageConfig, file_prefixes: Sequence[str]) -> str | None:
+    """Remove what interrupted runs of these jobs left on a target, logging each; returns
+    why the target did not answer (other failures are only logged: an upload will report
+    the real trouble)."""
+    store = runtime.current().store(storage)
+    try:
+        removed = await in_thread(store.clean_incomplete, sorted(file_prefixes))
+    except TargetUnreachableError as exc:
+        return str(exc)
+    except StorageError as exc:
+        log.warning("could not look for leftovers on %s: %s", storage.label, exc)
+        return None
+    for leftover in removed:
+        log.warning("removed %s, left behind by an interrupted run", leftover)
+    return None
 
 
 def request_bound(seconds: float) -> float:

@@ -15,13 +15,14 @@ from datetime import datetime
 from db_backup import runtime
 from db_backup.catalog import list_backups
 from db_backup.config.schema import BackupConfig, Config, S3Storage, StorageConfig
-from db_backup.errors import BackupError, StorageError, TargetUnreachableError
+from db_backup.errors import BackupError, StorageError
 from db_backup.leasing import (
     Leases,
     LeaseStore,
     agreed_partition,
     lease_target,
     new_run_id,
+    remove_leftovers,
 )
 from db_backup.lock import lock_folder, lock_storage
 from db_backup.model import (
@@ -224,19 +225,11 @@ async def _clean_leftovers(
     silent: dict[str, str] = {}
 
     async def one(storage: StorageConfig, wanted: set[str]) -> None:
-        store = runtime.current().store(storage)
         what = f"{storage.label}: looking for what interrupted runs left"
-        try:
-            async with waiting_notice(tell, what):
-                removed = await in_thread(store.clean_incomplete, sorted(wanted))
-        except TargetUnreachableError as exc:
-            silent[storage.label] = str(exc)
-            return
-        except StorageError as exc:
-            log.warning("could not look for leftovers on %s: %s", storage.label, exc)
-            return
-        for leftover in removed:
-            log.warning("removed %s, left behind by an interrupted run", leftover)
+        async with waiting_notice(tell, what):
+            why = await remove_leftovers(storage, sorted(wanted))
+        if why is not None:
+            silent[storage.label] = why
 
     await asyncio.gather(*(one(storage, wanted) for storage, wanted in prefixes.items()))
     return silent
